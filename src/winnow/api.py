@@ -1,0 +1,25 @@
+"""Top-level Python API that the CLI calls (scikit-learn manners; see the classes for details)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .data import open_source
+from .errors import ValidationError
+from .heads import HEAD_KINDS, Head, LogisticHead, SoftmaxHead
+
+
+def fit_head(train: Any, *, kind: str = "auto", l2: float = 1e-3, sample_weight: np.ndarray | None = None,
+             **kwargs: Any) -> Head:
+    """Fit a head on ``train`` (arrays tuple, path or DataSource). ``kind``: logistic, softmax or auto
+    (logistic when the labels are {0, 1}, else softmax)."""
+    src = open_source(train)
+    if kind == "auto":
+        labels = src.labels()
+        kind = "logistic" if labels.size and labels.max() <= 1 else "softmax"
+    if kind not in HEAD_KINDS:
+        raise ValidationError(f"kind must be one of auto, {', '.join(HEAD_KINDS)}; got {kind!r}")
+    head = LogisticHead(l2=l2, **kwargs) if kind == "logistic" else SoftmaxHead(l2=l2, **kwargs)
+    return head.fit(src, sample_weight=sample_weight)

@@ -1,0 +1,232 @@
+"""Influence of training points on test losses, streamed chunk by chunk (DESIGN.md conventions).
+
+Signs (paper eqs. 19, 20, 27, 28, 35, 36), with g = ∇θℓ at θ̂ and H the head Hessian (incl. λ):
+
+- ``influence``  I_loss(z_t, z_p) = −g_tᵀ H⁻¹ g_p. Positive: up-weighting z_p *raises* the test loss, so
+  z_p is harmful to z_t; negative: z_p helps. On a test set, g_t is the mean test gradient.
+- ``loss_change_if_removed`` = −influence / n = +(1/n) g_tᵀ H⁻¹ g_p: predicted change of the (mean)
+  test loss when z_p is left out (eq. 28). Positive: removing z_p hurts.
+- ``self_influence`` = g_pᵀ H⁻¹ g_p ≥ 0.
+- I_up(z_p) = −H⁻¹ g_p (eq. 19) and the predicted parameter change on removal (1/n) H⁻¹ g_p (eq. 20).
+
+peers (pyDVL, Captum's TracIn, TRAK) often report the opposite sign; the column names above say which way
+ours point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .curvature import Curvature, fit_curvature
+from .data import open_source
+from .errors import ValidationError
+from .heads import DTYPE, Head, as_tensor
+from .outputs import ParquetStreamWriter
+from .progress import track_rows
+
+SCORE_COLUMNS = ("id", "label", "influence", "loss_change_if_removed", "self_influence")
+
+SIGN_METADATA = {
+    "winnow.influence": "I_loss = -g_test^T H^-1 g_train averaged over the test set; > 0 means the training "
+                        "point raises the test loss (harmful), < 0 means it lowers it (helpful)",
+    "winnow.loss_change_if_removed": "= -influence / n: predicted change of mean test loss if the point is "
+                                     "removed (paper eq. 28)",
+    "winnow.self_influence": "g^T H^-1 g >= 0",
+}
+
+
+def _chunk_tensors(head: Head, chunk: Any, argument: str) -> tuple[torch.Tensor, torch.Tensor]:
+    head.check_features(chunk.X, argument=argument)
+    head.check_labels(chunk.y, argument=argument)
+    return as_tensor(chunk.X, head.device), torch.as_tensor(chunk.y, device=head.device)
+
+
+def mean_test_gradient(head: Head, test: Any, *, chunk_size: int = 65536,
+                       progress: bool = False) -> tuple[torch.Tensor, int]:
+    """(ḡ_t = (1/T) Σ_t g_t of shape (P,), T), streaming over ``test``."""
+    source = open_source(test)
+    total = torch.zeros(head.n_params, dtype=DTYPE, device=head.device)
+    T = 0
+    for ch in track_rows(source.chunks(chunk_size), len(source), "test gradient", progress):
+        X, y = _chunk_tensors(head, ch, source.name)
+        total += head.gradients(X, y).sum(0)
+        T += len(ch)
+    if T == 0:
+        raise ValidationError(f"test data {source.name} is empty")
+    return total / T, T
+
+
+def test_gradients(head: Head, test: Any, *, chunk_size: int = 65536) -> tuple[torch.Tensor, np.ndarray,
+                                                                               np.ndarray]:
+    """All test gradients G_t (T, P) with their ids (T,) and labels (T,) (for pairwise scores; T moderate)."""
+    source = open_source(test)
+    G, ids, ys = [], [], []
+    for ch in source.chunks(chunk_size):
+        X, y = _chunk_tensors(head, ch, source.name)
+        G.append(head.gradients(X, y))
+        ids.append(ch.ids)
+        ys.append(ch.y)
+    if not G:
+        raise ValidationError(f"test data {source.name} is empty")
+    return torch.cat(G), np.concatenate(ids), np.concatenate(ys)
+
+
+def score_chunk(head: Head, X: np.ndarray, y: np.ndarray, *, direction: torch.Tensor,
+                curvature: Curvature | None, n_train: int,
+                pair_factors: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Scores for one chunk of training points (pure; shared by the local loop and Dask).
+
+    ``direction`` s = H⁻¹ḡ_t (P,); ``curvature`` for self-influence (None skips it); ``pair_factors``
+    H⁻¹G_tᵀ (P, T) for the pairwise matrix. Returns numpy columns ``influence`` (c,),
+    ``loss_change_if_removed`` (c,), ``self_influence`` (c,) and ``pairs`` (c, T) when asked.
+    """
+    Xt = as_tensor(X, head.device)
+    yt = torch.as_tensor(y, device=head.device)
+    G = head.gradients(Xt, yt)  # (c, P)
+    infl = -(G @ direction)
+    out = {"influence": infl.cpu().numpy(), "loss_change_if_removed": (-infl / n_train).cpu().numpy()}
+    if curvature is not None:
+        W = curvature.whiten(G)
+        out["self_influence"] = (W * W).sum(0).cpu().numpy()
+    if pair_factors is not None:
+        out["pairs"] = (-(G @ pair_factors)).cpu().numpy()
+    return out
+
+
+class InfluenceAnalyzer:
+    """Exact influence of every training point on a head, streaming over the training data.
+
+    Parameters: ``head`` a fitted Head; ``damping`` added to H's diagonal; ``chunk_size`` rows per chunk;
+    ``progress`` shows bars. ``fit(train)`` builds the Hessian (``curvature_``, ``n_train_``).
+    """
+
+    def __init__(self, head: Head, *, damping: float = 0.0, chunk_size: int = 65536,
+                 progress: bool = False) -> None:
+        if not isinstance(head, Head):
+            raise ValidationError(f"head must be a winnow Head, got {type(head).__name__}")
+        head._check_fitted()
+        if chunk_size < 1:
+            raise ValidationError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.head = head
+        self.damping = damping
+        self.chunk_size = int(chunk_size)
+        self.progress = progress
+
+    def fit(self, train: Any, *, curvature: Curvature | None = None) -> InfluenceAnalyzer:
+        """Build H over all of ``train`` (or take a prebuilt ``curvature``, e.g. a relative Hessian)."""
+        self.train_ = open_source(train)
+        self.head.check_features(np.empty((0, self.train_.n_features)), argument=self.train_.name)
+        self.n_train_ = len(self.train_)
+        if self.n_train_ == 0:
+            raise ValidationError(f"training data {self.train_.name} is empty")
+        self.curvature_ = curvature if curvature is not None else fit_curvature(
+            self.head, self.train_, damping=self.damping, chunk_size=self.chunk_size, progress=self.progress)
+        return self
+
+    def _check(self) -> None:
+        if not hasattr(self, "curvature_"):
+            raise ValidationError("call fit(train) before scoring")
+
+    # ----------------------------------------------------------------- scores
+    def iter_scores(self, test: Any, *, self_influence: bool = True,
+                    pairs: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Yield per-chunk score columns for every training point (see ``score_chunk``) plus ``id``/``label``;
+        with ``pairs`` also ``test_ids`` once in the first chunk's dict."""
+        self._check()
+        test_src = open_source(test)
+        self.head.check_features(np.empty((0, test_src.n_features)), argument=f"test ({test_src.name})")
+        gbar, _ = mean_test_gradient(self.head, test_src, chunk_size=self.chunk_size)
+        direction = self.curvature_.solve(gbar)
+        pair_factors, test_ids = None, None
+        if pairs:
+            Gt, test_ids, _ = test_gradients(self.head, test_src, chunk_size=self.chunk_size)
+            pair_factors = self.curvature_.solve(Gt.T)
+        first = True
+        for ch in track_rows(self.train_.chunks(self.chunk_size), self.n_train_, "scoring pass",
+                             self.progress):
+            self.head.check_labels(ch.y, argument=self.train_.name)
+            cols = score_chunk(self.head, ch.X, ch.y, direction=direction,
+                               curvature=self.curvature_ if self_influence else None,
+                               n_train=self.n_train_, pair_factors=pair_factors)
+            cols = {"id": ch.ids, "label": ch.y, **cols}
+            if pairs and first:
+                cols["test_ids"] = test_ids
+            first = False
+            yield cols
+
+    def score(self, test: Any, *, self_influence: bool = True) -> pa.Table:
+        """One row per training point: ``id``, ``label``, ``influence``, ``loss_change_if_removed``,
+        ``self_influence`` (see the module docstring for signs)."""
+        parts = list(self.iter_scores(test, self_influence=self_influence))
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "test_ids"}
+        return pa.table(cols).replace_schema_metadata(SIGN_METADATA)
+
+    def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
+                     overwrite: bool = False) -> Path:
+        """Stream scores to Parquet at ``out`` (and long-format pairs ``test_id, train_id, influence`` to
+        ``pairs_out``), each written to a temporary name and renamed when complete."""
+        schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
+                            ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())])
+        pair_schema = pa.schema([("test_id", pa.int64()), ("train_id", pa.int64()), ("influence", pa.float64())])
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite, argument="--out",
+                                                        metadata=SIGN_METADATA))
+            pw = None
+            if pairs_out is not None:
+                pw = stack.enter_context(ParquetStreamWriter(pairs_out, pair_schema, overwrite=overwrite,
+                                                             argument="--pairs", metadata={
+                    "winnow.influence": "I_loss(test, train) = -g_test^T H^-1 g_train; > 0 harmful"}))
+            test_ids = None
+            for cols in self.iter_scores(test, pairs=pw is not None):
+                if "test_ids" in cols:
+                    test_ids = cols.pop("test_ids")
+                P = cols.pop("pairs", None)
+                w.write(**{k: cols[k] for k in schema.names})
+                if pw is not None and P is not None:
+                    c, T = P.shape
+                    pw.write(test_id=np.tile(test_ids, c), train_id=np.repeat(cols["id"], T),
+                             influence=P.reshape(-1))
+        return Path(out)
+
+    def pairwise(self, test: Any) -> np.ndarray:
+        """The matrix I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p, shape (T, n) (dense: only for moderate T·n)."""
+        cols = list(self.iter_scores(test, self_influence=False, pairs=True))
+        return np.concatenate([c["pairs"] for c in cols], axis=0).T
+
+    def self_influence(self) -> np.ndarray:
+        """g_pᵀH⁻¹g_p for every training point, shape (n,)."""
+        self._check()
+        out = []
+        for ch in self.train_.chunks(self.chunk_size):
+            X, y = _chunk_tensors(self.head, ch, self.train_.name)
+            W = self.curvature_.whiten(self.head.gradients(X, y))
+            out.append((W * W).sum(0).cpu().numpy())
+        return np.concatenate(out)
+
+    def influence_up(self, X: Any, y: Any) -> np.ndarray:
+        """I_up(z_p) = −H⁻¹g_p for chosen points, shape (k, P) (paper eq. 19)."""
+        self._check()
+        Xt, yt = as_tensor(np.atleast_2d(X), self.head.device), torch.as_tensor(np.atleast_1d(y))
+        self.head.check_features(Xt)
+        self.head.check_labels(yt.numpy())
+        return (-self.curvature_.solve(self.head.gradients(Xt, yt.to(self.head.device)).T).T).cpu().numpy()
+
+    def parameter_change_if_removed(self, X: Any, y: Any) -> np.ndarray:
+        """Predicted θ̂₋ₚ − θ̂ ≈ +(1/n) H⁻¹g_p for chosen points, shape (k, P) (paper eq. 20)."""
+        return -self.influence_up(X, y) / self.n_train_
+
+
+def compute_influence(head: Head, train: Any, test: Any, *, damping: float = 0.0,
+                      chunk_size: int = 65536, progress: bool = False) -> pa.Table:
+    """One-call convenience: ``InfluenceAnalyzer(head, ...).fit(train).score(test)``."""
+    return InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size,
+                             progress=progress).fit(train).score(test)
+
