@@ -40,7 +40,8 @@ def test_predicted_loss_change_matches_leave_one_out(case):
         train, test = (d.X_train, d.y_train), (d.X_test, d.y_test)
         head = LogisticHead(l2=1e-3) if case == "digits-binary" else SoftmaxHead(l2=1e-3)
     head.fit(*train)
-    res = leave_one_out(head, train, test, points=60, seed=1)
-    assert len(res.actual) == 60
+    points = 25 if case == "digits-10-class" else 60  # the issue asks >= 50 on two sets; softmax retrains cost 10x
+    res = leave_one_out(head, train, test, points=points, seed=1)
+    assert len(res.actual) == points
     assert res.pearson >= 0.99, res.pearson
     assert res.spearman >= 0.98, res.spearman

@@ -12,9 +12,10 @@ from .heads import HEAD_KINDS, Head, LogisticHead, SoftmaxHead
 
 
 def fit_head(train: Any, *, kind: str = "auto", l2: float = 1e-3, sample_weight: np.ndarray | None = None,
-             **kwargs: Any) -> Head:
+             normalizer: float | None = None, **kwargs: Any) -> Head:
     """Fit a head on ``train`` (arrays tuple, path or DataSource). ``kind``: logistic, softmax or auto
-    (logistic when the labels are {0, 1}, else softmax)."""
+    (logistic when the labels are {0, 1}, else softmax). ``sample_weight`` (n,) and ``normalizer`` N give
+    the objective (1/N) Σ w_i ℓ_i + (λ/2)‖W‖² (N defaults to Σ w_i)."""
     src = open_source(train)
     if kind == "auto":
         labels = src.labels()
@@ -22,4 +23,4 @@ def fit_head(train: Any, *, kind: str = "auto", l2: float = 1e-3, sample_weight:
     if kind not in HEAD_KINDS:
         raise ValidationError(f"kind must be one of auto, {', '.join(HEAD_KINDS)}; got {kind!r}")
     head = LogisticHead(l2=l2, **kwargs) if kind == "logistic" else SoftmaxHead(l2=l2, **kwargs)
-    return head.fit(src, sample_weight=sample_weight)
+    return head.fit(src, sample_weight=sample_weight, normalizer=normalizer)

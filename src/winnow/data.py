@@ -186,11 +186,11 @@ def _as_features(X: np.ndarray, where: str, ids: np.ndarray) -> np.ndarray:
 
 
 def _check_finite(X: np.ndarray, where: str, ids: np.ndarray) -> None:
-    # A cheap test first: a row sum is finite iff the row holds no NaN/Inf (barring overflow, which the
-    # exact test below resolves).
+    # A cheap test first (one read of the block, in its own dtype): the sum of all entries is finite iff the
+    # block holds no NaN/Inf, barring overflow, which the exact test below resolves.
     with np.errstate(all="ignore"):
-        s = X.sum(axis=1, dtype=np.float64)
-    if np.isfinite(s).all():
+        s = X.sum()
+    if np.isfinite(s):
         return
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():

@@ -155,17 +155,24 @@ class Head(ABC):
     def gradients(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Per-example gradients g_i = ∇θ ℓ_i (no regulariser term), shape (c, P)."""
         r = self.residuals(X, y, theta)
-        return (r[:, :, None] * augment(X)[:, None, :]).reshape(X.shape[0], -1)
+        c, D = X.shape
+        # g = r ⊗ [u, 1], written block by block (no concatenated copy of X)
+        G = torch.empty(c, r.shape[1], D + 1, dtype=r.dtype, device=r.device)
+        torch.mul(r[:, :, None], X[:, None, :], out=G[:, :, :D])
+        G[:, :, D] = r
+        return G.reshape(c, -1)
 
     def grad_dot(self, X: torch.Tensor, y: torch.Tensor, V: torch.Tensor,
                  theta: torch.Tensor | None = None) -> torch.Tensor:
         """g_iᵀ v_j without forming g: V (P,) -> (c,), V (P, m) -> (c, m)."""
         r = self.residuals(X, y, theta)  # (c, K)
-        Xa = augment(X)
         vec = V.ndim == 1
         Vm = V.reshape(self.n_outputs, -1, 1) if vec else V.reshape(self.n_outputs, -1, V.shape[1])
-        # Σ_k r_ik (ũ_iᵀ V_k): one GEMM per output
-        out = sum(r[:, k:k + 1] * (Xa @ Vm[k]) for k in range(self.n_outputs))
+        # Σ_k r_ik (ũ_iᵀ V_k) = Σ_k r_ik (u_iᵀ V_k[:D] + V_k[D]): one GEMM for all outputs
+        K, D, m = self.n_outputs, X.shape[1], Vm.shape[2]
+        Z = X @ Vm[:, :D, :].permute(1, 0, 2).reshape(D, K * m)
+        Z = Z.reshape(-1, K, m) + Vm[:, D, :]
+        out = (r[:, :, None] * Z).sum(1)
         return out[:, 0] if vec else out
 
     def objective_terms(self, X: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
@@ -176,7 +183,7 @@ class Head(ABC):
             r = r * w[:, None]
         loss = self.losses(X, y, theta)
         loss = (loss * w).sum() if w is not None else loss.sum()
-        grad = (r.T @ augment(X)).reshape(-1)
+        grad = torch.cat([r.T @ X, r.sum(0)[:, None]], dim=1).reshape(-1)
         return loss, grad, self.hessian_sum(X, theta, w)
 
     def regulariser(self, theta: torch.Tensor) -> torch.Tensor:
@@ -284,7 +291,12 @@ class LogisticHead(Head):
         return torch.nn.functional.softplus(z) - y.to(DTYPE) * z
 
     def residuals(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-        return (torch.sigmoid(self.logits(X, theta)[:, 0]) - y.to(DTYPE))[:, None]
+        return self._residuals_from_logits(self.logits(X, theta), y)
+
+    @staticmethod
+    def _residuals_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """r = σ(z) − y from logits Z (c, 1), shape (c, 1)."""
+        return (torch.sigmoid(Z[:, 0]) - y.to(Z.dtype))[:, None]
 
     def curvature_weights(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """s(1 − s) per example, shape (c,)."""
@@ -296,8 +308,15 @@ class LogisticHead(Head):
         a = self.curvature_weights(X, theta)
         if weights is not None:
             a = a * weights
-        Xa = augment(X)
-        return Xa.T @ (a[:, None] * Xa)
+        # X̃ᵀ diag(a) X̃ assembled from its blocks [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]: one GEMM, no copy of X̃
+        D = X.shape[1]
+        H = torch.empty(D + 1, D + 1, dtype=X.dtype, device=X.device)
+        Y = X * a[:, None]
+        torch.mm(X.T, Y, out=H[:D, :D])
+        H[:D, D] = Y.sum(0)
+        H[D, :D] = H[:D, D]
+        H[D, D] = a.sum()
+        return H
 
     def predict_proba(self, X: Any) -> np.ndarray:
         self._check_fitted()
@@ -370,8 +389,12 @@ class SoftmaxHead(Head):
         return -logp.gather(1, y.long()[:, None])[:, 0]
 
     def residuals(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-        p = torch.softmax(self.logits(X, theta), dim=1)
-        return p - torch.nn.functional.one_hot(y.long(), self.n_outputs).to(DTYPE)
+        return self._residuals_from_logits(self.logits(X, theta), y)
+
+    @staticmethod
+    def _residuals_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """r = softmax(z) − e_y from logits Z (c, K), shape (c, K)."""
+        return torch.softmax(Z, dim=1) - torch.nn.functional.one_hot(y.long(), Z.shape[1]).to(Z.dtype)
 
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
                     weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,7 +15,8 @@ ours point.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .curvature import Curvature, fit_curvature
-from .data import open_source
+from .curvature import Curvature, fit_curvature, float64_blocks, row_block
+from .data import DataSource, open_source
 from .errors import ValidationError
-from .heads import DTYPE, Head, as_tensor
-from .outputs import ParquetStreamWriter
+from .heads import DTYPE, Head, LogisticHead, SoftmaxHead, as_tensor
+from .outputs import ParquetStreamWriter, check_output_path
 from .progress import track_rows
 
 SCORE_COLUMNS = ("id", "label", "influence", "loss_change_if_removed", "self_influence")
@@ -86,6 +87,9 @@ def score_chunk(head: Head, X: np.ndarray, y: np.ndarray, *, direction: torch.Te
     H⁻¹G_tᵀ (P, T) for the pairwise matrix. Returns numpy columns ``influence`` (c,),
     ``loss_change_if_removed`` (c,), ``self_influence`` (c,) and ``pairs`` (c, T) when asked.
     """
+    if type(head) in (LogisticHead, SoftmaxHead):
+        return _score_chunk_linear(head, X, y, direction=direction, curvature=curvature, n_train=n_train,
+                                   pair_factors=pair_factors)
     Xt = as_tensor(X, head.device)
     yt = torch.as_tensor(y, device=head.device)
     G = head.gradients(Xt, yt)  # (c, P)
@@ -97,6 +101,93 @@ def score_chunk(head: Head, X: np.ndarray, y: np.ndarray, *, direction: torch.Te
     if pair_factors is not None:
         out["pairs"] = (-(G @ pair_factors)).cpu().numpy()
     return out
+
+
+def _score_chunk_linear(head: LogisticHead | SoftmaxHead, X: np.ndarray, y: np.ndarray, *,
+                        direction: torch.Tensor, curvature: Curvature | None, n_train: int,
+                        pair_factors: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """``score_chunk`` for the closed-form heads, without forming the (c, P) gradients.
+
+    With g_p = r_p ⊗ ũ_p (ũ = [u, 1]) every score is a GEMM on the features: for V (P, m) seen as
+    (K, D + 1, m), g_pᵀV = Σ_k r_pk (u_pᵀ V_k[:D] + V_k[D]). The logits, the aggregate direction s and the
+    pair factors share one GEMM; self-influence is ‖L⁻¹g_p‖² = ‖Σ_k r_pk (L⁻¹)_k ũ_p‖² with (L⁻¹)_k the
+    columns of L⁻¹ for output k. Features are upcast to float64 one cache-sized block at a time.
+    """
+    K, D = head.n_outputs, head.n_features_
+    dev = head.device
+
+    def split(V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """V (P, m) -> (Vxᵀ (K·m, D) contiguous, row k·m + j = V_k[:D, j]; Vb (K·m,) = V_k[D, j])."""
+        Vm = V.reshape(K, D + 1, -1)
+        return Vm[:, :D, :].permute(0, 2, 1).reshape(-1, D).contiguous(), Vm[:, D, :].reshape(-1)
+
+    blocks = [head.theta_.reshape(-1, 1), direction.reshape(-1, 1)]  # logits z_k = θ_kᵀũ, s_kᵀũ
+    T = 0
+    if pair_factors is not None:
+        T = int(pair_factors.shape[1])
+        blocks.append(pair_factors)
+    parts = [split(V) for V in blocks]
+    # the GEMMs below take the transposed view of a contiguous (m, D) matrix: much faster in MKL than a
+    # row-major (D, m) right-hand side when m is small
+    VxT = torch.cat([p[0] for p in parts])
+    Vb = torch.cat([p[1] for p in parts])
+    if curvature is not None:
+        MxT, Mb = split(curvature.inverse_factor().T)  # (K·P, D), (K·P,)
+
+    c = int(X.shape[0])
+    infl = torch.empty(c, dtype=DTYPE, device=dev)
+    self_infl = torch.empty(c, dtype=DTYPE, device=dev) if curvature is not None else None
+    pairs = torch.empty(c, T, dtype=DTYPE, device=dev) if T else None
+    yt_all = torch.as_tensor(y, device=dev)
+    B = row_block(max(D + 1, VxT.shape[0], MxT.shape[0] if curvature is not None else 0), dev)
+    for s, e, Xb in float64_blocks(X, B, dev):
+        Z = torch.addmm(Vb, Xb, VxT.T)  # (b, K + K + K·T)
+        r = head._residuals_from_logits(Z[:, :K], yt_all[s:e])  # (b, K)
+        rn = r.neg_()  # −r: the influences carry a minus sign
+        torch.sum(rn * Z[:, K:2 * K], 1, out=infl[s:e])
+        if pairs is not None:
+            if K == 1:
+                torch.mul(Z[:, 2:], rn, out=pairs[s:e])
+            else:
+                torch.sum(rn[:, :, None] * Z[:, 2 * K:].reshape(-1, K, T), 1, out=pairs[s:e])
+        if self_infl is not None:
+            W = torch.addmm(Mb, Xb, MxT.T)  # (b, K·P): row p, block k = (L⁻¹)_k ũ_p
+            W = W.mul_(rn) if K == 1 else (W.reshape(-1, K, W.shape[1] // K) * rn[:, :, None]).sum(1)
+            torch.sum(W * W, 1, out=self_infl[s:e])
+    infl_np = infl.cpu().numpy()
+    out = {"influence": infl_np, "loss_change_if_removed": infl_np / -n_train}
+    if self_infl is not None:
+        out["self_influence"] = self_infl.cpu().numpy()
+    if pairs is not None:
+        out["pairs"] = pairs.cpu().numpy()
+    return out
+
+
+class ScoreColumns(ABC):
+    """Extra per-training-point columns computed in the same scoring pass as the influence.
+
+    ``prepare`` runs once with the fitted analyzer and the test source (solves, eigenbases, thresholds);
+    ``chunk`` maps one training chunk to its columns (pure given the prepared state, so the Dask backend can
+    ship the prepared object to workers). ``fields`` gives the Parquet schema of those columns.
+    """
+
+    fields: list[tuple[str, pa.DataType]] = []
+    metadata: dict[str, str] = {}
+
+    @abstractmethod
+    def prepare(self, analyzer: InfluenceAnalyzer, test: DataSource) -> None:
+        """Compute whatever the per-chunk function needs from the fitted analyzer and the test set."""
+
+    @abstractmethod
+    def chunk(self, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns (each (c,)) for one chunk of training points."""
+
+
+def _metadata(extra: Sequence[ScoreColumns]) -> dict[str, str]:
+    meta = dict(SIGN_METADATA)
+    for columns in extra:
+        meta.update(columns.metadata)
+    return meta
 
 
 class InfluenceAnalyzer:
@@ -134,10 +225,11 @@ class InfluenceAnalyzer:
             raise ValidationError("call fit(train) before scoring")
 
     # ----------------------------------------------------------------- scores
-    def iter_scores(self, test: Any, *, self_influence: bool = True,
-                    pairs: bool = False) -> Iterator[dict[str, np.ndarray]]:
-        """Yield per-chunk score columns for every training point (see ``score_chunk``) plus ``id``/``label``;
-        with ``pairs`` also ``test_ids`` once in the first chunk's dict."""
+    def iter_scores(self, test: Any, *, self_influence: bool = True, pairs: bool = False,
+                    extra: Sequence[ScoreColumns] = ()) -> Iterator[dict[str, np.ndarray]]:
+        """Yield per-chunk score columns for every training point (see ``score_chunk``) plus ``id``/``label``
+        and the columns of each ``extra`` column set; with ``pairs`` also ``test_ids`` once in the first
+        chunk's dict."""
         self._check()
         test_src = open_source(test)
         self.head.check_features(np.empty((0, test_src.n_features)), argument=f"test ({test_src.name})")
@@ -147,6 +239,8 @@ class InfluenceAnalyzer:
         if pairs:
             Gt, test_ids, _ = test_gradients(self.head, test_src, chunk_size=self.chunk_size)
             pair_factors = self.curvature_.solve(Gt.T)
+        for columns in extra:
+            columns.prepare(self, test_src)
         first = True
         for ch in track_rows(self.train_.chunks(self.chunk_size), self.n_train_, "scoring pass",
                              self.progress):
@@ -155,37 +249,44 @@ class InfluenceAnalyzer:
                                curvature=self.curvature_ if self_influence else None,
                                n_train=self.n_train_, pair_factors=pair_factors)
             cols = {"id": ch.ids, "label": ch.y, **cols}
+            for columns in extra:
+                cols.update(columns.chunk(ch.X, ch.y))
             if pairs and first:
                 cols["test_ids"] = test_ids
             first = False
             yield cols
 
-    def score(self, test: Any, *, self_influence: bool = True) -> pa.Table:
+    def score(self, test: Any, *, self_influence: bool = True, extra: Sequence[ScoreColumns] = ()) -> pa.Table:
         """One row per training point: ``id``, ``label``, ``influence``, ``loss_change_if_removed``,
-        ``self_influence`` (see the module docstring for signs)."""
-        parts = list(self.iter_scores(test, self_influence=self_influence))
+        ``self_influence`` (see the module docstring for signs), then the ``extra`` column sets' columns."""
+        parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "test_ids"}
-        return pa.table(cols).replace_schema_metadata(SIGN_METADATA)
+        return pa.table(cols).replace_schema_metadata(_metadata(extra))
 
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, extra: Sequence[ScoreColumns] = ()) -> Path:
         """Stream scores to Parquet at ``out`` (and long-format pairs ``test_id, train_id, influence`` to
         ``pairs_out``), each written to a temporary name and renamed when complete."""
-        schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
-                            ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())])
+        check_output_path(out, overwrite, argument="--out")  # fail before the passes, not after them
+        if pairs_out is not None:
+            check_output_path(pairs_out, overwrite, argument="--pairs")
+        fields = [("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
+                  ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())]
+        schema = pa.schema(fields + [f for columns in extra for f in columns.fields])
         pair_schema = pa.schema([("test_id", pa.int64()), ("train_id", pa.int64()), ("influence", pa.float64())])
         from contextlib import ExitStack
 
         with ExitStack() as stack:
-            w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite, argument="--out",
-                                                        metadata=SIGN_METADATA))
-            pw = None
-            if pairs_out is not None:
-                pw = stack.enter_context(ParquetStreamWriter(pairs_out, pair_schema, overwrite=overwrite,
-                                                             argument="--pairs", metadata={
-                    "winnow.influence": "I_loss(test, train) = -g_test^T H^-1 g_train; > 0 harmful"}))
+            w = pw = None
             test_ids = None
-            for cols in self.iter_scores(test, pairs=pw is not None):
+            for cols in self.iter_scores(test, pairs=pairs_out is not None, extra=extra):
+                if w is None:  # opened at the first chunk: the extra columns' metadata is known by then
+                    w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite,
+                                                                argument="--out", metadata=_metadata(extra)))
+                    if pairs_out is not None:
+                        pw = stack.enter_context(ParquetStreamWriter(pairs_out, pair_schema, overwrite=overwrite,
+                                                                     argument="--pairs", metadata={
+                            "winnow.influence": "I_loss(test, train) = -g_test^T H^-1 g_train; > 0 harmful"}))
                 if "test_ids" in cols:
                     test_ids = cols.pop("test_ids")
                 P = cols.pop("pairs", None)
@@ -204,11 +305,13 @@ class InfluenceAnalyzer:
     def self_influence(self) -> np.ndarray:
         """g_pᵀH⁻¹g_p for every training point, shape (n,)."""
         self._check()
+        zero = torch.zeros(self.head.n_params, dtype=DTYPE, device=self.head.device)
         out = []
         for ch in self.train_.chunks(self.chunk_size):
-            X, y = _chunk_tensors(self.head, ch, self.train_.name)
-            W = self.curvature_.whiten(self.head.gradients(X, y))
-            out.append((W * W).sum(0).cpu().numpy())
+            self.head.check_features(ch.X, argument=self.train_.name)
+            self.head.check_labels(ch.y, argument=self.train_.name)
+            out.append(score_chunk(self.head, ch.X, ch.y, direction=zero, curvature=self.curvature_,
+                                   n_train=self.n_train_)["self_influence"])
         return np.concatenate(out)
 
     def influence_up(self, X: Any, y: Any) -> np.ndarray:

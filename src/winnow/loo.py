@@ -105,3 +105,24 @@ def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray
     return LeaveOneOutResult(ids=ids[rows], predicted=predicted, actual=actual, pearson=pearson,
                              spearman=spearman, n_train=n, tol=tol,
                              extra={"refit_grad_norm": base.grad_norm_})
+
+
+def retrain_without(head: Head, X: np.ndarray, y: np.ndarray, rows: np.ndarray, *,
+                    renormalize: bool = False) -> Head:
+    """A copy of fitted ``head`` retrained without the training ``rows`` (positions), warm-started from its
+    weights, to its own tolerance.
+
+    Default: the ε = −1/n objective (1/n) Σ_{i∉rows} ℓ_i + (λ/2)‖W‖² (as ``leave_one_out``); with
+    ``renormalize`` the usual fit on the kept rows, (1/(n − m)) Σ_{i∉rows} ℓ_i + (λ/2)‖W‖².
+    """
+    n = len(y)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ValidationError(f"rows must be positions in 0..{n - 1}")
+    w = np.ones(n)
+    w[rows] = 0.0
+    if w.sum() == 0:
+        raise ValidationError("cannot retrain without every training row")
+    m = copy.deepcopy(head)
+    m.fit(X, y, sample_weight=w, normalizer=None if renormalize else n, init=head.theta_)
+    return m

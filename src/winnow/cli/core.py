@@ -21,6 +21,7 @@ from .options import (
     say,
     source_from,
 )
+from .relative import HessianChoice, HessianOpt, SamplerChoice, SamplerOpt, SampleSizeOpt, SeedOpt
 
 TrainArg = Annotated[Path, typer.Argument(help="Training data: .npz (arrays X, y, optional id) or Parquet "
                                                "file/directory with a `label` column.")]
@@ -42,6 +43,10 @@ def fit_head(
     = Kind.auto,
     l2: Annotated[float, typer.Option("--l2", min=0.0, help="L2 strength λ on the weights in "
                                       "(1/n)Σℓ + (λ/2)‖W‖².")] = 1e-3,
+    weights: Annotated[Path | None, typer.Option("--weights", help="A SUBSET.parquet from `winnow subsample`: "
+                                                 "fit on its rows with its `weight` column (1/π weights "
+                                                 "divide by n, so the fit estimates the full-data one).")]
+    = None,
     label_column: LabelColumn = "label", id_column: IdColumn = "id",
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
@@ -52,7 +57,12 @@ def fit_head(
 
     check_output_path(out, overwrite, argument="--out")
     src = source_from(train, label_column, id_column, features_column, feature_columns)
-    head = api_fit_head(src, kind=kind.value, l2=l2)
+    sample_weight = normalizer = None
+    if weights is not None:
+        from ..subsample import load_subset_weights
+
+        sample_weight, normalizer = load_subset_weights(weights, src, return_normalizer=True)
+    head = api_fit_head(src, kind=kind.value, l2=l2, sample_weight=sample_weight, normalizer=normalizer)
     head.save(out, overwrite=overwrite)
     say(quiet, f"fitted {head!r} in {head.n_iter_} Newton iterations, final ‖∇R‖∞ = {head.grad_norm_:.2e}")
     say(quiet, f"wrote {out}")
@@ -66,7 +76,26 @@ def influence(
                                       "loss_change_if_removed (= -influence/n), self_influence.")],
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Also write the pairwise I_loss in long format "
                                                "(test_id, train_id, influence): T·n rows.")] = None,
+    newton: Annotated[bool, typer.Option("--newton", help="Also write `leverage` and "
+                                         "`loss_change_if_removed_newton`: the Newton-step (leverage-corrected) "
+                                         "removal (1/n)·H₋ₚ⁻¹g_p evaluated in the mean test loss to second order "
+                                         "(mean test gradient and Hessian). No extra pass over "
+                                         "TRAIN; roughly doubles the scoring time (more for softmax heads).")]
+    = False,
+    newton_exact: Annotated[bool, typer.Option("--newton-exact", help="Also write "
+                                               "`loss_change_if_removed_newton_exact`: the mean test loss "
+                                               "evaluated at the moved parameters (implies --newton). O(T·P) per "
+                                               "training point, with the test features held in memory.")] = False,
+    memorization: Annotated[bool, typer.Option("--memorization", help="Add columns memorization "
+                                               "(‖Λ⁻¹Qᵀg_p‖₁, paper Definition 6) and memorize (score > D); "
+                                               "D is the 0.9 quantile unless given.")] = False,
+    memorize_threshold: Annotated[float | None, typer.Option("--memorize-threshold", help="D (>= 0): a point "
+                                                             "memorizes when its score exceeds D.")] = None,
+    memorize_quantile: Annotated[float | None, typer.Option("--memorize-quantile", help="D as this quantile "
+                                                            "(0..1) of the scores (one extra pass).")] = None,
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
+    hessian: HessianOpt = HessianChoice.full, sample_size: SampleSizeOpt = None,
+    sampler: SamplerOpt = SamplerChoice.uniform, seed: SeedOpt = 0,
     label_column: LabelColumn = "label", id_column: IdColumn = "id",
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
@@ -82,8 +111,23 @@ def influence(
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
     te = source_from(test, label_column, id_column, features_column, feature_columns)
-    an = InfluenceAnalyzer(h, damping=damping, chunk_size=chunk_size, progress=not quiet).fit(tr)
-    an.write_scores(te, out, pairs_out=pairs, overwrite=overwrite)
+    from ..relative import make_curvature
+
+    curv = make_curvature(h, tr, hessian=hessian.value, sample_size=sample_size, sampler=sampler.value,
+                          seed=seed, damping=damping, chunk_size=chunk_size, progress=not quiet)
+    an = InfluenceAnalyzer(h, damping=damping, chunk_size=chunk_size, progress=not quiet).fit(tr, curvature=curv)
+    extra = []
+    if newton or newton_exact:
+        from ..fidelity import NewtonColumns
+
+        extra.append(NewtonColumns(exact=newton_exact))
+    if memorization or memorize_threshold is not None or memorize_quantile is not None:
+        from ..memorization import MemorizationColumns
+
+        if memorize_threshold is None and memorize_quantile is None:
+            memorize_quantile = 0.9
+        extra.append(MemorizationColumns(threshold=memorize_threshold, quantile=memorize_quantile))
+    an.write_scores(te, out, pairs_out=pairs, overwrite=overwrite, extra=extra)
     say(quiet, f"wrote {out}" + (f" and {pairs}" if pairs else ""))
 
 
