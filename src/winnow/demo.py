@@ -8,17 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .datasets import load_digits_embeddings
+from .datasets import Split, load_digits_embeddings
 from .heads import LogisticHead
 from .influence import InfluenceAnalyzer
-from .loo import leave_one_out
 from .outputs import atomic_path
-from .report import (
-    Report,
-    influence_by_label_figure,
-    loo_scatter_figure,
-    top_points_rows,
-)
+from .report import Report, influence_by_label_figure, top_points_rows
 
 DEMO_L2 = 1e-3
 
@@ -34,21 +28,36 @@ def write_parquet_dataset(path: Path, X: np.ndarray, y: np.ndarray, overwrite: b
 
 
 def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = True, progress: bool = True,
-             loo_points: int = 60, seed: int = 0) -> dict[str, Path]:
-    """Fit a logistic head on digit embeddings (digit >= 5 vs < 5), score every training point's influence on the
-    test loss, validate against actual leave-one-out retraining and write scores + report.html."""
+             loo_points: int = 60, seed: int = 0, data: Split | None = None,
+             report: Report | None = None) -> dict[str, Path]:
+    """The whole pipeline on ``data`` (default: digit embeddings, digit >= 5 vs < 5): fit a logistic head,
+    score every training point (influence, self-influence, Newton removal effect, memorization), validate
+    against actual leave-one-out retraining, check the paper's theorems and the relative Hessian, and write
+    train/test Parquet, head.npz, scores.parquet and report.html under ``out``.
+
+    ``report`` lets a caller (the model demo) put its own sections first."""
+    from .fidelity import NewtonColumns, compare_removal_methods, removal_methods_section
+    from .lds import lds_section, linear_datamodeling_score
+    from .memorization import MemorizationColumns
+    from .relative import report_section as lep_section
+    from .relative import two_sample_search
+    from .theorems import check_theorems
+    from .theorems import report_section as theorems_section
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_digits_embeddings(binary=True, seed=seed)
+    data = data if data is not None else load_digits_embeddings(binary=True, seed=seed)
     train_path = write_parquet_dataset(out / "train.parquet", data.X_train, data.y_train, overwrite)
     test_path = write_parquet_dataset(out / "test.parquet", data.X_test, data.y_test, overwrite)
 
     head = LogisticHead(l2=DEMO_L2, tol=1e-11).fit(train_path)
     head_path = head.save(out / "head.npz", overwrite=overwrite)
     analyzer = InfluenceAnalyzer(head, progress=progress).fit(train_path)
-    scores_path = analyzer.write_scores(test_path, out / "scores.parquet", overwrite=overwrite)
+    memo = MemorizationColumns(quantile=0.9)
+    scores_path = analyzer.write_scores(test_path, out / "scores.parquet", overwrite=overwrite,
+                                        extra=[NewtonColumns(), memo])
     scores = pq.read_table(scores_path)
-    loo = leave_one_out(head, train_path, test_path, points=loo_points, seed=seed, progress=progress)
+    loo = compare_removal_methods(head, train_path, test_path, points=loo_points, seed=seed, progress=progress)
 
     infl = scores.column("influence").to_numpy()
     labels = scores.column("label").to_numpy()
@@ -57,13 +66,14 @@ def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = True, progres
     proba = head.predict_proba(data.X_test)
     acc = float(np.mean((proba > 0.5) == data.y_test))
 
-    rep = Report("winnow demo: influence on a digits classifier head")
+    rep = report if report is not None else Report("winnow demo: influence on a digits classifier head")
     rep.section("Setup", data.description)
     rep.table(["quantity", "value"], [
         ["training points n", len(data.y_train)], ["test points T", len(data.y_test)],
         ["head", repr(head)], ["parameters P", head.n_params], ["final ‖∇R‖∞", head.grad_norm_],
         ["test accuracy", acc], ["harmful points (influence > 0)", int((infl > 0).sum())],
         ["helpful points (influence < 0)", int((infl < 0).sum())],
+        ["memorize (score > D, D = 0.9 quantile)", int(scores.column("memorize").to_numpy().sum())],
     ])
     rep.section("Influence by label", "influence = −ḡ_testᵀ H⁻¹ g_p (paper eq. 27 averaged over the test set). "
                 "Positive: the point raises the test loss; negative: it lowers it.")
@@ -72,10 +82,10 @@ def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = True, progres
     rep.section("Most harmful training points").table(header, top_points_rows(ids, labels, infl, selfi))
     rep.section("Most helpful training points").table(header, top_points_rows(ids, labels, infl, selfi,
                                                                               harmful=False))
-    rep.section("Prediction vs actual leave-one-out retraining",
-                f"{len(loo.ids)} points removed one at a time; the head retrained on the ε = −1/n objective "
-                f"to ‖∇R‖∞ ≤ {loo.tol:g}.")
-    rep.figure(loo_scatter_figure(loo.predicted, loo.actual, loo.pearson, loo.spearman))
+    removal_methods_section(rep, loo, title="Prediction vs actual leave-one-out retraining")
+    lds_section(rep, linear_datamodeling_score(head, train_path, test_path, subsets=30, seed=seed))
+    lep_section(rep, two_sample_search(head, train_path, test_path, full=True, sampler="leverage", seed=seed))
+    theorems_section(rep, check_theorems(head, train_path, test_path, pairs=20000, seed=seed, l2_grid=None))
     report_path = rep.write(out / "report.html", overwrite=overwrite)
     return {"train": train_path, "test": test_path, "head": head_path, "scores": scores_path,
             "report": report_path}
