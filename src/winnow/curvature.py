@@ -32,36 +32,43 @@ def row_block(n_cols: int, device: torch.device | str | None = None) -> int:
     return max(256, size // (8 * max(int(n_cols), 1)))
 
 
-def float64_blocks(X: np.ndarray, block: int,
-                   device: torch.device | str | None) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (start, stop, X[start:stop] as float64 on ``device``) for row blocks of ``block`` rows.
+def float64_blocks(X: np.ndarray, block: int, device: torch.device | str | None, *,
+                   ones_column: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (start, stop, X[start:stop] as float64 on ``device``) for row blocks of ``block`` rows of a
+    (c, D) array; with ``ones_column`` the block is X̃ = [X, 1] (b, D + 1).
 
-    Rows that need converting (float32 features, another device) are copied into one reused buffer, so a
-    block is only valid until the next one is yielded; float64 rows already on ``device`` are not copied.
+    Rows that need converting (float32 features, another device, the ones column) are copied into one reused
+    buffer, so a block is only valid until the next one is yielded; float64 rows already on ``device`` are
+    not copied when no ones column is asked for.
     """
-    n = int(X.shape[0])
+    n, d = int(X.shape[0]), int(X.shape[1])
     buf = None
     for s in range(0, n, block):
         e = min(s + block, n)
         src = torch.as_tensor(X[s:e])
-        if src.dtype == DTYPE and src.device == torch.device(device or "cpu"):
+        if not ones_column and src.dtype == DTYPE and src.device == torch.device(device or "cpu"):
             yield s, e, src
             continue
         if buf is None:
-            buf = torch.empty((min(block, n),) + tuple(src.shape[1:]), dtype=DTYPE, device=device)
+            buf = torch.empty(min(block, n), d + int(ones_column), dtype=DTYPE, device=device)
+            if ones_column:
+                buf[:, d] = 1.0
         out = buf[:e - s]
-        out.copy_(src)
+        out[:, :d].copy_(src)
         yield s, e, out
 
 
-def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None) -> torch.Tensor:
-    """Σ_i w_i ∇²ℓ_i over one chunk of features (pure; shared by the local loop and Dask), (P, P)."""
+def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None,
+                  y: np.ndarray | None = None) -> torch.Tensor:
+    """Σ_i w_i ∇²ℓ_i over one chunk of features (pure; shared by the local loop and Dask), (P, P).
+    ``y`` (c,) is passed on for heads whose Hessian depends on the labels (autodiff heads)."""
     if X.shape[0] == 0:
         return head.hessian_sum(as_tensor(X, head.device), weights=None)
     S = None
     for s, e, Xb in float64_blocks(X, row_block(X.shape[1] + 1, head.device), head.device):
         w = as_tensor(weights[s:e], head.device) if weights is not None else None
-        part = head.hessian_sum(Xb, weights=w)
+        yb = torch.as_tensor(y[s:e], device=head.device) if y is not None else None
+        part = head.hessian_sum(Xb, weights=w, y=yb)
         S = part if S is None else S.add_(part)
     return S
 
@@ -83,7 +90,7 @@ def hessian_pass(head: Head, source: DataSource, *, rows: np.ndarray | None = No
         head.check_labels(ch.y, argument=source.name)
         w = None if row_weights is None else row_weights[start:start + len(ch)]
         start += len(ch)
-        S += hessian_chunk(head, ch.X, w)
+        S += hessian_chunk(head, ch.X, w, ch.y)
         total += float(len(ch)) if w is None else float(np.sum(w))
     if start == 0:
         raise ValidationError(f"{source.name}: no rows to build the Hessian from")

@@ -442,6 +442,17 @@ def _scalar_numpy(arr: pa.Array, where: str, what: str, row_ids: np.ndarray | No
     return arr.to_numpy(zero_copy_only=False, writable=True)
 
 
+def _iter_batches(pf: pq.ParquetFile, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """``pf``'s record batches, one row group at a time.
+
+    ``ParquetFile.iter_batches`` over a whole file pre-buffers every row group of it before the first batch,
+    so its memory grows with the file; row group by row group it is bounded by one row group.
+    """
+    for g in range(pf.metadata.num_row_groups):
+        if pf.metadata.row_group(g).num_rows:
+            yield from pf.iter_batches(batch_size=batch_size, row_groups=[g], columns=columns)
+
+
 class ParquetSource(DataSource):
     """A Parquet file, or a directory of ``*.parquet`` files read in name order as one table.
 
@@ -576,7 +587,7 @@ class ParquetSource(DataSource):
             if self._meta[i].num_rows == 0:
                 continue
             with pq.ParquetFile(f, metadata=self._meta[i]) as pf:
-                for batch in pf.iter_batches(batch_size=1, columns=[self.features_column]):
+                for batch in _iter_batches(pf, 1, [self.features_column]):
                     if batch.num_rows:
                         arr = batch.column(0)
                         if arr.null_count:
@@ -630,7 +641,7 @@ class ParquetSource(DataSource):
                 continue
             pos = int(self._offsets[i])
             with self._open(i) as pf:
-                for batch in pf.iter_batches(batch_size=chunk_size, columns=self._columns):
+                for batch in _iter_batches(pf, chunk_size, self._columns):
                     m = batch.num_rows
                     if m:
                         yield self._convert(batch, i, np.arange(pos, pos + m, dtype=np.int64))
@@ -706,7 +717,7 @@ class ParquetSource(DataSource):
             where = str(self._files[i])
             pos = int(self._offsets[i])
             with self._open(i) as pf:
-                for batch in pf.iter_batches(batch_size=1 << 20, columns=[column]):
+                for batch in _iter_batches(pf, 1 << 20, [column]):
                     m = batch.num_rows
                     positions = np.arange(pos, pos + m, dtype=np.int64)
                     vals = _scalar_numpy(batch.column(0), where, what, None)

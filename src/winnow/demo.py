@@ -29,13 +29,14 @@ def write_parquet_dataset(path: Path, X: np.ndarray, y: np.ndarray, overwrite: b
 
 def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = True, progress: bool = True,
              loo_points: int = 60, seed: int = 0, data: Split | None = None,
-             report: Report | None = None) -> dict[str, Path]:
+             report: Report | None = None, model: bool = True) -> dict[str, Path]:
     """The whole pipeline on ``data`` (default: digit embeddings, digit >= 5 vs < 5): fit a logistic head,
     score every training point (influence, self-influence, Newton removal effect, memorization), validate
     against actual leave-one-out retraining, check the paper's theorems and the relative Hessian, and write
     train/test Parquet, head.npz, scores.parquet and report.html under ``out``.
 
-    ``report`` lets a caller (the model demo) put its own sections first."""
+    ``report`` lets a caller put its own sections first; ``model`` adds the PyTorch part: a small MLP
+    featurizer + head trained on the digit images, head-only vs full-model influence (Theorem 1)."""
     from .fidelity import NewtonColumns, compare_removal_methods, removal_methods_section
     from .lds import lds_section, linear_datamodeling_score
     from .memorization import MemorizationColumns
@@ -86,6 +87,12 @@ def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = True, progres
     lds_section(rep, linear_datamodeling_score(head, train_path, test_path, subsets=30, seed=seed))
     lep_section(rep, two_sample_search(head, train_path, test_path, full=True, sampler="leverage", seed=seed))
     theorems_section(rep, check_theorems(head, train_path, test_path, pairs=20000, seed=seed, l2_grid=None))
-    report_path = rep.write(out / "report.html", overwrite=overwrite)
-    return {"train": train_path, "test": test_path, "head": head_path, "scores": scores_path,
-            "report": report_path}
+    paths = {"train": train_path, "test": test_path, "head": head_path, "scores": scores_path}
+    if model:
+        # the paper's setting: a trained featurizer + head, features captured by a hook, Theorem 1 evidence
+        from .demo_model import run_model_demo
+
+        got = run_model_demo(out / "model", overwrite=overwrite, progress=progress, seed=seed, report=rep)
+        paths["model_scores"] = got["scores_head"]
+    paths["report"] = rep.write(out / "report.html", overwrite=overwrite)
+    return paths

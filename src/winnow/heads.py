@@ -145,8 +145,11 @@ class Head(ABC):
 
     @abstractmethod
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Σ_i w_i ∇²ℓ_i over the rows of X (not averaged, no regulariser), shape (P, P), float64."""
+                    weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_i w_i ∇²ℓ_i over the rows of X (not averaged, no regulariser), shape (P, P), float64.
+
+        ``y`` is ignored by the linear heads (their Hessian does not depend on the labels); nonlinear heads
+        (``winnow.autodiff``) need it."""
 
     @abstractmethod
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -304,7 +307,7 @@ class LogisticHead(Head):
         return s * (1 - s)
 
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
+                    weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         a = self.curvature_weights(X, theta)
         if weights is not None:
             a = a * weights
@@ -397,7 +400,7 @@ class SoftmaxHead(Head):
         return torch.softmax(Z, dim=1) - torch.nn.functional.one_hot(y.long(), Z.shape[1]).to(Z.dtype)
 
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
+                    weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         # Σ_i (diag p_i − p_i p_iᵀ) ⊗ ũ_i ũ_iᵀ = blockdiag_k(X̃ᵀ diag(p_k) X̃) − AᵀA with A_i = p_i ⊗ ũ_i
         p = torch.softmax(self.logits(X, theta), dim=1)
         Xa = augment(X)

@@ -105,43 +105,46 @@ def score_chunk(head: Head, X: np.ndarray, y: np.ndarray, *, direction: torch.Te
 
 def _score_chunk_linear(head: LogisticHead | SoftmaxHead, X: np.ndarray, y: np.ndarray, *,
                         direction: torch.Tensor, curvature: Curvature | None, n_train: int,
-                        pair_factors: torch.Tensor | None) -> dict[str, np.ndarray]:
+                        pair_factors: torch.Tensor | None,
+                        pairs_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``score_chunk`` for the closed-form heads, without forming the (c, P) gradients.
 
     With g_p = r_p ⊗ ũ_p (ũ = [u, 1]) every score is a GEMM on the features: for V (P, m) seen as
     (K, D + 1, m), g_pᵀV = Σ_k r_pk (u_pᵀ V_k[:D] + V_k[D]). The logits, the aggregate direction s and the
     pair factors share one GEMM; self-influence is ‖L⁻¹g_p‖² = ‖Σ_k r_pk (L⁻¹)_k ũ_p‖² with (L⁻¹)_k the
     columns of L⁻¹ for output k. Features are upcast to float64 one cache-sized block at a time.
+    ``pairs_out`` (c, T) float64, if given, receives the pairs (no extra copy on a CPU).
     """
     K, D = head.n_outputs, head.n_features_
     dev = head.device
 
-    def split(V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """V (P, m) -> (Vxᵀ (K·m, D) contiguous, row k·m + j = V_k[:D, j]; Vb (K·m,) = V_k[D, j])."""
-        Vm = V.reshape(K, D + 1, -1)
-        return Vm[:, :D, :].permute(0, 2, 1).reshape(-1, D).contiguous(), Vm[:, D, :].reshape(-1)
+    def split(V: torch.Tensor) -> torch.Tensor:
+        """V (P, m) -> Vᵀ per output, (K·m, D + 1) contiguous: row k·m + j = V_k[:, j], so ũ_pᵀV_k[:, j] is
+        entry (p, k·m + j) of X̃ @ split(V).T."""
+        return V.reshape(K, D + 1, -1).permute(0, 2, 1).reshape(-1, D + 1).contiguous()
 
     blocks = [head.theta_.reshape(-1, 1), direction.reshape(-1, 1)]  # logits z_k = θ_kᵀũ, s_kᵀũ
     T = 0
     if pair_factors is not None:
         T = int(pair_factors.shape[1])
         blocks.append(pair_factors)
-    parts = [split(V) for V in blocks]
-    # the GEMMs below take the transposed view of a contiguous (m, D) matrix: much faster in MKL than a
-    # row-major (D, m) right-hand side when m is small
-    VxT = torch.cat([p[0] for p in parts])
-    Vb = torch.cat([p[1] for p in parts])
+    # the GEMMs below take the transposed view of a contiguous (m, D + 1) matrix: much faster in MKL than a
+    # row-major (D + 1, m) right-hand side when m is small
+    VT = torch.cat([split(V) for V in blocks])
     if curvature is not None:
-        MxT, Mb = split(curvature.inverse_factor().T)  # (K·P, D), (K·P,)
+        MT = split(curvature.inverse_factor().T)  # (K·P, D + 1): rows of (L⁻¹)_k
 
     c = int(X.shape[0])
     infl = torch.empty(c, dtype=DTYPE, device=dev)
     self_infl = torch.empty(c, dtype=DTYPE, device=dev) if curvature is not None else None
-    pairs = torch.empty(c, T, dtype=DTYPE, device=dev) if T else None
+    pairs = None
+    if T:
+        direct = pairs_out is not None and torch.device(dev).type == "cpu"
+        pairs = torch.from_numpy(pairs_out) if direct else torch.empty(c, T, dtype=DTYPE, device=dev)
     yt_all = torch.as_tensor(y, device=dev)
-    B = row_block(max(D + 1, VxT.shape[0], MxT.shape[0] if curvature is not None else 0), dev)
-    for s, e, Xb in float64_blocks(X, B, dev):
-        Z = torch.addmm(Vb, Xb, VxT.T)  # (b, K + K + K·T)
+    B = row_block(max(D + 1, VT.shape[0], MT.shape[0] if curvature is not None else 0), dev)
+    for s, e, Xb in float64_blocks(X, B, dev, ones_column=True):  # Xb = X̃ (b, D + 1)
+        Z = Xb @ VT.T  # (b, K + K + K·T)
         r = head._residuals_from_logits(Z[:, :K], yt_all[s:e])  # (b, K)
         rn = r.neg_()  # −r: the influences carry a minus sign
         torch.sum(rn * Z[:, K:2 * K], 1, out=infl[s:e])
@@ -151,7 +154,7 @@ def _score_chunk_linear(head: LogisticHead | SoftmaxHead, X: np.ndarray, y: np.n
             else:
                 torch.sum(rn[:, :, None] * Z[:, 2 * K:].reshape(-1, K, T), 1, out=pairs[s:e])
         if self_infl is not None:
-            W = torch.addmm(Mb, Xb, MxT.T)  # (b, K·P): row p, block k = (L⁻¹)_k ũ_p
+            W = Xb @ MT.T  # (b, K·P): row p, block k = (L⁻¹)_k ũ_p
             W = W.mul_(rn) if K == 1 else (W.reshape(-1, K, W.shape[1] // K) * rn[:, :, None]).sum(1)
             torch.sum(W * W, 1, out=self_infl[s:e])
     infl_np = infl.cpu().numpy()
@@ -159,7 +162,12 @@ def _score_chunk_linear(head: LogisticHead | SoftmaxHead, X: np.ndarray, y: np.n
     if self_infl is not None:
         out["self_influence"] = self_infl.cpu().numpy()
     if pairs is not None:
-        out["pairs"] = pairs.cpu().numpy()
+        if pairs_out is None:
+            out["pairs"] = pairs.cpu().numpy()
+        else:
+            if not direct:
+                pairs_out[...] = pairs.cpu().numpy()
+            out["pairs"] = pairs_out
     return out
 
 
@@ -299,8 +307,26 @@ class InfluenceAnalyzer:
 
     def pairwise(self, test: Any) -> np.ndarray:
         """The matrix I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p, shape (T, n) (dense: only for moderate T·n)."""
-        cols = list(self.iter_scores(test, self_influence=False, pairs=True))
-        return np.concatenate([c["pairs"] for c in cols], axis=0).T
+        self._check()
+        test_src = open_source(test)
+        self.head.check_features(np.empty((0, test_src.n_features)), argument=f"test ({test_src.name})")
+        Gt, _, _ = test_gradients(self.head, test_src, chunk_size=self.chunk_size)
+        factors = self.curvature_.solve(Gt.T)  # (P, T)
+        zero = torch.zeros(self.head.n_params, dtype=DTYPE, device=self.head.device)
+        # written in place chunk by chunk: no list of chunk results and no concatenated copy
+        out = np.empty((self.n_train_, factors.shape[1]))
+        start = 0
+        for ch in track_rows(self.train_.chunks(self.chunk_size), self.n_train_, "pairwise", self.progress):
+            self.head.check_labels(ch.y, argument=self.train_.name)
+            stop = start + len(ch)
+            if type(self.head) in (LogisticHead, SoftmaxHead):
+                _score_chunk_linear(self.head, ch.X, ch.y, direction=zero, curvature=None, n_train=self.n_train_,
+                                    pair_factors=factors, pairs_out=out[start:stop])
+            else:
+                out[start:stop] = score_chunk(self.head, ch.X, ch.y, direction=zero, curvature=None,
+                                              n_train=self.n_train_, pair_factors=factors)["pairs"]
+            start = stop
+        return out.T
 
     def self_influence(self) -> np.ndarray:
         """g_pᵀH⁻¹g_p for every training point, shape (n,)."""

@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from . import core, fidelity, relative, subsample, theorems  # noqa: E402,F401  (each module registers its commands)
+from . import core, fidelity, models, relative, subsample, theorems  # noqa: E402,F401  (each module registers its commands)
 
 
 def main(argv: list[str] | None = None) -> None:

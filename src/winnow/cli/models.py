@@ -1,0 +1,189 @@
+"""PyTorch model commands: extract-features, model-influence, check-head (Theorem 1)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import app
+from .options import Damping, Overwrite, Quiet, say
+
+ModelArg = Annotated[Path, typer.Argument(help="A whole model saved with torch.save(model, path) (a pickled "
+                                               "nn.Module: load only files you trust).")]
+HeadName = Annotated[str, typer.Option("--head", help="Name of the head module inside the model, as in "
+                                       "model.named_modules() (e.g. fc, classifier.3).")]
+ModelData = Annotated[Path, typer.Option("--train", help="Model inputs: .npz with arrays X (n, ...), y (n,) and "
+                                         "optional id.")]
+TestData = Annotated[Path, typer.Option("--test", help="Test inputs, same format as --train.")]
+L2 = Annotated[float, typer.Option("--l2", min=0.0, help="λ of the objective (1/n)Σℓ + (λ/2)‖θ_reg‖² the model "
+                                   "was trained with.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per forward/backward pass.")]
+Device = Annotated[str | None, typer.Option("--device", help="Where to run (cpu, cuda, cuda:1...); default: "
+                                            "where the model's parameters are.")]
+
+
+class Regularize(str, Enum):
+    weights = "weights"
+    all = "all"
+
+
+class SolverName(str, Enum):
+    auto = "auto"
+    dense = "dense"
+    cg = "cg"
+    lissa = "lissa"
+    lanczos = "lanczos"
+
+
+RegOpt = Annotated[Regularize, typer.Option("--regularize", help="Which parameters the L2 applies to: weights "
+                                            "(tensors with >= 2 dims, not biases) or all.")]
+
+
+def load_model(path: Path, device: str | None = None) -> Any:
+    """A model saved whole with ``torch.save(model, path)``, in eval mode on ``device``."""
+    import torch
+
+    from ..errors import ValidationError
+
+    if not path.exists():
+        raise ValidationError(f"MODEL: {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=device or "cpu", weights_only=False)
+    except Exception as e:  # unpickling errors come in many types
+        raise ValidationError(f"MODEL: cannot load {path} with torch.load ({type(e).__name__}: {e}); save the "
+                              f"whole module with torch.save(model, path) and keep its class importable") from None
+    if isinstance(obj, dict):
+        raise ValidationError(f"MODEL: {path} holds a state_dict (a dict of tensors), not a module; save the whole "
+                              f"module with torch.save(model, path)")
+    if not isinstance(obj, torch.nn.Module):
+        raise ValidationError(f"MODEL: {path} holds a {type(obj).__name__}, expected a torch.nn.Module")
+    return obj
+
+
+@app.command("extract-features")
+def extract_features_cmd(
+    model: ModelArg,
+    data: Annotated[Path, typer.Argument(help="Inputs: .npz with arrays X (n, ...), y (n,) and optional id.")],
+    head: HeadName,
+    out: Annotated[Path, typer.Option("--out", help="Features: .parquet (id, label, features list column) or "
+                                      ".npz (X, y, id).")],
+    head_out: Annotated[Path | None, typer.Option("--head-out", help="Also write the head's weights for `winnow "
+                                                  "influence --head` (nn.Linear heads only, .npz).")] = None,
+    l2: L2 = 1e-3, batch_size: BatchSize = 256, device: Device = None,
+    overwrite: Overwrite = False, quiet: Quiet = False,
+) -> None:
+    """Run MODEL over DATA and save the input of its head module (the featurizer's output) for every row."""
+    from ..errors import ValidationError
+    from ..models import check_head_labels, extract_features, find_module, head_from_module
+    from ..outputs import check_output_path
+
+    check_output_path(out, overwrite, argument="--out")
+    if head_out is not None:
+        check_output_path(head_out, overwrite, argument="--head-out")
+    m = load_model(model, device)
+    name, mod = find_module(m, head)
+    h = None
+    if head_out is not None:
+        import torch
+
+        if not isinstance(mod, torch.nn.Linear):
+            raise ValidationError(f"--head-out: head {name!r} is a {type(mod).__name__}, not an nn.Linear; only "
+                                  f"linear heads are saved as winnow head files")
+        h = head_from_module(mod, l2=l2)
+    feats = extract_features(m, name, data, out=out, batch_size=batch_size, overwrite=overwrite,
+                             progress=not quiet)
+    if h is not None:
+        from ..data import open_source
+
+        check_head_labels(h, open_source(feats.path).labels(), "labels", name)
+        h.save(head_out, overwrite=overwrite)
+        say(quiet, f"wrote {head_out} ({h!r})")
+    import numpy as np
+
+    say(quiet, f"wrote {feats.path}: {feats.n} rows, D = {int(np.prod(feats.shape))}")
+
+
+@app.command("model-influence")
+def model_influence_cmd(
+    model: ModelArg, train: ModelData, test: TestData,
+    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet): id, label, "
+                                      "influence (>0 harmful), loss_change_if_removed, self_influence.")],
+    params: Annotated[str | None, typer.Option("--params", help="Comma-separated module or parameter names to "
+                                               "differentiate (default: all parameters).")] = None,
+    solver: Annotated[SolverName, typer.Option("--solver", help="Inverse-HVP solver: dense (P <= --max-dense), "
+                                               "cg, lissa, lanczos (low rank + damping); auto = dense if small "
+                                               "enough else cg.")] = SolverName.auto,
+    l2: L2 = 0.0, regularize: RegOpt = Regularize.weights, damping: Damping = 0.0,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="Also write pairwise influence (test_id, "
+                                               "train_id, influence).")] = None,
+    max_dense: Annotated[int, typer.Option("--max-dense", min=1, help="Largest P for the dense solver.")] = 20000,
+    batch_size: BatchSize = 256, device: Device = None, overwrite: Overwrite = False, quiet: Quiet = False,
+) -> None:
+    """Influence of every training point with respect to all (or --params) parameters of MODEL."""
+    from ..models import ModelInfluence
+    from ..outputs import check_output_path
+
+    check_output_path(out, overwrite, argument="--out")
+    if pairs is not None:
+        check_output_path(pairs, overwrite, argument="--pairs")
+    m = load_model(model, device)
+    plist = [p.strip() for p in params.split(",") if p.strip()] if params else None
+    mi = ModelInfluence(m, params=plist, l2=l2, regularize=regularize.value, damping=damping,
+                        solver=solver.value, max_dense=max_dense, batch_size=batch_size, device=device,
+                        progress=not quiet).fit(train)
+    mi.write_scores(test, out, pairs_out=pairs, overwrite=overwrite)
+    info = mi.direction_info_
+    say(quiet, f"{mi.n_params} parameters, solver {mi.solver_!r}: iterations {info.iterations}, relative residual "
+               f"{info.residual:.3g}" + (f", rank {info.rank}" if info.rank is not None else ""))
+    say(quiet, f"wrote {out}" + (f" and {pairs}" if pairs else ""))
+
+
+@app.command("check-head")
+def check_head_cmd(
+    model: ModelArg, head: HeadName, train: ModelData, test: TestData,
+    l2: L2 = 0.0, regularize: RegOpt = Regularize.weights, damping: Damping = 0.0,
+    pairs_train: Annotated[int, typer.Option("--pairs-train", min=2, help="Training points sampled.")] = 200,
+    pairs_test: Annotated[int, typer.Option("--pairs-test", min=1, help="Test points sampled.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the sampled points.")] = 0,
+    max_dense: Annotated[int, typer.Option("--max-dense", min=1, help="Above this many parameters the full "
+                                           "Hessian is approximated by Lanczos.")] = 6000,
+    rank: Annotated[int, typer.Option("--rank", min=1, help="Lanczos rank for big models.")] = 100,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON file.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report with the figures.")] = None,
+    batch_size: BatchSize = 256, device: Device = None, overwrite: Overwrite = False, quiet: Quiet = False,
+) -> None:
+    """Theorem 1 check: is influence on the head's parameters a good stand-in for influence on all of them?"""
+    from ..diagnostics import report_section, theorem1_check
+    from ..outputs import check_output_path, write_json
+
+    for p, arg in ((json_out, "--json"), (report, "--report")):
+        if p is not None:
+            check_output_path(p, overwrite, argument=arg)
+    m = load_model(model, device)
+    res = theorem1_check(m, head, train, test, l2=l2, regularize=regularize.value, damping=damping,
+                         n_train=pairs_train, n_test=pairs_test, seed=seed, max_dense=max_dense, rank=rank,
+                         batch_size=batch_size, device=device)
+    typer.echo(f"head {res.head_name!r}: {res.n_head_params} of {res.n_params} parameters ({res.method})")
+    typer.echo(f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}, sign agreement {res.sign_agreement:.3f}, "
+               f"I_head/I median {res.ratio_quantiles.get('q50', float('nan')):.3g}")
+    typer.echo(f"inverse-Hessian mass on head coordinates {res.head_inverse_mass:.3g} (evenly: "
+               f"{res.head_mass_baseline:.3g}); eigenvalues <= 0: {res.n_negative}; damping added "
+               f"{res.damping_added:.3g}")
+    if res.t1_relative is not None and res.t2_relative:
+        typer.echo(f"‖T1‖/‖Q_CᵀΛ_CQ_C‖ = {res.t1_relative:.3g}; median |T2|/|main term| = "
+                   f"{res.t2_relative.get('q50', float('nan')):.3g}")
+    for note in res.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"verdict: {res.verdict}")
+    if json_out is not None:
+        write_json(json_out, res.summary(), overwrite=overwrite, argument="--json")
+        say(quiet, f"wrote {json_out}")
+    if report is not None:
+        from ..report import Report
+
+        rep = Report(f"winnow check-head: {model.name}, head {res.head_name!r}")
+        report_section(rep, res).write(report, overwrite=overwrite)
+        say(quiet, f"wrote {report}")
