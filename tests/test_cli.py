@@ -259,8 +259,6 @@ def test_labels_outside_label_set_or_not_integer(data, capsys, tmp_path):
     assert not out.exists() and not (tmp_path / "n.npz").exists() and not (tmp_path / "h3.npz").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="Head.fit checks labels with argument='y', not the data source's name "
-                   "(heads.py: pass argument=source.name to _prepare_fit/check_labels)")
 def test_fit_head_label_error_names_the_file(tmp_path, capsys):
     X, y = relu_embeddings(60, d=3, seed=2)
     y[4] = 2
@@ -313,14 +311,8 @@ def test_missing_label_column_and_bad_feature_columns(data, capsys):
     assert not (d / "h.npz").exists()
 
 
-# typer >= 0.2x vendors click as ``typer._click``: ``main`` in cli/__init__.py tests for the *installed* click's
-# exception classes, so usage errors escape as tracebacks, and in non-standalone mode typer *returns* 130 on
-# Ctrl-C, which ``main`` ignores (exit status 0). The fix is reported in /tmp/notes/issue-2.md.
-CLI_MAIN_FIX = ("winnow.cli.main: click usage errors (typer._click) are not caught and typer's returned exit "
-                "code is ignored; see the change proposed in the issue-2 note")
 
 
-@pytest.mark.xfail(strict=True, reason=CLI_MAIN_FIX)
 def test_bad_options_are_usage_errors(data, capsys):
     d = data["dir"]
     fails(["fit-head", data["train"], "--out", d / "h.npz", "--l2", "-1"], capsys, "--l2")
@@ -361,9 +353,7 @@ def test_crash_in_later_parquet_part_leaves_no_output(tmp_path, capsys):
     assert not out_dir.exists() or only_files(out_dir) == set()
 
 
-@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"),
-                                 pytest.param(KeyboardInterrupt(), marks=pytest.mark.xfail(strict=True,
-                                                                                           reason=CLI_MAIN_FIX))])
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
 def test_crash_during_scoring_pass_leaves_no_file(data, monkeypatch, capsys, exc):
     """A failure after some score chunks were written: no file at --out or --pairs, no temporary left."""
     real = winnow.influence.score_chunk

@@ -210,7 +210,7 @@ class Head(ABC):
         labels = source.labels()
         if len(labels) == 0:
             raise ValidationError("training data is empty")
-        self._prepare_fit(labels, n_classes)
+        self._prepare_fit(labels, n_classes, argument=source.name)
         self.n_features_ = source.n_features
         if init is None:
             theta = torch.zeros(self.n_outputs * (source.n_features + 1), dtype=DTYPE, device=self.device)
@@ -232,7 +232,7 @@ class Head(ABC):
         def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
             start = 0
             for ch in source.chunks(chunk_size):
-                self.check_labels(ch.y)
+                self.check_labels(ch.y, argument=source.name)
                 Xt = as_tensor(ch.X, self.device)
                 yt = torch.as_tensor(ch.y, device=self.device)
                 w = None
@@ -244,8 +244,8 @@ class Head(ABC):
         self.theta_ = newton_minimize(self, chunks, N, theta, tol=self.tol, max_iter=self.max_iter)
         return self
 
-    def _prepare_fit(self, labels: np.ndarray, n_classes: int | None) -> None:
-        self.check_labels(labels)
+    def _prepare_fit(self, labels: np.ndarray, n_classes: int | None, argument: str = "y") -> None:
+        self.check_labels(labels, argument=argument)
 
     # ------------------------------------------------------------ construct
     @classmethod
@@ -367,12 +367,12 @@ class SoftmaxHead(Head):
                                   "(use LogisticHead for one sigmoid output)")
         self.n_classes = k_out
 
-    def _prepare_fit(self, labels: np.ndarray, n_classes: int | None) -> None:
+    def _prepare_fit(self, labels: np.ndarray, n_classes: int | None, argument: str = "y") -> None:
         if n_classes is not None:
             self.n_classes = n_classes
         if self.n_classes is None:
             self.n_classes = max(int(labels.max()) + 1, 2)
-        self.check_labels(labels)
+        self.check_labels(labels, argument=argument)
 
     def check_labels(self, y: np.ndarray, argument: str = "y") -> None:
         y = np.asarray(y)

@@ -26,7 +26,7 @@ from . import core, fidelity, models, relative, subsample, theorems  # noqa: E40
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning winnow's own errors into a message and exit status 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except WinnowError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
@@ -35,12 +35,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:
+        # click usage errors; typer vendors click (typer._click), so match by shape, not by class
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         raise
+    if isinstance(rv, int) and rv != 0:  # non-standalone typer returns exit codes, e.g. 130 after Ctrl-C
+        sys.exit(rv)
