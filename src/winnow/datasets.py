@@ -71,7 +71,9 @@ def synthetic_embeddings(n: int, d: int = 64, *, d_in: int = 16, seed: int = 0, 
     """Stream ``n`` rows of nonnegative float32 embeddings (a fixed random ReLU layer over Gaussian inputs)
     with labels from a logistic model on the inputs, in chunks of ``chunk_size`` (bounded memory).
 
-    ``positive_rate`` shifts the logistic model's intercept to get roughly that fraction of positives.
+    ``positive_rate`` shifts the logistic model's intercept by 1.6·logit(rate). This is a coarse knob, not a
+    calibration: the realised fraction of positives is larger than asked when the rate is small (0.05 gives
+    about 21 %, 0.003 about 5 %); measure it on the labels you get.
     The same ``seed`` gives the same rows whatever the chunk size."""
     rng = np.random.default_rng(seed)
     A = (rng.standard_normal((d_in, d)) / np.sqrt(d_in)).astype(np.float32)
