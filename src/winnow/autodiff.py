@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
-from .errors import ConvergenceError, ValidationError
-from .heads import DTYPE, Head, as_tensor
+from .errors import ValidationError
+from .heads import DTYPE, Head, as_tensor, newton_minimize
 
 LOSSES = ("auto", "logistic", "softmax")
 
@@ -411,7 +411,7 @@ class AutodiffHead(Head):
                 start += len(ch)
                 yield as_tensor(ch.X, self.device), torch.as_tensor(ch.y, device=self.device), w
 
-        self.theta_ = shifted_newton(self, chunks, N, theta, tol=self.tol, max_iter=self.max_iter)
+        self.theta_ = newton_minimize(self, chunks, N, theta, tol=self.tol, max_iter=self.max_iter)
         self.null_ = None
         return self
 
@@ -434,70 +434,6 @@ class AutodiffHead(Head):
     def __repr__(self) -> str:
         return (f"AutodiffHead({type(self.module).__name__}, l2={self.l2:g}, loss={self.loss}, D={self.n_features_}, "
                 f"K_out={self._n_out}, P={self.n_params})")
-
-
-def shifted_newton(head: Head, chunks: Any, normalizer: float, theta: torch.Tensor, *, tol: float = 1e-9,
-                   max_iter: int = 100) -> torch.Tensor:
-    """Newton on R(θ) = (1/N) Σ w_i ℓ_i + reg(θ) with H + μI (μ ≥ 0 the smallest shift making it positive
-    definite) and Armijo backtracking; stops at ‖∇R‖_∞ ≤ tol. Sets ``n_iter_``/``grad_norm_``."""
-    mask = head.weight_mask()
-    null = head.null_directions()
-
-    def evaluate(th: torch.Tensor, need: bool = True) -> tuple[torch.Tensor, Any, Any]:
-        P = th.shape[0]
-        loss = torch.zeros((), dtype=DTYPE, device=th.device)
-        g = torch.zeros(P, dtype=DTYPE, device=th.device)
-        H = torch.zeros(P, P, dtype=DTYPE, device=th.device) if need else None
-        for X, y, w in chunks():
-            if need:
-                l_, g_, h_ = head.objective_terms(X, y, w, th)
-                g += g_
-                H += h_
-            else:
-                l_ = head.losses(X, y, th)
-                l_ = (l_ * w).sum() if w is not None else l_.sum()
-            loss += l_
-        loss = loss / normalizer + head.regulariser(th)
-        if not need:
-            return loss, None, None
-        g = g / normalizer + head.l2 * mask * th
-        H = H / normalizer + torch.diag(head.l2 * mask)
-        if null.shape[1]:
-            H = H + null @ null.T
-        return loss, g, H
-
-    loss, g, H = evaluate(theta)
-    gnorm = float(g.abs().max())
-    it = 0
-    while gnorm > tol and it < max_iter:
-        it += 1
-        L, info = torch.linalg.cholesky_ex(H)
-        if int(info) != 0:
-            ev = torch.linalg.eigvalsh(H)
-            mu = float(-ev[0]) + 1e-8 * max(1.0, float(ev[-1]))
-            L = torch.linalg.cholesky(H + mu * torch.eye(H.shape[0], dtype=DTYPE, device=H.device))
-        step = -torch.cholesky_solve(g[:, None], L)[:, 0]
-        slope = float(g @ step)
-        t = 1.0
-        while True:
-            new = theta + t * step
-            new_loss, _, _ = evaluate(new, need=False)
-            if float(new_loss) <= float(loss) + 1e-4 * t * slope + 1e-14 * abs(float(loss)) or t < 1e-10:
-                break
-            t *= 0.5
-        theta = new
-        loss, g, H = evaluate(theta)
-        new_gnorm = float(g.abs().max())
-        if t < 1e-10 and new_gnorm >= gnorm:
-            gnorm = new_gnorm
-            break
-        gnorm = new_gnorm
-    head.n_iter_ = it
-    head.grad_norm_ = gnorm
-    if gnorm > tol:
-        raise ConvergenceError(f"{type(head).__name__}.fit did not converge: ‖∇R‖_∞ = {gnorm:.3g} > tol = {tol:g} "
-                               f"after {it} Newton iterations (raise max_iter or l2)")
-    return theta
 
 
 def autodiff_curvature(head: Head, train: Any, *, damping: float = 0.0, chunk_size: int = 65536,

@@ -490,7 +490,8 @@ ChunkFactory = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor, "torch.Te
 
 def newton_minimize(head: Head, chunks: ChunkFactory, normalizer: float, theta: torch.Tensor, *,
                     tol: float = 1e-9, max_iter: int = 100) -> torch.Tensor:
-    """Damped Newton on R(θ) = (1/N) Σ w_i ℓ_i(θ) + (λ/2)‖W‖², streaming over ``chunks()`` each pass.
+    """Damped Newton on R(θ) = (1/N) Σ w_i ℓ_i(θ) + (λ/2)‖W‖², streaming over ``chunks()`` each pass, with
+    H + μI (μ ≥ 0 the smallest shift making it positive definite) and Armijo backtracking.
 
     Stops when ‖∇R‖_∞ ≤ tol; raises ConvergenceError otherwise. Sets ``head.n_iter_``, ``head.grad_norm_``.
     """
@@ -526,13 +527,14 @@ def newton_minimize(head: Head, chunks: ChunkFactory, normalizer: float, theta: 
     it = 0
     while gnorm > tol and it < max_iter:
         it += 1
-        try:
-            L = torch.linalg.cholesky(hess)
-            step = -torch.cholesky_solve(grad[:, None], L)[:, 0]
-        except RuntimeError:
-            # not positive definite (λ = 0 and separable/collinear data): regularised step
-            eye = torch.eye(hess.shape[0], dtype=DTYPE, device=hess.device)
-            step = -torch.linalg.solve(hess + 1e-8 * eye * hess.diagonal().abs().max(), grad)
+        L, info = torch.linalg.cholesky_ex(hess)
+        if int(info) != 0:
+            # not positive definite (λ = 0 with separable/collinear data, or a non-convex head): shift by the
+            # smallest μ ≥ 0 that makes H + μI positive definite
+            ev = torch.linalg.eigvalsh(hess)
+            mu = float(-ev[0]) + 1e-8 * max(1.0, float(ev[-1]))
+            L = torch.linalg.cholesky(hess + mu * torch.eye(hess.shape[0], dtype=DTYPE, device=hess.device))
+        step = -torch.cholesky_solve(grad[:, None], L)[:, 0]
         t = 1.0
         slope = float(grad @ step)
         while True:
@@ -546,6 +548,7 @@ def newton_minimize(head: Head, chunks: ChunkFactory, normalizer: float, theta: 
         loss, grad, hess = evaluate(theta)
         new_gnorm = float(grad.abs().max())
         if t < 1e-10 and new_gnorm >= gnorm:
+            gnorm = new_gnorm  # report the norm at the θ we return
             break
         gnorm = new_gnorm
     head.n_iter_ = it
@@ -553,5 +556,5 @@ def newton_minimize(head: Head, chunks: ChunkFactory, normalizer: float, theta: 
     if gnorm > tol:
         raise ConvergenceError(
             f"{type(head).__name__}.fit did not converge: ‖∇R‖_∞ = {gnorm:.3g} > tol = {tol:g} after {it} "
-            "Newton iterations (with l2 = 0 the data may be separable: use l2 > 0)")
+            "Newton iterations (raise max_iter; with l2 = 0 separable data has no optimum: use l2 > 0)")
     return theta
