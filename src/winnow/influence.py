@@ -16,7 +16,8 @@ ours point.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,43 @@ class ScoreColumns(ABC):
         """Columns (each (c,)) for one chunk of training points."""
 
 
+SCORE_FIELDS = [("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
+                ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())]
+PAIR_SCHEMA = pa.schema([("test_id", pa.int64()), ("train_id", pa.int64()), ("influence", pa.float64())])
+PAIR_METADATA = {"winnow.influence": "I_loss(test, train) = -g_test^T H^-1 g_train; > 0 harmful"}
+
+
+def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path, fields: list,
+                       *, pairs_out: str | Path | None = None, overwrite: bool = False,
+                       metadata: Callable[[], dict[str, str]]) -> Path:
+    """Write per-chunk score dicts (as yielded by ``iter_scores``) to Parquet at ``out`` and, when the chunks
+    carry ``pairs`` (c, T) and ``test_ids``, the long-format pairs to ``pairs_out``. Both files are written
+    to temporary names and renamed only when complete; ``metadata()`` is called at the first chunk."""
+    # ``chunks`` is lazy: refuse existing outputs before any pass over the data runs
+    check_output_path(out, overwrite, argument="--out")
+    if pairs_out is not None:
+        check_output_path(pairs_out, overwrite, argument="--pairs")
+    schema = pa.schema(fields)
+    with ExitStack() as stack:
+        w = pw = None
+        test_ids = None
+        for cols in chunks:
+            if w is None:
+                w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite, argument="--out",
+                                                            metadata=metadata()))
+                if pairs_out is not None:
+                    pw = stack.enter_context(ParquetStreamWriter(pairs_out, PAIR_SCHEMA, overwrite=overwrite,
+                                                                 argument="--pairs", metadata=PAIR_METADATA))
+            if "test_ids" in cols:
+                test_ids = cols.pop("test_ids")
+            P = cols.pop("pairs", None)
+            w.write(**{k: cols[k] for k in schema.names})
+            if pw is not None and P is not None:
+                c, T = P.shape
+                pw.write(test_id=np.tile(test_ids, c), train_id=np.repeat(cols["id"], T), influence=P.reshape(-1))
+    return Path(out)
+
+
 def _metadata(extra: Sequence[ScoreColumns]) -> dict[str, str]:
     meta = dict(SIGN_METADATA)
     for columns in extra:
@@ -275,35 +313,11 @@ class InfluenceAnalyzer:
                      overwrite: bool = False, extra: Sequence[ScoreColumns] = ()) -> Path:
         """Stream scores to Parquet at ``out`` (and long-format pairs ``test_id, train_id, influence`` to
         ``pairs_out``), each written to a temporary name and renamed when complete."""
-        check_output_path(out, overwrite, argument="--out")  # fail before the passes, not after them
-        if pairs_out is not None:
-            check_output_path(pairs_out, overwrite, argument="--pairs")
-        fields = [("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
-                  ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())]
-        schema = pa.schema(fields + [f for columns in extra for f in columns.fields])
-        pair_schema = pa.schema([("test_id", pa.int64()), ("train_id", pa.int64()), ("influence", pa.float64())])
-        from contextlib import ExitStack
-
-        with ExitStack() as stack:
-            w = pw = None
-            test_ids = None
-            for cols in self.iter_scores(test, pairs=pairs_out is not None, extra=extra):
-                if w is None:  # opened at the first chunk: the extra columns' metadata is known by then
-                    w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite,
-                                                                argument="--out", metadata=_metadata(extra)))
-                    if pairs_out is not None:
-                        pw = stack.enter_context(ParquetStreamWriter(pairs_out, pair_schema, overwrite=overwrite,
-                                                                     argument="--pairs", metadata={
-                            "winnow.influence": "I_loss(test, train) = -g_test^T H^-1 g_train; > 0 harmful"}))
-                if "test_ids" in cols:
-                    test_ids = cols.pop("test_ids")
-                P = cols.pop("pairs", None)
-                w.write(**{k: cols[k] for k in schema.names})
-                if pw is not None and P is not None:
-                    c, T = P.shape
-                    pw.write(test_id=np.tile(test_ids, c), train_id=np.repeat(cols["id"], T),
-                             influence=P.reshape(-1))
-        return Path(out)
+        fields = SCORE_FIELDS + [f for columns in extra for f in columns.fields]
+        chunks = self.iter_scores(test, pairs=pairs_out is not None, extra=extra)
+        # the metadata is read at the first chunk, once the extra column sets are prepared
+        return write_score_stream(chunks, out, fields, pairs_out=pairs_out, overwrite=overwrite,
+                                  metadata=lambda: _metadata(extra))
 
     def pairwise(self, test: Any) -> np.ndarray:
         """The matrix I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p, shape (T, n) (dense: only for moderate T·n)."""

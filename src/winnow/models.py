@@ -637,33 +637,11 @@ class ModelInfluence:
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
                      overwrite: bool = False, self_influence: bool | None = None) -> Path:
         """Stream the scores (and long-format pairs) to Parquet, atomically (see InfluenceAnalyzer)."""
-        from contextlib import ExitStack
-
-        from .outputs import ParquetStreamWriter
-
-        schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
-                            ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())])
-        pair_schema = pa.schema([("test_id", pa.int64()), ("train_id", pa.int64()), ("influence", pa.float64())])
+        from .influence import SCORE_FIELDS, write_score_stream
         meta = {**SIGN_METADATA, "winnow.model_influence": self._describe()}
-        with ExitStack() as stack:
-            w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite, argument="--out",
-                                                        metadata=meta))
-            pw = None
-            if pairs_out is not None:
-                pw = stack.enter_context(ParquetStreamWriter(pairs_out, pair_schema, overwrite=overwrite,
-                                                             argument="--pairs", metadata={
-                    "winnow.influence": "I_loss(test, train) = -g_test^T H^-1 g_train; > 0 harmful"}))
-            test_ids = None
-            for cols in self.iter_scores(test, self_influence=self_influence, pairs=pw is not None):
-                if "test_ids" in cols:
-                    test_ids = cols.pop("test_ids")
-                P = cols.pop("pairs", None)
-                w.write(**{k: cols[k] for k in schema.names})
-                if pw is not None and P is not None:
-                    c, T = P.shape
-                    pw.write(test_id=np.tile(test_ids, c), train_id=np.repeat(cols["id"], T),
-                             influence=P.reshape(-1))
-        return Path(out)
+        chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None)
+        return write_score_stream(chunks, out, SCORE_FIELDS, pairs_out=pairs_out, overwrite=overwrite,
+                                  metadata=lambda: meta)
 
     def _describe(self) -> str:
         info = getattr(self, "direction_info_", None)
