@@ -22,3 +22,7 @@ class ConvergenceError(WinnowError, RuntimeError):
 
 class OutputExistsError(WinnowError, FileExistsError):
     """An output path exists and overwriting was not asked for."""
+
+
+class ClusterError(WinnowError, RuntimeError):
+    """The Dask backend failed: unreachable scheduler, a worker that keeps dying, a failed partition."""

@@ -22,6 +22,7 @@ from .options import (
     source_from,
 )
 from .relative import HessianChoice, HessianOpt, SamplerChoice, SamplerOpt, SampleSizeOpt, SeedOpt
+from .scale import ClusterTimeout, PartitionRows, Parts, Resume, Scheduler, Workers
 
 TrainArg = Annotated[Path, typer.Argument(help="Training data: .npz (arrays X, y, optional id) or Parquet "
                                                "file/directory with a `label` column.")]
@@ -98,24 +99,27 @@ def influence(
     sampler: SamplerOpt = SamplerChoice.uniform, seed: SeedOpt = 0,
     label_column: LabelColumn = "label", id_column: IdColumn = "id",
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    parts: Parts = False, workers: Workers = None, scheduler: Scheduler = None, resume: Resume = False,
+    partition_rows: PartitionRows = None, cluster_timeout: ClusterTimeout = 30.0,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
-    """Influence of every training point on the mean loss of TEST (one Hessian pass, one scoring pass)."""
+    """Influence of every training point on the mean loss of TEST (one Hessian pass, one scoring pass).
+    With --parts/--workers/--scheduler/--resume (or a directory --out) the scores go to a directory of part
+    files, resumable after a crash, computed in this process or on a Dask cluster."""
     from ..heads import load_head
     from ..influence import InfluenceAnalyzer
     from ..outputs import check_output_path
+    from .scale import influence_parts_command, wants_parts
 
-    check_output_path(out, overwrite, argument="--out")
-    if pairs is not None:
-        check_output_path(pairs, overwrite, argument="--pairs")
+    partitioned = wants_parts(out, parts=parts, workers=workers, scheduler=scheduler, resume=resume,
+                              partition_rows=partition_rows)
+    if not partitioned:
+        check_output_path(out, overwrite, argument="--out")
+        if pairs is not None:
+            check_output_path(pairs, overwrite, argument="--pairs")
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
     te = source_from(test, label_column, id_column, features_column, feature_columns)
-    from ..relative import make_curvature
-
-    curv = make_curvature(h, tr, hessian=hessian.value, sample_size=sample_size, sampler=sampler.value,
-                          seed=seed, damping=damping, chunk_size=chunk_size, progress=not quiet)
-    an = InfluenceAnalyzer(h, damping=damping, chunk_size=chunk_size, progress=not quiet).fit(tr, curvature=curv)
     extra = []
     if newton or newton_exact:
         from ..fidelity import NewtonColumns
@@ -127,6 +131,18 @@ def influence(
         if memorize_threshold is None and memorize_quantile is None:
             memorize_quantile = 0.9
         extra.append(MemorizationColumns(threshold=memorize_threshold, quantile=memorize_quantile))
+    if partitioned:
+        influence_parts_command(h, tr, te, out, damping=damping, chunk_size=chunk_size, hessian=hessian.value,
+                                sample_size=sample_size, sampler=sampler.value, seed=seed, extra=extra,
+                                pairs=pairs, workers=workers, scheduler=scheduler, resume=resume,
+                                overwrite=overwrite, partition_rows=partition_rows,
+                                cluster_timeout=cluster_timeout, quiet=quiet)
+        return
+    from ..relative import make_curvature
+
+    curv = make_curvature(h, tr, hessian=hessian.value, sample_size=sample_size, sampler=sampler.value,
+                          seed=seed, damping=damping, chunk_size=chunk_size, progress=not quiet)
+    an = InfluenceAnalyzer(h, damping=damping, chunk_size=chunk_size, progress=not quiet).fit(tr, curvature=curv)
     an.write_scores(te, out, pairs_out=pairs, overwrite=overwrite, extra=extra)
     say(quiet, f"wrote {out}" + (f" and {pairs}" if pairs else ""))
 
