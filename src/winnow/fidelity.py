@@ -320,20 +320,13 @@ def compare_removal_methods(head: Head, train: Any, test: Any, *, points: int | 
     ``points``: a count sampled with ``seed`` or row positions. The actual changes and the first-order
     predictions come from :func:`winnow.loo.leave_one_out` (same refit, same retrains).
     """
-    from .loo import _load_all, leave_one_out
+    from .loo import _load_all, choose_rows, leave_one_out
 
     _check_head(head)
     X, y, ids = _load_all(train)
     Xte, yte, _ = _load_all(test)
     n = X.shape[0]
-    if isinstance(points, (int, np.integer)):
-        if points < 3:
-            raise ValidationError(f"points must be >= 3 for a correlation, got {points}")
-        if points > n:
-            raise ValidationError(f"points = {points} exceeds the number of training rows n = {n}")
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=int(points), replace=False))
-    else:
-        rows = np.asarray(points, dtype=np.int64)
+    rows = choose_rows(points, n, seed, minimum=3)
     loo = leave_one_out(head, (X, y, ids), (Xte, yte), points=rows, tol=tol, damping=damping, progress=progress)
     base = refit_tight(head, X, y, tol)  # the same deterministic refit leave_one_out made
     curv = fit_curvature(base, (X, y), damping=damping)

@@ -59,6 +59,21 @@ def mean_loss(head: Head, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor)
     return float(head.losses(X, y, theta).mean())
 
 
+def choose_rows(points: int | np.ndarray, n: int, seed: int, minimum: int = 2) -> np.ndarray:
+    """Row positions to remove: ``points`` sampled without replacement with ``seed`` when it is a count
+    (at least ``minimum`` for a correlation, at most n), else the given positions (checked against n)."""
+    if isinstance(points, (int, np.integer)):
+        if points < minimum:
+            raise ValidationError(f"points must be >= {minimum} for a correlation, got {points}")
+        if points > n:
+            raise ValidationError(f"points = {points} exceeds the number of training rows n = {n}")
+        return np.sort(np.random.default_rng(seed).choice(n, size=int(points), replace=False))
+    rows = np.asarray(points, dtype=np.int64)
+    if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
+        raise ValidationError(f"points must be row positions in 0..{n - 1}")
+    return rows
+
+
 def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray = 50, seed: int = 0,
                   tol: float = 1e-11, damping: float = 0.0, progress: bool = False) -> LeaveOneOutResult:
     """Retrain without each of ``points`` training points (a count sampled with ``seed``, or row positions)
@@ -71,16 +86,7 @@ def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray
     X, y, ids = _load_all(train)
     Xte, yte, _ = _load_all(test)
     n = X.shape[0]
-    if isinstance(points, (int, np.integer)):
-        if points < 2:
-            raise ValidationError(f"points must be >= 2 for a correlation, got {points}")
-        if points > n:
-            raise ValidationError(f"points = {points} exceeds the number of training rows n = {n}")
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=int(points), replace=False))
-    else:
-        rows = np.asarray(points, dtype=np.int64)
-        if rows.min() < 0 or rows.max() >= n:
-            raise ValidationError(f"points must be row positions in 0..{n - 1}")
+    rows = choose_rows(points, n, seed, minimum=2)
     base = copy.deepcopy(head)
     base.tol = tol
     base.max_iter = max(base.max_iter, 200)
