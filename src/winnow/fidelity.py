@@ -470,15 +470,15 @@ def read_subset_ids(path: str | Path, column: str = "id") -> np.ndarray:
             raise ValidationError(f"--subset: {p} has no column {column!r} (columns: {t.column_names})")
         return t.column(column).to_numpy()
     if suf in (".csv", ".txt"):
-        import pandas as pd
+        from pyarrow import csv
 
-        df = pd.read_csv(p)
-        if column in df.columns:
-            return df[column].to_numpy()
-        if df.shape[1] == 1:  # headerless single column: the header row is an id too
-            head = pd.read_csv(p, header=None)
-            return head.iloc[:, 0].to_numpy()
-        raise ValidationError(f"--subset: {p} has no column {column!r} (columns: {list(df.columns)})")
+        t = csv.read_csv(p)
+        if column in t.column_names:
+            return t.column(column).to_numpy()
+        if t.num_columns == 1:  # headerless single column: the header row is an id too
+            t = csv.read_csv(p, read_options=csv.ReadOptions(autogenerate_column_names=True))
+            return t.column(0).to_numpy()
+        raise ValidationError(f"--subset: {p} has no column {column!r} (columns: {t.column_names})")
     raise ValidationError(f"--subset: {p} must be .npy, .csv or .parquet")
 
 
