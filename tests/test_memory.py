@@ -1,7 +1,9 @@
 """Memory stays bounded: ``winnow influence`` over 20× more Parquet rows needs no more memory.
 
 Runs the real command in a subprocess on 1e5 and 2e6 training rows (small chunks) and compares the peak
-RSS of the two runs (``wait4``'s ru_maxrss of the child). The full-scale check (1e7 rows under 1 GiB) is
+RSS of the two runs (the child's own VmHWM from /proc: ``wait4``'s ru_maxrss would also count the parent's
+high-water mark, which the kernel carries into a child at exec, and could hide growth behind pytest's RSS).
+The full-scale check (1e7 rows under 1 GiB) is
 ``python benchmarks/head_influence.py --memory-1e7``.
 """
 
@@ -47,16 +49,15 @@ def write_rows(directory: Path, n: int, files: int = 1, seed: int = 0) -> Path:
 
 
 def peak_rss_mb(argv: list[str]) -> float:
-    """Run ``winnow`` in a fresh interpreter; return its peak RSS in MiB (it must succeed)."""
-    cmd = [sys.executable, "-c", "import sys; from winnow.cli import main; main(sys.argv[1:])", *argv]
+    """Run ``winnow`` in a fresh interpreter; return its own peak RSS (VmHWM) in MiB (it must succeed)."""
+    code = ("import sys; from winnow.cli import main; main(sys.argv[1:]); "
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr)")
     # one thread: memory does not depend on it, and a shared CI machine does not slow it down
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(p.pid, 0)
-    err = p.stderr.read().decode() if p.stderr else ""
-    p.stderr.close()
-    assert os.waitstatus_to_exitcode(status) == 0, err
-    return usage.ru_maxrss / 1024
+    p = subprocess.run([sys.executable, "-c", code, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       env=env, text=True)
+    assert p.returncode == 0, p.stderr
+    return int(p.stderr.strip().splitlines()[-1]) / 1024
 
 
 @pytest.mark.slow
