@@ -320,11 +320,11 @@ def compare_removal_methods(head: Head, train: Any, test: Any, *, points: int | 
     ``points``: a count sampled with ``seed`` or row positions. The actual changes and the first-order
     predictions come from :func:`winnow.loo.leave_one_out` (same refit, same retrains).
     """
-    from .loo import _load_all, choose_rows, leave_one_out
+    from .loo import choose_rows, leave_one_out, load_arrays
 
     _check_head(head)
-    X, y, ids = _load_all(train)
-    Xte, yte, _ = _load_all(test)
+    X, y, ids = load_arrays(train)
+    Xte, yte, _ = load_arrays(test)
     n = X.shape[0]
     rows = choose_rows(points, n, seed, minimum=3)
     loo = leave_one_out(head, (X, y, ids), (Xte, yte), points=rows, tol=tol, damping=damping, progress=progress)
@@ -487,11 +487,11 @@ def group_effect(head: Head, train: Any, test: Any, subset: Any, *, retrain: boo
     """Predicted (first order, Newton) and, with ``retrain``, actual change of the mean test loss when the
     training rows with ids ``subset`` are removed. The head is re-fitted tightly first (as
     ``leave_one_out``); data are held in memory."""
-    from .loo import _load_all
+    from .loo import load_arrays
 
     _check_head(head)
-    X, y, ids = _load_all(train)
-    Xte, yte, _ = _load_all(test)
+    X, y, ids = load_arrays(train)
+    Xte, yte, _ = load_arrays(test)
     rows = rows_for_ids(ids, subset)
     base = refit_tight(head, X, y, tol)
     curv = fit_curvature(base, (X, y), damping=damping)
@@ -538,11 +538,11 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
                      tol: float = 1e-11, damping: float = 0.0, progress: bool = False) -> GroupDivergenceResult:
     """Where first order and Newton diverge from retraining as |S| grows: for each fraction, ``random_groups``
     random groups and (``adversarial``) the most harmful and the most helpful groups by ``influence``."""
-    from .loo import _load_all
+    from .loo import load_arrays
 
     _check_head(head)
-    X, y, _ = _load_all(train)
-    Xte, yte, _ = _load_all(test)
+    X, y, _ = load_arrays(train)
+    Xte, yte, _ = load_arrays(test)
     n = len(y)
     fr = [float(f) for f in fractions]
     if any(not (0 < f < 1) for f in fr):

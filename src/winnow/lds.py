@@ -86,7 +86,7 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
     ``fraction`` outside (0, 1).
     """
     from .influence import InfluenceAnalyzer
-    from .loo import _load_all, retrain_without
+    from .loo import load_arrays, retrain_without
 
     _check_head(head)
     if subsets < MIN_SUBSETS:
@@ -96,8 +96,8 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
     if not (0 < fraction < 1):
         raise ValidationError(f"fraction must be in (0, 1) (the share of training rows each subset keeps), "
                               f"got {fraction!r}")
-    X, y, ids = _load_all(train)
-    Xte, yte, _ = _load_all(test)
+    X, y, ids = load_arrays(train)
+    Xte, yte, _ = load_arrays(test)
     n = len(y)
     k = int(round(fraction * n))
     if k < 1 or k >= n:

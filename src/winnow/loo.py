@@ -42,10 +42,13 @@ class LeaveOneOutResult:
         return d
 
 
-def _load_all(data: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_arrays(data: Any, rows: np.ndarray | None = None,
+                chunk_size: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X float64 (n, D), y (n,), ids (n,)) of ``data`` — or only its sorted ``rows`` — in memory, for the
+    validation-sized retraining experiments."""
     src = open_source(data)
     Xs, ys, ids = [], [], []
-    for ch in src.chunks(1 << 20):
+    for ch in src.chunks(chunk_size, rows=rows):
         Xs.append(np.asarray(ch.X, dtype=np.float64))
         ys.append(ch.y)
         ids.append(ch.ids)
@@ -83,8 +86,8 @@ def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray
     sides of every difference are optima of the same solver (a loosely fitted head would otherwise add
     its own drift to every "actual" change). Keeps the data in memory: meant for validation-sized sets.
     """
-    X, y, ids = _load_all(train)
-    Xte, yte, _ = _load_all(test)
+    X, y, ids = load_arrays(train)
+    Xte, yte, _ = load_arrays(test)
     n = X.shape[0]
     rows = choose_rows(points, n, seed, minimum=2)
     base = copy.deepcopy(head)

@@ -114,7 +114,7 @@ def evaluate_mislabel(train: Any, *, head_kind: str = "auto", l2: float = 1e-3, 
     Data are held in memory. Returns a :class:`MislabelResult`; raises ValidationError for ``flip`` outside
     (0, 0.5), ``seeds`` < 1 or a ``valid_fraction`` outside (0, 0.9].
     """
-    from .loo import _load_all
+    from .loo import load_arrays
 
     check_flip(flip)
     if seeds < 1:
@@ -122,9 +122,9 @@ def evaluate_mislabel(train: Any, *, head_kind: str = "auto", l2: float = 1e-3, 
     cf = np.asarray(check_fractions, dtype=np.float64)
     if cf.ndim != 1 or cf.size == 0 or np.any(cf <= 0) or np.any(cf > 1):
         raise ValidationError(f"check_fractions must be fractions in (0, 1], got {list(check_fractions)}")
-    X, y, _ = _load_all(train)
+    X, y, _ = load_arrays(train)
     if valid is not None:
-        Xv, yv, _ = _load_all(valid)
+        Xv, yv, _ = load_arrays(valid)
         valid_desc = "given validation set"
     else:
         if not (0 < valid_fraction <= 0.9):

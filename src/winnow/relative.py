@@ -565,6 +565,18 @@ def _compare(head: Head, train: DataSource, gvecs: torch.Tensor, A: Curvature, B
     return results, first
 
 
+def _open_train_test(head: Head, train: Any, test: Any) -> tuple[DataSource, DataSource]:
+    """The train and test sources, checked against a fitted ``head``."""
+    if not isinstance(head, Head):
+        raise ValidationError(f"head must be a winnow Head, got {type(head).__name__}")
+    head._check_fitted()
+    src = open_source(train)
+    te = open_source(test, argument="test")
+    head.check_features(np.empty((0, src.n_features)), argument=src.name)
+    head.check_features(np.empty((0, te.n_features)), argument=f"test ({te.name})")
+    return src, te
+
+
 def lep_check(head: Head, train: Any, test: Any, relative: Curvature, full: Curvature | None = None, *,
               test_points: Any = None, damping: float = 0.0, chunk_size: int = 65536, progress: bool = False,
               top_fraction: float = 0.01) -> LEPResult:
@@ -575,13 +587,7 @@ def lep_check(head: Head, train: Any, test: Any, relative: Curvature, full: Curv
     defaults to a full Hessian pass with ``damping``.
     Never forms the n × T matrix: memory is a few n-vectors (test points are processed in batches).
     """
-    if not isinstance(head, Head):
-        raise ValidationError(f"head must be a winnow Head, got {type(head).__name__}")
-    head._check_fitted()
-    src = open_source(train)
-    te = open_source(test, argument="test")
-    head.check_features(np.empty((0, src.n_features)), argument=src.name)
-    head.check_features(np.empty((0, te.n_features)), argument=f"test ({te.name})")
+    src, te = _open_train_test(head, train, test)
     for name, c in (("relative", relative), ("full", full)):
         if c is not None and (not isinstance(c, Curvature) or c.n_params != head.n_params):
             raise ValidationError(f"{name} must be a Curvature with P = {head.n_params} parameters")
@@ -747,13 +753,7 @@ def two_sample_search(head: Head, train: Any, test: Any, *, sampler: str = "unif
     1 − ρ(a, b) ≈ 2(1 − ρ(a, full)), reported per step as ``spearman_vs_full_estimate``; a two-sample
     ``threshold`` of 0.98 targets about 0.99 against the full Hessian.
     """
-    if not isinstance(head, Head):
-        raise ValidationError(f"head must be a winnow Head, got {type(head).__name__}")
-    head._check_fitted()
-    src = open_source(train)
-    te = open_source(test, argument="test")
-    head.check_features(np.empty((0, src.n_features)), argument=src.name)
-    head.check_features(np.empty((0, te.n_features)), argument=f"test ({te.name})")
+    src, te = _open_train_test(head, train, test)
     n, P = len(src), head.n_params
     if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
         raise ValidationError(f"threshold (--threshold) must be in (0, 1], got {threshold!r}")

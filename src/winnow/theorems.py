@@ -37,24 +37,12 @@ from .curvature import Curvature, fit_curvature
 from .data import open_source
 from .errors import ValidationError
 from .heads import DTYPE, Head, LogisticHead, as_tensor, augment
+from .loo import load_arrays
 from .memorization import MemorizationResult, choose_threshold, eigenbasis, memorization_scores
 from .memorization import sign_statistics as memorization_sign_statistics
 from .progress import track_rows
 
 DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
-
-def _load(data: Any, rows: np.ndarray | None = None, chunk_size: int = 65536) -> tuple[np.ndarray, ...]:
-    """(X float64, y, ids) of ``data`` (or only its sorted ``rows``) in memory."""
-    src = open_source(data)
-    Xs, ys, ids = [], [], []
-    for ch in src.chunks(chunk_size, rows=rows):
-        Xs.append(np.asarray(ch.X, dtype=np.float64))
-        ys.append(ch.y)
-        ids.append(ch.ids)
-    if not Xs:
-        raise ValidationError(f"{src.name} is empty")
-    return np.concatenate(Xs), np.concatenate(ys), np.concatenate(ids)
 
 
 # ===================================================================================== Theorem 3
@@ -144,7 +132,7 @@ def theorem3(head: Head, curvature: Curvature, train: Any, test: Any, *, test_po
     head.check_features(np.empty((0, tr.n_features)), argument=tr.name)
     head.check_features(np.empty((0, te.n_features)), argument=te.name)
     rows = _select_rows(len(te), test_points, seed, "test_points")
-    Xt, yt, idt = _load(te, rows)
+    Xt, yt, idt = load_arrays(te, rows)
     head.check_labels(yt, argument=te.name)
     Q, lam = eigenbasis(curvature)
     psi = head.gradients(as_tensor(Xt, head.device), torch.as_tensor(yt, device=head.device)) @ Q  # (k, P')
@@ -300,7 +288,7 @@ def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs:
     tr, te = open_source(train, argument="train"), open_source(test, argument="test")
     head.check_features(np.empty((0, tr.n_features)), argument=tr.name)
     head.check_features(np.empty((0, te.n_features)), argument=te.name)
-    Xte, yte, _ = _load(te, chunk_size=chunk_size)
+    Xte, yte, _ = load_arrays(te, chunk_size=chunk_size)
     head.check_labels(yte, argument=te.name)
     _require_both_classes(yte, f"test set {te.name}")
     _require_both_classes(tr.labels(), f"training set {tr.name}")
@@ -309,7 +297,7 @@ def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs:
     t_idx = rng.integers(0, T, size=pairs)
     p_idx = rng.integers(0, n, size=pairs)
     uniq, inv = np.unique(p_idx, return_inverse=True)
-    Xp, yp, _ = _load(tr, uniq, chunk_size)
+    Xp, yp, _ = load_arrays(tr, uniq, chunk_size)
     infl, kern, lf = np.empty(pairs), np.empty(pairs), np.empty(pairs)
     block = 65536
     for a in range(0, pairs, block):
@@ -362,7 +350,7 @@ def sign_rule_vs_l2(head: Head, train: Any, test: Any, *, l2_grid: tuple[float, 
     """
     _require_sigmoid(head, "the sign rule")
     tr, te = open_source(train, argument="train"), open_source(test, argument="test")
-    Xte, yte, _ = _load(te, chunk_size=chunk_size)
+    Xte, yte, _ = load_arrays(te, chunk_size=chunk_size)
     rows = []
     prev = head
     for lam in sorted(float(v) for v in l2_grid):
@@ -433,7 +421,7 @@ def removal_experiment(head: Head, train: Any, test: Any, *, fraction: float = 0
     if not (0.0 < fraction < 1.0):
         raise ValidationError(f"fraction must be in (0, 1), got {fraction}")
     tr, te = open_source(train, argument="train"), open_source(test, argument="test")
-    Xte, yte, _ = _load(te, chunk_size=chunk_size)
+    Xte, yte, _ = load_arrays(te, chunk_size=chunk_size)
     _require_both_classes(yte, f"test set {te.name}")
     ytr = tr.labels()
     n = len(ytr)
