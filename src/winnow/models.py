@@ -33,7 +33,7 @@ from .errors import ValidationError
 from .heads import DTYPE, Head, head_from_torch
 from .influence import SCORE_COLUMNS, SIGN_METADATA
 from .progress import track_rows
-from .solvers import InverseHVPSolver, SolveInfo, make_solver
+from .solvers import InverseHVPSolver, SolveInfo, make_solver, matvec_columns
 
 HeadSpec = str | Callable[[torch.nn.Module], torch.nn.Module]
 
@@ -438,13 +438,7 @@ class ModelHessian:
 
     def dense(self, block: int = 128) -> torch.Tensor:
         """The P×P matrix (P matvec columns, one data pass per block of ``block`` columns)."""
-        P = self.n_params
-        H = torch.empty(P, P, dtype=self.dtype, device=self.device)
-        for s in range(0, P, block):
-            e = min(P, s + block)
-            E = torch.zeros(P, e - s, dtype=self.dtype, device=self.device)
-            E[torch.arange(s, e), torch.arange(e - s)] = 1.0
-            H[:, s:e] = self.matvec(E)
+        H = matvec_columns(self, block)
         return 0.5 * (H + H.T)
 
 

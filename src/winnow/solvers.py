@@ -244,6 +244,11 @@ def build_dense(op: Any, block: int = 256) -> torch.Tensor:
     """The P×P matrix of ``op`` (``op.dense()`` when it has one, else matvecs on identity blocks)."""
     if hasattr(op, "dense"):
         return op.dense()
+    return matvec_columns(op, block)
+
+
+def matvec_columns(op: Any, block: int = 256) -> torch.Tensor:
+    """H = [op.matvec(e_1) … op.matvec(e_P)], computed ``block`` identity columns at a time, (P, P)."""
     P = int(op.n_params)
     H = torch.empty(P, P, dtype=op.dtype, device=op.device)
     for s in range(0, P, block):
