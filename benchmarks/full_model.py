@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from scipy import stats
 
-from winnow.demo_model import load_digit_images
-from winnow.models import ModelInfluence, refine_model
-from winnow.solvers import CGSolver, LanczosSolver, LiSSASolver
+from winnow.core.models import ModelInfluence, refine_model
+from winnow.core.solvers import CGSolver, LanczosSolver, LiSSASolver
+from winnow.demo.model import load_digit_images
 
 
 def build_model(seed: int = 0) -> torch.nn.Module:

@@ -22,12 +22,12 @@ import warnings
 import numpy as np
 import torch
 
-from winnow.autodiff import AutodiffHead, autodiff_curvature
-from winnow.diagnostics import theorem1_check
-from winnow.heads import LogisticHead, SoftmaxHead
-from winnow.influence import InfluenceAnalyzer
-from winnow.models import ModelInfluence, extract_features, refine_model
-from winnow.solvers import CGSolver, LanczosSolver, LiSSASolver
+from winnow.core.autodiff import AutodiffHead, autodiff_curvature
+from winnow.core.heads import LogisticHead, SoftmaxHead
+from winnow.core.influence import InfluenceAnalyzer
+from winnow.core.models import ModelInfluence, extract_features, refine_model
+from winnow.core.solvers import CGSolver, LanczosSolver, LiSSASolver
+from winnow.evaluation.theorem1 import theorem1_check
 
 ROWS: list[dict] = []
 
@@ -135,7 +135,7 @@ def main() -> int:
             lambda full=full: full(cuda), 1e-7 if sname != "lissa" else 1e-5)
 
     # 4. Theorem 1 on the demo digits model
-    from winnow.demo_model import DEMO_DAMPING, DEMO_MODEL_L2, load_digit_images, train_digits_model
+    from winnow.demo.model import DEMO_DAMPING, DEMO_MODEL_L2, load_digit_images, train_digits_model
 
     Xtr, ytr, Xte2, yte2 = load_digit_images()
     model, _ = train_digits_model(Xtr, ytr)

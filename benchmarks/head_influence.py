@@ -99,7 +99,7 @@ def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def make_head(d: int, l2: float = 1e-3):
     """A logistic head fitted (tightly) on 20 000 rows of the same distribution (seed 1)."""
-    from winnow.heads import LogisticHead
+    from winnow.core.heads import LogisticHead
 
     X, y = make_data(20_000, d, seed=1)
     return LogisticHead(l2=l2).fit(X, y)
@@ -109,7 +109,7 @@ def make_head(d: int, l2: float = 1e-3):
 def worker_winnow(n: int, d: int, repeat: int, chunk_size: int) -> dict:
     import torch
 
-    from winnow.influence import InfluenceAnalyzer
+    from winnow.core.influence import InfluenceAnalyzer
 
     X, y = make_data(n, d, seed=0)
     Xv, yv = make_data(VAL_ROWS, d, seed=2)
@@ -186,8 +186,8 @@ def _pydvl_agreement(head, X, y, Xv, yv) -> float | None:
         from torch.utils.data import DataLoader, TensorDataset
     except ImportError:
         return None
-    from winnow.heads import LogisticHead
-    from winnow.influence import InfluenceAnalyzer
+    from winnow.core.heads import LogisticHead
+    from winnow.core.influence import InfluenceAnalyzer
 
     lam = 1e-3
     lin = _linear(head, torch.float64)
@@ -378,8 +378,8 @@ def run_memory(args) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from winnow.core.heads import LogisticHead
     from winnow.datasets import synthetic_embeddings
-    from winnow.heads import LogisticHead
 
     n, d = int(float(args.memory_rows)), 64
     files = args.memory_files

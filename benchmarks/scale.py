@@ -9,7 +9,7 @@ subprocess and reports its wall time and peak memory:
 * ``read``   - winnow's reader alone (``ParquetSource.chunks``: decode, to numpy, finite check), one pass:
   the floor any winnow pass pays. ``winnow influence`` makes two passes (Hessian, scoring);
 * ``cli``    - the foundation's `winnow influence TRAIN --head --test --out scores.parquet` (one output file);
-* ``local``  - the partitioned job (``winnow.parallel.write_influence_parts``: part files, manifest, resumable),
+* ``local``  - the partitioned job (``winnow.engine.backends.write_influence_parts``: part files, manifest, resumable),
   in this process; through `winnow influence --out DIR` once the CLI has the partitioned options;
 * ``dask``   - the same job on a ``LocalCluster`` of 2 single-threaded worker processes (``workers=2``);
 * ``pydvl``  - pyDVL's ``DaskInfluenceCalculator`` over ``DirectInfluence`` on the same head (an ``nn.Linear``
@@ -95,8 +95,8 @@ def common(root: Path) -> tuple[Path, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from winnow.core.heads import LogisticHead
     from winnow.datasets import synthetic_embeddings
-    from winnow.heads import LogisticHead
 
     root.mkdir(parents=True, exist_ok=True)
     head, test = root / "head.npz", root / "test.parquet"
@@ -124,12 +124,12 @@ def child(mode: str, train: Path, head_path: Path, test: Path, out: Path, chunk:
                 n += b.num_rows
         res["rows"] = n
     elif mode == "read":
-        from winnow.data import open_source
+        from winnow.io.sources import open_source
 
         res["rows"] = sum(len(c) for c in open_source(train).chunks(chunk))
     elif mode in ("local", "dask"):
-        from winnow.heads import load_head
-        from winnow.parallel import write_influence_parts
+        from winnow.core.heads import load_head
+        from winnow.engine.backends import write_influence_parts
 
         r = write_influence_parts(load_head(head_path), train, out, test=test, chunk_size=chunk,
                                   workers=2 if mode == "dask" else None, overwrite=True)
@@ -154,8 +154,8 @@ def run_pydvl(train: Path, head_path: Path, test: Path, out: Path, chunk: int) -
     from pydvl.influence.torch.util import TorchNumpyConverter
     from torch.utils.data import DataLoader, IterableDataset
 
-    from winnow.data import open_source
-    from winnow.heads import load_head
+    from winnow.core.heads import load_head
+    from winnow.io.sources import open_source
 
     head = load_head(head_path)
     model = torch.nn.Linear(D, 1).double()
@@ -267,8 +267,8 @@ def pydvl_agreement(train: Path, head_path: Path, test: Path, pydvl_out: Path) -
     pyDVL reports g_tᵀH⁻¹g_p, winnow −g_tᵀH⁻¹g_p); pyDVL regularises the bias too, winnow does not."""
     import pyarrow.parquet as pq
 
-    from winnow.heads import load_head
-    from winnow.influence import InfluenceAnalyzer
+    from winnow.core.heads import load_head
+    from winnow.core.influence import InfluenceAnalyzer
 
     tt = pq.read_table(test).slice(0, PYDVL_TEST_ROWS)
     Xt = tt["features"].combine_chunks().flatten().to_numpy().reshape(-1, D)
@@ -377,8 +377,8 @@ def gpu_check(n: int, root: Path) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from winnow.heads import SoftmaxHead, load_head
-    from winnow.parallel import fit_curvature_partitioned, write_influence_parts
+    from winnow.core.heads import SoftmaxHead, load_head
+    from winnow.engine.backends import fit_curvature_partitioned, write_influence_parts
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     head_path, test = common(root)

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from winnow.analyses.subsample import Subsampler, classification_metrics, compute_scores, fit_subset, split_validation
+from winnow.core.heads import LogisticHead
 from winnow.datasets import load_digits_embeddings, random_relu_features, synthetic_embeddings
-from winnow.heads import LogisticHead
-from winnow.subsample import Subsampler, classification_metrics, compute_scores, fit_subset, split_validation
 
 L2 = 1e-3
 SEEDS = 5

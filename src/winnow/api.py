@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import open_source
+from .core.heads import HEAD_KINDS, Head, LogisticHead, SoftmaxHead
 from .errors import ValidationError
-from .heads import HEAD_KINDS, Head, LogisticHead, SoftmaxHead
+from .io.sources import open_source
 
 
 def fit_head(train: Any, *, kind: str = "auto", l2: float = 1e-3, sample_weight: np.ndarray | None = None,

@@ -12,6 +12,10 @@ class ValidationError(WinnowError, ValueError):
     """An argument or input data does not meet winnow's expectations (shape, dtype, NaN, labels...)."""
 
 
+class NotFittedError(ValidationError, AttributeError):
+    """A method that needs fitted state was called before ``fit`` (as scikit-learn's NotFittedError)."""
+
+
 class NotPositiveDefiniteError(WinnowError, ValueError):
     """The Hessian is not positive definite, so it cannot be inverted (add damping)."""
 

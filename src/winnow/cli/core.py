@@ -54,13 +54,13 @@ def fit_head(
 ) -> None:
     """Fit a linear head on TRAIN's features to a tight optimum (damped Newton, float64)."""
     from ..api import fit_head as api_fit_head
-    from ..outputs import check_output_path
+    from ..io.outputs import check_output_path
 
     check_output_path(out, overwrite, argument="--out")
     src = source_from(train, label_column, id_column, features_column, feature_columns)
     sample_weight = normalizer = None
     if weights is not None:
-        from ..subsample import load_subset_weights
+        from ..analyses.subsample import load_subset_weights
 
         sample_weight, normalizer = load_subset_weights(weights, src, return_normalizer=True)
     head = api_fit_head(src, kind=kind.value, l2=l2, sample_weight=sample_weight, normalizer=normalizer)
@@ -106,9 +106,9 @@ def influence(
     """Influence of every training point on the mean loss of TEST (one Hessian pass, one scoring pass).
     With --parts/--workers/--scheduler/--resume (or a directory --out) the scores go to a directory of part
     files, resumable after a crash, computed in this process or on a Dask cluster."""
-    from ..heads import load_head
-    from ..influence import InfluenceAnalyzer
-    from ..outputs import check_output_path
+    from ..core.heads import load_head
+    from ..core.influence import InfluenceAnalyzer
+    from ..io.outputs import check_output_path
     from .scale import influence_parts_command, wants_parts
 
     partitioned = wants_parts(out, parts=parts, workers=workers, scheduler=scheduler, resume=resume,
@@ -122,11 +122,11 @@ def influence(
     te = source_from(test, label_column, id_column, features_column, feature_columns)
     extra = []
     if newton or newton_exact:
-        from ..fidelity import NewtonColumns
+        from ..analyses.fidelity import NewtonColumns
 
         extra.append(NewtonColumns(exact=newton_exact))
     if memorization or memorize_threshold is not None or memorize_quantile is not None:
-        from ..memorization import MemorizationColumns
+        from ..analyses.memorization import MemorizationColumns
 
         if memorize_threshold is None and memorize_quantile is None:
             memorize_quantile = 0.9
@@ -138,7 +138,7 @@ def influence(
                                 overwrite=overwrite, partition_rows=partition_rows,
                                 cluster_timeout=cluster_timeout, quiet=quiet)
         return
-    from ..relative import make_curvature
+    from ..analyses.relative import make_curvature
 
     curv = make_curvature(h, tr, hessian=hessian.value, sample_size=sample_size, sampler=sampler.value,
                           seed=seed, damping=damping, chunk_size=chunk_size, progress=not quiet)
@@ -162,9 +162,9 @@ def validate_loo(
 ) -> None:
     """Ground truth: retrain the head without each of K points (ε = −1/n objective, warm start, tight
     tolerance) and correlate the actual change of test loss with the predicted one."""
-    from ..heads import load_head
-    from ..loo import leave_one_out
-    from ..outputs import check_output_path, write_json
+    from ..core.heads import load_head
+    from ..evaluation.loo import leave_one_out
+    from ..io.outputs import check_output_path, write_json
 
     if json_out is not None:
         check_output_path(json_out, overwrite, argument="--json")
@@ -185,7 +185,7 @@ def demo(
     overwrite: Overwrite = True, quiet: Quiet = False,
 ) -> None:
     """Run the whole pipeline on a bundled real data set and write scores + report.html to --out."""
-    from ..demo import run_demo
+    from ..demo.pipeline import run_demo
 
     paths = run_demo(out, overwrite=overwrite, progress=not quiet)
     for name, p in paths.items():

@@ -37,7 +37,7 @@ class HeadKind(str, Enum):
 
 
 def _check_outputs(overwrite: bool, **paths: Path | None) -> None:
-    from ..outputs import check_output_path
+    from ..io.outputs import check_output_path
 
     for arg, p in paths.items():
         if p is not None:
@@ -82,7 +82,7 @@ def validate_group(
     """Change of the mean TEST loss when a whole set of training points is removed: first order (the sum of
     loss_change_if_removed) and Newton (one solve with the Hessian without the set; test loss to second order
     and exact), against retraining. Data are held in memory."""
-    from ..fidelity import (
+    from ..analyses.fidelity import (
         GROUP_HEADER,
         SUMMARY_HEADER,
         group_divergence,
@@ -90,9 +90,9 @@ def validate_group(
         group_section,
         read_subset_ids,
     )
-    from ..heads import load_head
-    from ..outputs import write_json
-    from ..report import Report
+    from ..core.heads import load_head
+    from ..io.outputs import write_json
+    from ..report.html import Report
 
     if (subset is None) == (not sweep):
         raise ValidationError("give exactly one of --subset FILE (one group) or --sweep (groups of several sizes)")
@@ -150,9 +150,9 @@ def evaluate_mislabel_cmd(
     """Koh & Liang's mislabel experiment: flip labels, refit, check training points in the order of
     self-influence, training loss, influence on clean validation data, or at random; print the fraction of
     flips found at 5/10/20/30 % checked. Data are held in memory."""
-    from ..mislabel import evaluate_mislabel, mislabel_section
-    from ..outputs import write_json
-    from ..report import Report
+    from ..evaluation.mislabel import evaluate_mislabel, mislabel_section
+    from ..io.outputs import write_json
+    from ..report.html import Report
 
     _check_outputs(overwrite, json=json_out, report=report)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
@@ -187,10 +187,10 @@ def evaluate_lds(
 ) -> None:
     """Linear datamodeling score: per test point, Spearman over M random subsets between the retrained test
     loss and (1/n) Σ_(p kept) I_loss(t, p), averaged over test points. Holds the (T, n) influence matrix."""
-    from ..heads import load_head
-    from ..lds import lds_section, linear_datamodeling_score
-    from ..outputs import write_json
-    from ..report import Report
+    from ..core.heads import load_head
+    from ..evaluation.lds import lds_section, linear_datamodeling_score
+    from ..io.outputs import write_json
+    from ..report.html import Report
 
     _check_outputs(overwrite, json=json_out, report=report)
     h = load_head(head)

@@ -76,9 +76,9 @@ def extract_features_cmd(
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Run MODEL over DATA and save the input of its head module (the featurizer's output) for every row."""
+    from ..core.models import check_head_labels, extract_features, find_module, head_from_module
     from ..errors import ValidationError
-    from ..models import check_head_labels, extract_features, find_module, head_from_module
-    from ..outputs import check_output_path
+    from ..io.outputs import check_output_path
 
     check_output_path(out, overwrite, argument="--out")
     if head_out is not None:
@@ -96,7 +96,7 @@ def extract_features_cmd(
     feats = extract_features(m, name, data, out=out, batch_size=batch_size, overwrite=overwrite,
                              progress=not quiet)
     if h is not None:
-        from ..data import open_source
+        from ..io.sources import open_source
 
         check_head_labels(h, open_source(feats.path).labels(), "labels", name)
         h.save(head_out, overwrite=overwrite)
@@ -123,8 +123,8 @@ def model_influence_cmd(
     batch_size: BatchSize = 256, device: Device = None, overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Influence of every training point with respect to all (or --params) parameters of MODEL."""
-    from ..models import ModelInfluence
-    from ..outputs import check_output_path
+    from ..core.models import ModelInfluence
+    from ..io.outputs import check_output_path
 
     check_output_path(out, overwrite, argument="--out")
     if pairs is not None:
@@ -156,8 +156,8 @@ def check_head_cmd(
     batch_size: BatchSize = 256, device: Device = None, overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Theorem 1 check: is influence on the head's parameters a good stand-in for influence on all of them?"""
-    from ..diagnostics import report_section, theorem1_check
-    from ..outputs import check_output_path, write_json
+    from ..evaluation.theorem1 import report_section, theorem1_check
+    from ..io.outputs import check_output_path, write_json
 
     for p, arg in ((json_out, "--json"), (report, "--report")):
         if p is not None:
@@ -182,7 +182,7 @@ def check_head_cmd(
         write_json(json_out, res.summary(), overwrite=overwrite, argument="--json")
         say(quiet, f"wrote {json_out}")
     if report is not None:
-        from ..report import Report
+        from ..report.html import Report
 
         rep = Report(f"winnow check-head: {model.name}, head {res.head_name!r}")
         report_section(rep, res).write(report, overwrite=overwrite)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..data import open_source
+from ..io.sources import open_source
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or chatter; only errors.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace output files that already exist.")]

@@ -105,10 +105,10 @@ def lep(
     from rich.console import Console
     from rich.table import Table
 
+    from ..analyses.relative import SearchResult, two_sample_search
+    from ..core.heads import load_head
     from ..errors import ValidationError
-    from ..heads import load_head
-    from ..outputs import atomic_path, check_output_path, write_json
-    from ..relative import SearchResult, two_sample_search
+    from ..io.outputs import atomic_path, check_output_path, write_json
 
     if json_out is not None:
         check_output_path(json_out, overwrite, argument="--json")

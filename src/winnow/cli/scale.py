@@ -53,10 +53,10 @@ def influence_parts_command(head: Any, train: Any, test: Any, out: Path, *, damp
                             cluster_timeout: float = 30.0, quiet: bool = False) -> Any:
     """`winnow influence` with partitioned output: same columns as the one-file output (``extra`` are the
     command's ScoreColumns, e.g. MemorizationColumns / NewtonColumns), same Hessian choices
-    (``hessian='relative'`` draws the seeded sample of ``winnow.relative`` and builds H⁽ᵐ⁾ per partition).
+    (``hessian='relative'`` draws the seeded sample of ``winnow.analyses.relative`` and builds H⁽ᵐ⁾ per partition).
     Returns the PartsResult."""
-    from ..data import open_source
-    from ..parallel import ScoreColumnsFactory, write_influence_parts
+    from ..engine.backends import ScoreColumnsFactory, write_influence_parts
+    from ..io.sources import open_source
 
     if pairs is not None:
         raise ValidationError("--pairs writes one long-format file and cannot be combined with partitioned "
@@ -67,7 +67,7 @@ def influence_parts_command(head: Any, train: Any, test: Any, out: Path, *, damp
         if sample_size is None:
             raise ValidationError("--hessian relative needs --sample-size M (e.g. the recommended_sample_size "
                                   "that `winnow lep` writes)")
-        from ..relative import RelativeHessian
+        from ..analyses.relative import RelativeHessian
 
         source = open_source(train, argument="train")
         sample, _ = RelativeHessian(sample_size, sampler=sampler, seed=seed, damping=damping,

@@ -79,9 +79,9 @@ def subsample(
 ) -> None:
     """Keep exactly round(keep·n) training points chosen by influence (or memorization), with the class
     ratio fixed or tuned on VALID; write their ids and weights."""
-    from ..heads import load_head
-    from ..outputs import check_output_path
-    from ..subsample import Subsampler
+    from ..analyses.subsample import Subsampler
+    from ..core.heads import load_head
+    from ..io.outputs import check_output_path
 
     check_output_path(out, overwrite, argument="--out")
     if json_out is not None:
@@ -133,11 +133,11 @@ def evaluate_subset(
 ) -> None:
     """Retrain the head on SUBSET (weighted if it has weights), on all of TRAIN and on random subsets of the
     same size and class counts; print test log-loss, AUC and accuracy as mean ± std."""
-    from ..heads import load_head
-    from ..outputs import check_output_path, write_json
-    from ..report import Report
-    from ..subsample import evaluate_subset as api_evaluate
-    from ..subsample import report_section
+    from ..analyses.subsample import evaluate_subset as api_evaluate
+    from ..analyses.subsample import report_section
+    from ..core.heads import load_head
+    from ..io.outputs import check_output_path, write_json
+    from ..report.html import Report
 
     for path, arg in ((json_out, "--json"), (report, "--report")):
         if path is not None:

@@ -159,9 +159,9 @@ def check_theorems_cmd(
 ) -> None:
     """Check the paper's Theorem 3 (memorization thresholds) and Theorem 4 (sign of influence vs labels)
     on this head and data; section 8's removal consequence is measured by retraining."""
-    from ..heads import load_head
-    from ..outputs import check_output_path, write_json
-    from ..theorems import check_theorems
+    from ..analyses.theorems import check_theorems
+    from ..core.heads import load_head
+    from ..io.outputs import check_output_path, write_json
 
     for p, arg in ((json_out, "--json"), (report, "--report"), (points_out, "--points-out")):
         if p is not None:
@@ -179,13 +179,13 @@ def check_theorems_cmd(
         write_json(json_out, check.summary(), overwrite=overwrite)
         say(quiet, f"wrote {json_out}")
     if points_out is not None and check.memorization is not None:
-        from ..memorization import write_points
+        from ..analyses.memorization import write_points
 
         write_points(check.memorization, points_out, overwrite=overwrite)
         say(quiet, f"wrote {points_out}")
     if report is not None:
-        from ..report import Report
-        from ..theorems import report_section
+        from ..analyses.theorems import report_section
+        from ..report.html import Report
 
         rep = Report("winnow: the paper's theorems on this head")
         report_section(rep, check)

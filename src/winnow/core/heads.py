@@ -1,0 +1,560 @@
+"""Classifier heads with closed-form per-example gradients and Hessians (paper Lemma 1, DESIGN.md).
+
+Parameters are laid out as a (K_out, D + 1) matrix Θ = [W | b] flattened row-major into θ of length
+P = K_out · (D + 1); with ũ = [u, 1] the per-example gradient is g = r ⊗ ũ where r is the residual:
+
+- ``LogisticHead`` (sigmoid + BCE, labels in {0, 1}, K_out = 1): r = σ(wᵀu + b) − y,
+  ∇²ℓ = s(1 − s) ũũᵀ.
+- ``SoftmaxHead`` (softmax + CE, labels in 0..K−1, K_out = K): r = p − e_y,
+  ∇²ℓ = (diag p − ppᵀ) ⊗ ũũᵀ.
+
+The objective is the mean loss plus an L2 penalty on the weights only (not the bias, as in
+scikit-learn): R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖². All maths runs in torch float64 on ``device``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConvergenceError, NotFittedError, ValidationError
+
+DTYPE = torch.float64
+
+
+def as_tensor(a: Any, device: torch.device | str | None = None) -> torch.Tensor:
+    """Convert an array to a float64 tensor on ``device`` (no copy when already there)."""
+    return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=DTYPE, device=device)
+
+
+def augment(X: torch.Tensor) -> torch.Tensor:
+    """ũ = [u, 1] for every row: (c, D) -> (c, D + 1)."""
+    return torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], dim=1)
+
+
+class Head(ABC):
+    """A linear classifier head on fixed features, with exact per-example derivatives.
+
+    Settings go in ``__init__``; fitted state (``weight_``, ``bias_``, ``n_features_``) ends in ``_``.
+    """
+
+    kind: str = ""
+
+    def __init__(self, l2: float = 1e-3, *, tol: float = 1e-9, max_iter: int = 100,
+                 device: torch.device | str | None = None) -> None:
+        if not np.isfinite(l2) or l2 < 0:
+            raise ValidationError(f"l2 must be a finite number >= 0, got {l2!r}")
+        if tol <= 0:
+            raise ValidationError(f"tol must be > 0, got {tol!r}")
+        self.l2 = float(l2)
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "theta_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit() or from_weights()")
+
+    @property
+    @abstractmethod
+    def n_outputs(self) -> int:
+        """K_out: 1 for the logistic head, K for softmax."""
+
+    @property
+    def n_params(self) -> int:
+        """P = K_out · (D + 1)."""
+        self._check_fitted()
+        return self.n_outputs * (self.n_features_ + 1)
+
+    @property
+    def weight_(self) -> np.ndarray:
+        """W, shape (K_out, D)."""
+        self._check_fitted()
+        return self.theta_.reshape(self.n_outputs, -1)[:, :-1].cpu().numpy().copy()
+
+    @property
+    def bias_(self) -> np.ndarray:
+        """b, shape (K_out,)."""
+        self._check_fitted()
+        return self.theta_.reshape(self.n_outputs, -1)[:, -1].cpu().numpy().copy()
+
+    def _set_params(self, weight: Any, bias: Any) -> None:
+        W = as_tensor(weight, self.device)
+        b = as_tensor(bias, self.device).reshape(-1)
+        if W.ndim == 1:
+            W = W.reshape(1, -1)
+        if W.ndim != 2 or W.shape[0] != b.shape[0]:
+            raise ValidationError(f"weight must be (K_out, D) and bias (K_out,), got {tuple(W.shape)} "
+                                  f"and {tuple(b.shape)}")
+        if not (torch.isfinite(W).all() and torch.isfinite(b).all()):
+            raise ValidationError("weight and bias must be finite (found NaN or Inf)")
+        self._init_outputs(W.shape[0])
+        self.n_features_ = int(W.shape[1])
+        self.theta_ = torch.cat([W, b[:, None]], dim=1).reshape(-1).contiguous()
+
+    def _init_outputs(self, k_out: int) -> None:
+        """Set the number of outputs from a weight matrix with ``k_out`` rows (validated per kind)."""
+
+    def weight_mask(self) -> torch.Tensor:
+        """(P,) 1.0 on weight coordinates, 0.0 on bias coordinates: the L2 penalty's diagonal."""
+        self._check_fitted()
+        m = torch.ones(self.n_outputs, self.n_features_ + 1, dtype=DTYPE, device=self.device)
+        m[:, -1] = 0.0
+        return m.reshape(-1)
+
+    def null_directions(self) -> torch.Tensor:
+        """(P, r) orthonormal directions along which every loss is constant (r = 0 for most heads)."""
+        return torch.zeros(self.n_params, 0, dtype=DTYPE, device=self.device)
+
+    # ----------------------------------------------------------- validation
+    def check_features(self, X: np.ndarray | torch.Tensor, argument: str = "X") -> None:
+        """Raise if X's second dimension does not match the head's D."""
+        self._check_fitted()
+        if X.ndim != 2 or X.shape[1] != self.n_features_:
+            raise ValidationError(
+                f"{argument} has {X.shape[1] if X.ndim == 2 else X.ndim} features per row but the head "
+                f"expects D = {self.n_features_} (feature dimension mismatch between head and data)")
+
+    @abstractmethod
+    def check_labels(self, y: np.ndarray, argument: str = "y") -> None:
+        """Raise ValidationError if labels are outside the head's label set."""
+
+    # -------------------------------------------------------- per-chunk maths
+    def logits(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Z = X W ᵀ + b, shape (c, K_out)."""
+        th = (self.theta_ if theta is None else theta).reshape(self.n_outputs, -1)
+        return X @ th[:, :-1].T + th[:, -1]
+
+    @abstractmethod
+    def losses(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example loss ℓ_i, shape (c,)."""
+
+    @abstractmethod
+    def residuals(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """r = ∂ℓ/∂z per example, shape (c, K_out); the gradient is g = r ⊗ ũ."""
+
+    @abstractmethod
+    def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
+                    weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_i w_i ∇²ℓ_i over the rows of X (not averaged, no regulariser), shape (P, P), float64.
+
+        ``y`` is ignored by the linear heads (their Hessian does not depend on the labels); nonlinear heads
+        (``winnow.core.autodiff``) need it."""
+
+    @abstractmethod
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities: (c,) P(y=1) for logistic, (c, K) for softmax."""
+
+    def gradients(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example gradients g_i = ∇θ ℓ_i (no regulariser term), shape (c, P)."""
+        r = self.residuals(X, y, theta)
+        c, D = X.shape
+        # g = r ⊗ [u, 1], written block by block (no concatenated copy of X)
+        G = torch.empty(c, r.shape[1], D + 1, dtype=r.dtype, device=r.device)
+        torch.mul(r[:, :, None], X[:, None, :], out=G[:, :, :D])
+        G[:, :, D] = r
+        return G.reshape(c, -1)
+
+    def grad_dot(self, X: torch.Tensor, y: torch.Tensor, V: torch.Tensor,
+                 theta: torch.Tensor | None = None) -> torch.Tensor:
+        """g_iᵀ v_j without forming g: V (P,) -> (c,), V (P, m) -> (c, m)."""
+        r = self.residuals(X, y, theta)  # (c, K)
+        vec = V.ndim == 1
+        Vm = V.reshape(self.n_outputs, -1, 1) if vec else V.reshape(self.n_outputs, -1, V.shape[1])
+        # Σ_k r_ik (ũ_iᵀ V_k) = Σ_k r_ik (u_iᵀ V_k[:D] + V_k[D]): one GEMM for all outputs
+        K, D, m = self.n_outputs, X.shape[1], Vm.shape[2]
+        Z = X @ Vm[:, :D, :].permute(1, 0, 2).reshape(D, K * m)
+        Z = Z.reshape(-1, K, m) + Vm[:, D, :]
+        out = (r[:, :, None] * Z).sum(1)
+        return out[:, 0] if vec else out
+
+    def objective_terms(self, X: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
+                        theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Σ w_i ℓ_i, Σ w_i g_i, Σ w_i ∇²ℓ_i) for one chunk."""
+        r = self.residuals(X, y, theta)
+        if w is not None:
+            r = r * w[:, None]
+        loss = self.losses(X, y, theta)
+        loss = (loss * w).sum() if w is not None else loss.sum()
+        grad = torch.cat([r.T @ X, r.sum(0)[:, None]], dim=1).reshape(-1)
+        return loss, grad, self.hessian_sum(X, theta, w)
+
+    def regulariser(self, theta: torch.Tensor) -> torch.Tensor:
+        """(λ/2)‖W‖²."""
+        return 0.5 * self.l2 * (theta * theta * self.weight_mask()).sum()
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: Any, y: Any = None, *, sample_weight: Any = None, normalizer: float | None = None,
+            init: torch.Tensor | None = None, n_classes: int | None = None,
+            chunk_size: int = 262144) -> Head:
+        """Minimise (1/N) Σ w_i ℓ_i + (λ/2)‖W‖² by damped Newton in float64 to ‖∇R‖_∞ ≤ tol.
+
+        ``X`` is an array (n, D) with labels ``y``, or any data source winnow reads (then ``y`` is None).
+        ``normalizer`` N defaults to Σ w_i (= n unweighted); ``init`` warm-starts from a θ (P,).
+        Raises ConvergenceError if the tolerance is not reached. Stores ``theta_``, ``n_iter_``,
+        ``grad_norm_`` (final ‖∇R‖_∞).
+        """
+        from ..io.sources import open_source
+
+        source = open_source((X, y) if y is not None else X)
+        labels = source.labels()
+        if len(labels) == 0:
+            raise ValidationError("training data is empty")
+        self._prepare_fit(labels, n_classes, argument=source.name)
+        self.n_features_ = source.n_features
+        if init is None:
+            theta = torch.zeros(self.n_outputs * (source.n_features + 1), dtype=DTYPE, device=self.device)
+        else:
+            theta = as_tensor(init, self.device).clone()
+        self.theta_ = theta  # so that helpers see the shape
+        w_all = None
+        if sample_weight is not None:
+            w_all = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+            if w_all.shape[0] != len(source):
+                raise ValidationError(f"sample_weight has {w_all.shape[0]} entries for {len(source)} rows")
+            if not np.all(np.isfinite(w_all)) or np.any(w_all < 0):
+                raise ValidationError("sample_weight must be finite and >= 0")
+        total_w = float(w_all.sum()) if w_all is not None else float(len(source))
+        N = float(normalizer) if normalizer is not None else total_w
+        if N <= 0:
+            raise ValidationError("the total sample weight must be > 0")
+
+        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+            start = 0
+            for ch in source.chunks(chunk_size):
+                self.check_labels(ch.y, argument=source.name)
+                Xt = as_tensor(ch.X, self.device)
+                yt = torch.as_tensor(ch.y, device=self.device)
+                w = None
+                if w_all is not None:
+                    w = as_tensor(w_all[start:start + len(ch)], self.device)
+                start += len(ch)
+                yield Xt, yt, w
+
+        self.theta_ = newton_minimize(self, chunks, N, theta, tol=self.tol, max_iter=self.max_iter)
+        return self
+
+    def _prepare_fit(self, labels: np.ndarray, n_classes: int | None, argument: str = "y") -> None:
+        self.check_labels(labels, argument=argument)
+
+    # ------------------------------------------------------------ construct
+    @classmethod
+    def from_weights(cls, weight: Any, bias: Any, l2: float = 1e-3, **kwargs: Any) -> Head:
+        """A fitted head from given weights: ``weight`` (K_out, D) or (D,), ``bias`` (K_out,) or scalar."""
+        head = cls(l2=l2, **kwargs)
+        head._set_params(weight, np.atleast_1d(np.asarray(bias, dtype=np.float64)))
+        return head
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write ``weight``, ``bias``, ``kind`` and ``l2`` to an .npz file (atomically)."""
+        from ..io.outputs import save_npz
+
+        self._check_fitted()
+        return save_npz(path, overwrite=overwrite, argument="path", weight=self.weight_, bias=self.bias_,
+                        kind=np.array(self.kind), l2=np.array(self.l2))
+
+    def __repr__(self) -> str:
+        shape = f", D={self.n_features_}, K_out={self.n_outputs}" if self.is_fitted else ""
+        return f"{type(self).__name__}(l2={self.l2:g}{shape})"
+
+
+class LogisticHead(Head):
+    """Sigmoid + binary cross-entropy head, labels in {0, 1}; P = D + 1."""
+
+    kind = "logistic"
+
+    @property
+    def n_outputs(self) -> int:
+        return 1
+
+    def _init_outputs(self, k_out: int) -> None:
+        if k_out != 1:
+            raise ValidationError(f"a logistic head has one output row, got weight with {k_out} rows "
+                                  "(use SoftmaxHead for K classes)")
+
+    def check_labels(self, y: np.ndarray, argument: str = "y") -> None:
+        y = np.asarray(y)
+        bad = (y != 0) & (y != 1)
+        if bad.any():
+            raise ValidationError(f"{argument}: a logistic head needs labels in {{0, 1}}, found "
+                                  f"{np.unique(y[bad])[:5].tolist()}")
+
+    def losses(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.logits(X, theta)[:, 0]
+        return torch.nn.functional.softplus(z) - y.to(DTYPE) * z
+
+    def residuals(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        return self._residuals_from_logits(self.logits(X, theta), y)
+
+    @staticmethod
+    def _residuals_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """r = σ(z) − y from logits Z (c, 1), shape (c, 1)."""
+        return (torch.sigmoid(Z[:, 0]) - y.to(Z.dtype))[:, None]
+
+    def curvature_weights(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """s(1 − s) per example, shape (c,)."""
+        s = torch.sigmoid(self.logits(X, theta)[:, 0])
+        return s * (1 - s)
+
+    def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
+                    weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.curvature_weights(X, theta)
+        if weights is not None:
+            a = a * weights
+        # X̃ᵀ diag(a) X̃ assembled from its blocks [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]: one GEMM, no copy of X̃
+        D = X.shape[1]
+        H = torch.empty(D + 1, D + 1, dtype=X.dtype, device=X.device)
+        Y = X * a[:, None]
+        torch.mm(X.T, Y, out=H[:D, :D])
+        H[:D, D] = Y.sum(0)
+        H[D, :D] = H[:D, D]
+        H[D, D] = a.sum()
+        return H
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        Xt = as_tensor(X, self.device)
+        self.check_features(Xt)
+        return torch.sigmoid(self.logits(Xt)[:, 0]).cpu().numpy()
+
+    @classmethod
+    def from_sklearn(cls, model: Any, n_samples: int, **kwargs: Any) -> LogisticHead:
+        """Map a fitted binary ``sklearn.linear_model.LogisticRegression`` exactly.
+
+        scikit-learn minimises C Σ ℓ_i + ½‖w‖²; dividing by C·n gives our (1/n) Σ ℓ_i + (λ/2)‖w‖² with
+        λ = 1 / (C · n), so ``n_samples`` (the n it was fitted on) is needed.
+        """
+        coef, intercept, l2 = _sklearn_params(model, n_samples, binary=True)
+        return cls.from_weights(coef, intercept, l2=l2, **kwargs)  # type: ignore[return-value]
+
+
+class SoftmaxHead(Head):
+    """Softmax + cross-entropy head over K classes, labels in 0..K−1; P = K (D + 1).
+
+    The loss is unchanged when the same constant is added to every bias, so with an unregularised bias the
+    Hessian is singular along that one direction (``null_directions``). Every per-example gradient is
+    orthogonal to it (Σ_k (p_k − e_yk) = 0), so winnow solves with H + c·vvᵀ, which equals the
+    pseudo-inverse on gradients exactly.
+    """
+
+    kind = "softmax"
+
+    def __init__(self, l2: float = 1e-3, *, n_classes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(l2, **kwargs)
+        if n_classes is not None and n_classes < 2:
+            raise ValidationError(f"n_classes must be >= 2, got {n_classes}")
+        self.n_classes = n_classes
+
+    @property
+    def n_outputs(self) -> int:
+        if self.n_classes is None:
+            raise ValidationError("SoftmaxHead: the number of classes is unknown before fit()")
+        return self.n_classes
+
+    def _init_outputs(self, k_out: int) -> None:
+        if k_out < 2:
+            raise ValidationError(f"a softmax head needs K >= 2 output rows, got {k_out} "
+                                  "(use LogisticHead for one sigmoid output)")
+        self.n_classes = k_out
+
+    def _prepare_fit(self, labels: np.ndarray, n_classes: int | None, argument: str = "y") -> None:
+        if n_classes is not None:
+            self.n_classes = n_classes
+        if self.n_classes is None:
+            self.n_classes = max(int(labels.max()) + 1, 2)
+        self.check_labels(labels, argument=argument)
+
+    def check_labels(self, y: np.ndarray, argument: str = "y") -> None:
+        y = np.asarray(y)
+        K = self.n_outputs
+        bad = (y < 0) | (y >= K)
+        if bad.any():
+            raise ValidationError(f"{argument}: a softmax head with K = {K} classes needs labels in 0..{K - 1}, "
+                                  f"found {np.unique(y[bad])[:5].tolist()}")
+
+    def null_directions(self) -> torch.Tensor:
+        v = torch.zeros(self.n_outputs, self.n_features_ + 1, dtype=DTYPE, device=self.device)
+        v[:, -1] = 1.0 / np.sqrt(self.n_outputs)
+        return v.reshape(-1, 1)
+
+    def losses(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        logp = torch.log_softmax(self.logits(X, theta), dim=1)
+        return -logp.gather(1, y.long()[:, None])[:, 0]
+
+    def residuals(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        return self._residuals_from_logits(self.logits(X, theta), y)
+
+    @staticmethod
+    def _residuals_from_logits(Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """r = softmax(z) − e_y from logits Z (c, K), shape (c, K)."""
+        return torch.softmax(Z, dim=1) - torch.nn.functional.one_hot(y.long(), Z.shape[1]).to(Z.dtype)
+
+    def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
+                    weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        # Σ_i (diag p_i − p_i p_iᵀ) ⊗ ũ_i ũ_iᵀ = blockdiag_k(X̃ᵀ diag(p_k) X̃) − AᵀA with A_i = p_i ⊗ ũ_i
+        p = torch.softmax(self.logits(X, theta), dim=1)
+        Xa = augment(X)
+        if weights is not None:
+            pw = p * weights[:, None]
+        else:
+            pw = p
+        K, D1 = self.n_outputs, Xa.shape[1]
+        H = torch.zeros(K * D1, K * D1, dtype=DTYPE, device=X.device)
+        for k in range(K):
+            H[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1] = Xa.T @ (pw[:, k:k + 1] * Xa)
+        A = (p[:, :, None] * Xa[:, None, :]).reshape(X.shape[0], -1)
+        Aw = A if weights is None else A * weights[:, None]
+        return H - A.T @ Aw
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        Xt = as_tensor(X, self.device)
+        self.check_features(Xt)
+        return torch.softmax(self.logits(Xt), dim=1).cpu().numpy()
+
+    @classmethod
+    def from_sklearn(cls, model: Any, n_samples: int, **kwargs: Any) -> SoftmaxHead:
+        """Map a fitted multinomial ``LogisticRegression`` (K ≥ 3 classes) exactly; λ = 1 / (C · n)."""
+        coef, intercept, l2 = _sklearn_params(model, n_samples, binary=False)
+        return cls.from_weights(coef, intercept, l2=l2, **kwargs)  # type: ignore[return-value]
+
+
+def _sklearn_params(model: Any, n_samples: int, binary: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    coef = getattr(model, "coef_", None)
+    if coef is None:
+        raise ValidationError("model must be a fitted sklearn LogisticRegression (no coef_ found)")
+    penalty = getattr(model, "penalty", "l2")
+    l1_ratio = getattr(model, "l1_ratio", None)
+    if penalty not in ("l2", "deprecated") or (l1_ratio not in (None, 0, 0.0)):
+        raise ValidationError(f"only an L2 penalty maps to winnow's heads, model has penalty={penalty!r}, "
+                              f"l1_ratio={l1_ratio!r}")
+    if not getattr(model, "fit_intercept", True):
+        raise ValidationError("model was fitted with fit_intercept=False; winnow's heads always have a bias")
+    if n_samples < 1:
+        raise ValidationError(f"n_samples must be the number of rows the model was fitted on, got {n_samples}")
+    if binary and coef.shape[0] != 1:
+        raise ValidationError(f"binary model expected (coef_ with one row), got {coef.shape[0]} rows: "
+                              "use SoftmaxHead.from_sklearn")
+    if not binary and coef.shape[0] < 3:
+        raise ValidationError("a binary LogisticRegression maps to LogisticHead.from_sklearn")
+    C = float(model.C)
+    return np.asarray(coef, dtype=np.float64), np.asarray(model.intercept_, dtype=np.float64), 1.0 / (C * n_samples)
+
+
+def head_from_torch(linear: torch.nn.Module, l2: float = 1e-3, **kwargs: Any) -> Head:
+    """A head from an ``nn.Linear``: one output -> LogisticHead, K ≥ 2 outputs -> SoftmaxHead."""
+    if not isinstance(linear, torch.nn.Linear):
+        raise ValidationError(f"expected a torch.nn.Linear, got {type(linear).__name__}")
+    W = linear.weight.detach().to("cpu", DTYPE).numpy()
+    b = (linear.bias.detach().to("cpu", DTYPE).numpy() if linear.bias is not None
+         else np.zeros(W.shape[0]))
+    cls: type[Head] = LogisticHead if W.shape[0] == 1 else SoftmaxHead
+    return cls.from_weights(W, b, l2=l2, **kwargs)
+
+
+LogisticHead.from_torch = staticmethod(head_from_torch)  # type: ignore[attr-defined]
+SoftmaxHead.from_torch = staticmethod(head_from_torch)  # type: ignore[attr-defined]
+
+HEAD_KINDS: dict[str, type[Head]] = {"logistic": LogisticHead, "softmax": SoftmaxHead}
+
+
+def load_head(path: str | Path, device: torch.device | str | None = None) -> Head:
+    """Read a head written by ``Head.save``."""
+    p = Path(path)
+    if not p.exists():
+        raise ValidationError(f"head file {str(p)!r} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            kind = str(z["kind"])
+            weight, bias, l2 = z["weight"], z["bias"], float(z["l2"])
+    except (KeyError, ValueError, OSError) as exc:
+        raise ValidationError(f"{str(p)!r} is not a winnow head file (needs arrays weight, bias, kind, l2): "
+                              f"{exc}") from exc
+    if kind not in HEAD_KINDS:
+        raise ValidationError(f"{str(p)!r}: unknown head kind {kind!r}, expected one of {sorted(HEAD_KINDS)}")
+    return HEAD_KINDS[kind].from_weights(weight, bias, l2=l2, device=device)
+
+
+ChunkFactory = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]]]
+
+
+def newton_minimize(head: Head, chunks: ChunkFactory, normalizer: float, theta: torch.Tensor, *,
+                    tol: float = 1e-9, max_iter: int = 100) -> torch.Tensor:
+    """Damped Newton on R(θ) = (1/N) Σ w_i ℓ_i(θ) + (λ/2)‖W‖², streaming over ``chunks()`` each pass, with
+    H + μI (μ ≥ 0 the smallest shift making it positive definite) and Armijo backtracking.
+
+    Stops when ‖∇R‖_∞ ≤ tol; raises ConvergenceError otherwise. Sets ``head.n_iter_``, ``head.grad_norm_``.
+    """
+    mask = head.weight_mask()
+    null = head.null_directions()
+
+    def evaluate(th: torch.Tensor, need_hess: bool = True):
+        P = th.shape[0]
+        loss = torch.zeros((), dtype=DTYPE, device=th.device)
+        grad = torch.zeros(P, dtype=DTYPE, device=th.device)
+        hess = torch.zeros(P, P, dtype=DTYPE, device=th.device) if need_hess else None
+        for X, y, w in chunks():
+            if need_hess:
+                l_, g_, h_ = head.objective_terms(X, y, w, th)
+                hess += h_
+            else:
+                l_ = head.losses(X, y, th)
+                l_ = (l_ * w).sum() if w is not None else l_.sum()
+                g_ = None
+            loss += l_
+            if g_ is not None:
+                grad += g_
+        loss = loss / normalizer + head.regulariser(th)
+        grad = grad / normalizer + head.l2 * mask * th
+        if hess is not None:
+            hess = hess / normalizer + torch.diag(head.l2 * mask)
+            if null.shape[1]:
+                hess = hess + null @ null.T
+        return loss, grad, hess
+
+    loss, grad, hess = evaluate(theta)
+    gnorm = float(grad.abs().max())
+    it = 0
+    while gnorm > tol and it < max_iter:
+        it += 1
+        L, info = torch.linalg.cholesky_ex(hess)
+        if int(info) != 0:
+            # not positive definite (λ = 0 with separable/collinear data, or a non-convex head): shift by the
+            # smallest μ ≥ 0 that makes H + μI positive definite
+            ev = torch.linalg.eigvalsh(hess)
+            mu = float(-ev[0]) + 1e-8 * max(1.0, float(ev[-1]))
+            L = torch.linalg.cholesky(hess + mu * torch.eye(hess.shape[0], dtype=DTYPE, device=hess.device))
+        step = -torch.cholesky_solve(grad[:, None], L)[:, 0]
+        t = 1.0
+        slope = float(grad @ step)
+        while True:
+            new = theta + t * step
+            new_loss, _, _ = evaluate(new, need_hess=False)
+            # the tolerance term accepts steps whose loss change is below float64 rounding near the optimum
+            if float(new_loss) <= float(loss) + 1e-4 * t * slope + 1e-14 * abs(float(loss)) or t < 1e-10:
+                break
+            t *= 0.5
+        theta = new
+        loss, grad, hess = evaluate(theta)
+        new_gnorm = float(grad.abs().max())
+        if t < 1e-10 and new_gnorm >= gnorm:
+            gnorm = new_gnorm  # report the norm at the θ we return
+            break
+        gnorm = new_gnorm
+    head.n_iter_ = it
+    head.grad_norm_ = gnorm
+    if gnorm > tol:
+        raise ConvergenceError(
+            f"{type(head).__name__}.fit did not converge: ‖∇R‖_∞ = {gnorm:.3g} > tol = {tol:g} after {it} "
+            "Newton iterations (raise max_iter; with l2 = 0 separable data has no optimum: use l2 > 0)")
+    return theta

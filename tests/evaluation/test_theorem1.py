@@ -1,0 +1,125 @@
+"""Theorem 1 diagnostic: the identities of eqs. 39–51 and independent dense computations."""
+
+import numpy as np
+import pytest
+import torch
+from test_models import Net, data, trained_net
+
+from winnow.core.influence import InfluenceAnalyzer
+from winnow.core.models import extract_features, head_from_module, select_params
+from winnow.errors import ValidationError
+from winnow.evaluation.theorem1 import report_section, theorem1_check
+from winnow.report import Report
+
+
+def full_dense_influence(net, X, y, Xte, yte, l2, damping):
+    """−g_tᵀ H⁻¹ g_p from torch.autograd (double backward Hessian, per-example autograd.grad)."""
+    names = [n for n, _ in net.named_parameters()]
+    params = [p for _, p in net.named_parameters()]
+    theta0 = torch.cat([p.detach().reshape(-1) for p in params])
+    mask = torch.cat([torch.full((p.numel(),), 1.0 if p.ndim >= 2 else 0.0, dtype=torch.float64) for p in params])
+
+    def unflat(theta):
+        out, o = {}, 0
+        for n_, p in zip(names, params):
+            out[n_] = theta[o:o + p.numel()].reshape(p.shape)
+            o += p.numel()
+        return out
+
+    def risk(theta):
+        z = torch.func.functional_call(net, unflat(theta), (X,))[:, 0]
+        reg = 0.5 * l2 * (mask * theta ** 2).sum()
+        return torch.nn.functional.binary_cross_entropy_with_logits(z, y.double()) + reg
+
+    H = torch.autograd.functional.hessian(risk, theta0) + damping * torch.eye(theta0.numel(), dtype=torch.float64)
+
+    def grads(A, b):
+        rows = []
+        for i in range(len(b)):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(A[i:i + 1])[:, 0], b[i:i + 1].double())
+            rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+        return torch.stack(rows)
+
+    return -(grads(Xte, yte) @ torch.linalg.solve(H, grads(X, y).T)).numpy(), H
+
+
+@pytest.mark.slow
+def test_theorem1_dense_matches_independent_computations():
+    net = trained_net()
+    X, y = data()
+    Xte, yte = data(15, seed=4)
+    l2, damping = 1e-2, 1e-3
+    res = theorem1_check(net, "fc", (X, y), (Xte, yte), l2=l2, damping=damping, n_train=30, n_test=6, seed=1)
+    assert res.method == "dense" and res.n_params == sum(p.numel() for p in net.parameters())
+    assert res.n_head_params == 6 and res.damping_added == 0.0 and res.n_negative == 0
+    I_ref, H = full_dense_influence(net, X, y, Xte, yte, l2, damping)
+    I_ref = I_ref[np.ix_(res.test_rows, res.train_rows)]
+    np.testing.assert_allclose(res.influence_full, I_ref, rtol=1e-8, atol=1e-10)
+    # head-only: the closed-form head path on the extracted features, with the same damping
+    ftr = extract_features(net, "fc", (X, y), dtype=np.float64)
+    fte = extract_features(net, "fc", (Xte, yte), dtype=np.float64)
+    head = head_from_module(net.fc, l2=l2)
+    I_head = InfluenceAnalyzer(head, damping=damping).fit((ftr.X, ftr.y)).pairwise((fte.X, fte.y))
+    np.testing.assert_allclose(res.influence_head, I_head[np.ix_(res.test_rows, res.train_rows)], rtol=1e-8,
+                               atol=1e-10)
+    # eq. 39/43: the main term plus 𝒯₂ is the full g_tᵀH⁻¹g_p, for every pair
+    np.testing.assert_allclose(res.main_term + res.t2, -res.influence_full, rtol=1e-8, atol=1e-10)
+    # the eigenvalues are H's, the head masses sum to μ_C
+    np.testing.assert_allclose(np.sort(res.eigenvalues), torch.linalg.eigvalsh(H).numpy(), rtol=1e-8, atol=1e-12)
+    assert abs(res.head_mass.sum() - 6) < 1e-8
+    assert 0 < res.head_inverse_mass < 1 and res.head_mass_baseline == pytest.approx(6 / res.n_params)
+    a, b = res.influence_full.ravel(), res.influence_head.ravel()
+    assert res.pearson == pytest.approx(np.corrcoef(a, b)[0, 1])
+    assert res.sign_agreement == pytest.approx(np.mean(np.sign(a) == np.sign(b)))
+    assert res.verdict and isinstance(res.trusted, bool)
+    rep = report_section(Report("t"), res)
+    assert "Theorem 1" in rep.html()
+
+
+def test_head_only_parameter_set_is_the_exact_limit():
+    """With params = the head only, the full model *is* the head: I_head = I, 𝒯₁ = 𝒯₂ = 0, trusted."""
+    net = trained_net()
+    X, y = data()
+    res = theorem1_check(net, "fc", (X, y), (X[:10], y[:10]), l2=1e-2, params="fc", n_train=40, n_test=5)
+    np.testing.assert_allclose(res.influence_head, res.influence_full, rtol=1e-9, atol=1e-12)
+    assert res.spearman == pytest.approx(1.0) and res.sign_agreement == 1.0 and res.trusted
+    assert res.t1_relative < 1e-10 and res.t2_relative["q95"] < 1e-8
+    assert res.head_inverse_mass == pytest.approx(1.0)
+
+
+def test_indefinite_hessian_is_damped_and_said_so():
+    torch.manual_seed(0)
+    net = Net(k=1).double().eval()  # untrained: far from a minimum
+    X, y = data()
+    res = theorem1_check(net, "fc", (X, y), (X[:10], y[:10]), l2=0.0, n_train=20, n_test=4, sweep=(1.0,))
+    assert res.n_negative > 0 and res.min_eigenvalue < 0 and res.damping_added > -res.min_eigenvalue
+    assert any("not a minimum" in n for n in res.notes) and "indefinite" in res.verdict
+    assert any("stationary" in n for n in res.notes)
+    assert res.damping_sweep and res.damping_sweep[0]["damping"] == 1.0
+
+
+def test_lanczos_fallback_said_as_such_and_exact_at_full_rank():
+    net = trained_net()
+    X, y = data()
+    kw = dict(l2=1e-2, damping=1e-2, n_train=20, n_test=4, seed=2)
+    dense = theorem1_check(net, "fc", (X, y), (X[:10], y[:10]), **kw)
+    P = dense.n_params
+    lz = theorem1_check(net, "fc", (X, y), (X[:10], y[:10]), max_dense=10, rank=P, **kw)
+    assert lz.method.startswith("lanczos") and any("approximation" in n for n in lz.notes)
+    assert lz.t1_relative is None
+    np.testing.assert_allclose(lz.influence_full, dense.influence_full, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(lz.influence_head, dense.influence_head, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValidationError, match="damping"):
+        theorem1_check(net, "fc", (X, y), (X[:10], y[:10]), l2=1e-2, max_dense=10, rank=5)
+
+
+def test_bad_inputs():
+    net = trained_net()
+    X, y = data()
+    with pytest.raises(ValidationError, match="candidates"):
+        theorem1_check(net, "classifier", (X, y), (X, y))
+    with pytest.raises(ValidationError, match="include the head"):
+        theorem1_check(net, "fc", (X, y), (X, y), params="body")
+    with pytest.raises(ValidationError, match="1 output"):
+        theorem1_check(net, "fc", (X, y + 1), (X, y))
+    assert select_params(net, None)[-1] == "fc.bias"
