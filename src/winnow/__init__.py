@@ -24,8 +24,8 @@ _EXPORTS: dict[str, str] = {
     # core maths
     "Head": "core.heads", "LogisticHead": "core.heads", "SoftmaxHead": "core.heads", "load_head": "core.heads",
     "head_from_torch": "core.heads", "AutodiffHead": "core.autodiff",
-    "Curvature": "core.curvature", "fit_curvature": "core.curvature",
-    "InfluenceAnalyzer": "core.influence", "ScoreColumns": "core.influence", "compute_influence": "core.influence",
+    "Curvature": "core.curvature", "fit_curvature": "engine.passes",
+    "InfluenceAnalyzer": "analyses.influence", "compute_influence": "analyses.influence",
     "ModelInfluence": "core.models", "split_model": "core.models", "extract_features": "core.models",
     "refine_model": "core.models", "Features": "core.models",
     "DenseSolver": "core.solvers", "CGSolver": "core.solvers", "LiSSASolver": "core.solvers",
@@ -34,7 +34,8 @@ _EXPORTS: dict[str, str] = {
     "DataSource": "io.sources", "ArraySource": "io.sources", "NpzSource": "io.sources",
     "ParquetSource": "io.sources", "open_source": "io.sources",
     # the engine
-    "make_backend": "engine.backends", "write_influence_parts": "engine.backends",
+    "Engine": "engine.engine", "ScoreColumns": "engine.columns", "ColumnFunction": "engine.columns",
+    "make_backend": "engine.backends", "write_influence_parts": "analyses.influence",
     # analyses
     "RelativeHessian": "analyses.relative", "lep_check": "analyses.relative",
     "two_sample_search": "analyses.relative", "leverage_scores": "analyses.relative",

@@ -356,7 +356,7 @@ def test_crash_in_later_parquet_part_leaves_no_output(tmp_path, capsys):
 @pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
 def test_crash_during_scoring_pass_leaves_no_file(data, monkeypatch, capsys, exc):
     """A failure after some score chunks were written: no file at --out or --pairs, no temporary left."""
-    real = winnow.core.influence.score_chunk
+    real = winnow.core.heads.LinearHead.score_chunk
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -365,7 +365,7 @@ def test_crash_during_scoring_pass_leaves_no_file(data, monkeypatch, capsys, exc
             raise exc
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(winnow.core.influence, "score_chunk", flaky)
+    monkeypatch.setattr(winnow.core.heads.LinearHead, "score_chunk", flaky)
     out_dir = data["dir"] / "out"
     out, pairs = out_dir / "scores.parquet", out_dir / "pairs.parquet"
     argv = ["influence", data["train"], "--head", data["head"], "--test", data["test"], "--out", out,

@@ -44,9 +44,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..core.curvature import Curvature, fit_curvature, hessian_pass
+from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, LogisticHead, SoftmaxHead, as_tensor, augment
-from ..core.influence import InfluenceAnalyzer, ScoreColumns, mean_test_gradient
+from ..engine.columns import ScoreColumns
+from ..engine.passes import fit_curvature, hessian_pass, mean_test_gradient
 from ..errors import NotPositiveDefiniteError, ValidationError
 from ..io.sources import open_source
 from ..progress import track_rows
@@ -251,7 +252,7 @@ class NewtonColumns(ScoreColumns):
             self.fields.append((NEWTON_EXACT_COLUMN, pa.float64()))
         self.metadata = NEWTON_METADATA
 
-    def prepare(self, analyzer: InfluenceAnalyzer, test: Any) -> None:
+    def prepare(self, analyzer: Any, test: Any) -> None:
         self.head = analyzer.head
         self.context = prepare_newton(analyzer.head, analyzer.curvature_, test, n_train=analyzer.n_train_,
                                       exact=self.exact, chunk_size=analyzer.chunk_size)

@@ -24,12 +24,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..core.curvature import Curvature, fit_curvature
+from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, as_tensor
-from ..core.influence import InfluenceAnalyzer, ScoreColumns
+from ..engine.columns import ScoreColumns
+from ..engine.passes import check_head_data, fit_curvature, map_columns, test_gradients
 from ..errors import ValidationError
 from ..io.sources import open_source
-from ..progress import track_rows
 
 MEMORIZATION_COLUMNS = ("memorization", "memorize")
 
@@ -106,20 +106,20 @@ def choose_threshold(scores: np.ndarray, quantile: float) -> float:
 
 # ------------------------------------------------------------------------------------- streaming
 def memorization_scores(head: Head, curvature: Curvature, data: Any, chunk_size: int = 65536,
-                        progress: bool = False) -> np.ndarray:
-    """Memorization score ‖Λ⁻¹Qᵀg_p‖₁ of every row of ``data`` (streamed), shape (n,)."""
-    source = open_source(data)
-    head.check_features(np.empty((0, source.n_features)), argument=source.name)
+                        progress: bool = False, *, engine: Any = None) -> np.ndarray:
+    """Memorization score ‖Λ⁻¹Qᵀg_p‖₁ of every row of ``data`` (one engine pass), shape (n,)."""
+    source = check_head_data(head, data, "data")
+    if len(source) == 0:
+        return np.zeros(0)
     Q, inv = eigenbasis(curvature)
-    out = []
-    for ch in track_rows(source.chunks(chunk_size), len(source), "memorization", progress):
-        head.check_labels(ch.y, argument=source.name)
-        out.append(memorization_chunk(head, ch.X, ch.y, Q, inv))
-    return np.concatenate(out) if out else np.zeros(0)
+    return map_columns(head, source, memorization_chunk, label="memorization", chunk_size=chunk_size,
+                       progress=progress, engine=engine, description="memorization", Q=Q,
+                       inv_eigvals=inv)["memorization"]
 
 
 def resolve_threshold(head: Head, curvature: Curvature, data: Any, *, threshold: float | None = None,
-                      quantile: float | None = None, chunk_size: int = 65536, progress: bool = False) -> float:
+                      quantile: float | None = None, chunk_size: int = 65536, progress: bool = False,
+                      engine: Any = None) -> float:
     """D from exactly one of ``threshold`` (validated) or ``quantile`` (one extra scoring pass)."""
     if (threshold is None) == (quantile is None):
         raise ValidationError("give exactly one of threshold (D) or quantile (CLI: --memorize-threshold or "
@@ -128,27 +128,38 @@ def resolve_threshold(head: Head, curvature: Curvature, data: Any, *, threshold:
         return check_threshold(threshold, "threshold (CLI: --memorize-threshold)")
     if not (0.0 <= float(quantile) <= 1.0):  # type: ignore[arg-type]
         raise ValidationError(f"quantile (CLI: --memorize-quantile) must be in [0, 1], got {quantile!r}")
-    return choose_threshold(memorization_scores(head, curvature, data, chunk_size, progress), quantile)
+    return choose_threshold(memorization_scores(head, curvature, data, chunk_size, progress, engine=engine),
+                            quantile)
 
 
 class MemorizationColumns(ScoreColumns):
     """``memorization`` and ``memorize`` as extra columns of the scoring pass, with D given as ``threshold``
-    or as a ``quantile`` of all scores (one extra pass over the training data in ``prepare``)."""
+    or as a ``quantile`` of all scores (one extra pass over the training data in ``prepare``); with
+    ``score_only`` just the ``memorization`` score (no threshold, no extra pass)."""
 
     fields = [("memorization", pa.float64()), ("memorize", pa.bool_())]
 
-    def __init__(self, *, threshold: float | None = None, quantile: float | None = None) -> None:
-        self.threshold, self.quantile = threshold, quantile
+    def __init__(self, *, threshold: float | None = None, quantile: float | None = None,
+                 score_only: bool = False) -> None:
+        self.threshold, self.quantile, self.score_only = threshold, quantile, bool(score_only)
+        if score_only:
+            self.fields = [("memorization", pa.float64())]
 
-    def prepare(self, analyzer: InfluenceAnalyzer, test: Any) -> None:
+    def prepare(self, analyzer: Any, test: Any) -> None:
         self.head = analyzer.head
         self.basis = eigenbasis(analyzer.curvature_)
+        if self.score_only:
+            self.metadata = {"winnow.memorization": MEMORIZATION_METADATA["winnow.memorization"]}
+            return
         self.threshold_ = resolve_threshold(analyzer.head, analyzer.curvature_, analyzer.train_,
                                             threshold=self.threshold, quantile=self.quantile,
-                                            chunk_size=analyzer.chunk_size, progress=analyzer.progress)
+                                            chunk_size=analyzer.chunk_size, progress=analyzer.progress,
+                                            engine=analyzer.engine)
         self.metadata = {**MEMORIZATION_METADATA, "winnow.memorize_threshold": repr(self.threshold_)}
 
     def chunk(self, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        if self.score_only:
+            return {"memorization": memorization_chunk(self.head, X, y, *self.basis)}
         return memorization_columns(self.head, X, y, *self.basis, self.threshold_)
 
 
@@ -173,21 +184,14 @@ def sign_statistics_chunk(head: Head, X: Any, y: Any, test_factors: torch.Tensor
 
 
 def sign_statistics(head: Head, curvature: Curvature, train: Any, test: Any, *, chunk_size: int = 65536,
-                    progress: bool = False) -> dict[str, np.ndarray]:
+                    progress: bool = False, engine: Any = None) -> dict[str, np.ndarray]:
     """Per training point, over all T test points: ``helps_fraction`` (I_loss < 0) and ``hurts_fraction``
     (I_loss > 0), each (n,). Cost n·T·P; the test gradients (T, P) are held in memory."""
-    from ..core.influence import test_gradients
-
-    src = open_source(train)
-    head.check_features(np.empty((0, src.n_features)), argument=src.name)
-    Gt, _, _ = test_gradients(head, test, chunk_size=chunk_size)
+    src = check_head_data(head, train, "train")
+    Gt, _, _ = test_gradients(head, test, chunk_size=chunk_size, engine=engine)
     factors = curvature.solve(Gt.T)  # (P, T)
-    parts: dict[str, list[np.ndarray]] = {"helps_fraction": [], "hurts_fraction": []}
-    for ch in track_rows(src.chunks(chunk_size), len(src), "sign statistics", progress):
-        head.check_labels(ch.y, argument=src.name)
-        for k, v in sign_statistics_chunk(head, ch.X, ch.y, factors).items():
-            parts[k].append(v)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return map_columns(head, src, sign_statistics_chunk, chunk_size=chunk_size, progress=progress, engine=engine,
+                       description="sign statistics", test_factors=factors)
 
 
 # ------------------------------------------------------------------------------------ analysis
@@ -310,10 +314,14 @@ class MemorizationAnalyzer:
 
     def iter_columns(self, chunk_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield ``id``, ``label``, ``memorization``, ``memorize`` per chunk (for Parquet writers)."""
+        from ..engine.columns import ColumnFunction, ScoreKernel
+        from ..engine.engine import Engine
+
         Q, inv = eigenbasis(self.curvature_)
-        for ch in self.train_.chunks(chunk_size or self.chunk_size):
-            yield {"id": ch.ids, "label": ch.y,
-                   **memorization_columns(self.head_, ch.X, ch.y, Q, inv, self.threshold_)}
+        col = ColumnFunction(memorization_columns, {"Q": Q, "inv_eigvals": inv, "threshold": self.threshold_},
+                             head=self.head_)
+        engine = Engine(chunk_size=chunk_size or self.chunk_size)
+        yield from engine.iter(self.train_, ScoreKernel(self.head_, [col]), description="memorization")
 
 
 # ---------------------------------------------------------------------------------------- report

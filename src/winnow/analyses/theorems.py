@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.curvature import Curvature, fit_curvature
+from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, LogisticHead, as_tensor, augment
+from ..engine.passes import fit_curvature
 from ..errors import ValidationError
 from ..evaluation.loo import load_arrays
 from ..io.sources import open_source

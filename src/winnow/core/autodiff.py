@@ -15,7 +15,7 @@ by default, like the closed-form heads, or every parameter (``regularize="all"``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -348,9 +348,7 @@ class AutodiffHead(Head):
         so ``y`` is required; build a whole-data Curvature with :func:`autodiff_curvature`."""
         if y is None:
             raise ValidationError(
-                "AutodiffHead.hessian_sum needs the labels y (the Hessian of a nonlinear head depends on them): "
-                "build the curvature with winnow.core.autodiff.autodiff_curvature(head, train) and pass it to "
-                "InfluenceAnalyzer.fit(train, curvature=...)")
+                "AutodiffHead.hessian_sum needs the labels y (the Hessian of a nonlinear head depends on them)")
         th = self.theta_ if theta is None else theta
         return self.fn.hessian_sum(th, self._prep(X), y.to(self.device), self.loss, weights)
 
@@ -404,14 +402,10 @@ class AutodiffHead(Head):
         if N <= 0:
             raise ValidationError("the total sample weight must be > 0")
 
-        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-            start = 0
-            for ch in source.chunks(chunk_size):
-                w = None if w_all is None else as_tensor(w_all[start:start + len(ch)], self.device)
-                start += len(ch)
-                yield as_tensor(ch.X, self.device), torch.as_tensor(ch.y, device=self.device), w
+        from ..engine.passes import objective_pass
 
-        self.theta_ = newton_minimize(self, chunks, N, theta, tol=self.tol, max_iter=self.max_iter)
+        evaluate = objective_pass(self, source, sample_weight=w_all, chunk_size=chunk_size)
+        self.theta_ = newton_minimize(self, evaluate, N, theta, tol=self.tol, max_iter=self.max_iter)
         self.null_ = None
         return self
 
@@ -438,29 +432,9 @@ class AutodiffHead(Head):
 
 def autodiff_curvature(head: Head, train: Any, *, damping: float = 0.0, chunk_size: int = 65536,
                        progress: bool = False) -> Any:
-    """The exact damped Hessian H = (1/n) Σ ∇²ℓ_i + λ·mask + damping·I of ``head`` over ``train``, with the
-    labels passed to ``hessian_sum`` (needed for a nonlinear head), as a :class:`winnow.core.curvature.Curvature`.
-    Works for every Head (closed-form heads ignore the labels)."""
-    from ..io.sources import open_source
-    from ..progress import track_rows
-    from .curvature import Curvature
+    """The exact damped Hessian H = (1/n) Σ ∇²ℓ_i + λ·mask + damping·I of ``head`` over ``train``, as a
+    :class:`winnow.core.curvature.Curvature`: the same pass as :func:`winnow.engine.passes.fit_curvature`,
+    which works for every head (an autodiff head's Hessian uses the labels)."""
+    from ..engine.passes import fit_curvature
 
-    if not np.isfinite(damping) or damping < 0:
-        raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
-    source = open_source(train)
-    head.check_features(np.empty((0, source.n_features)), argument=source.name)
-    P = head.n_params
-    S = torch.zeros(P, P, dtype=DTYPE, device=head.device)
-    n = 0
-    for ch in track_rows(source.chunks(chunk_size), len(source), "Hessian pass", progress):
-        head.check_labels(ch.y, argument=source.name)
-        Xt, yt = as_tensor(ch.X, head.device), torch.as_tensor(ch.y, device=head.device)
-        if isinstance(head, AutodiffHead):
-            S += head.hessian_sum(Xt, y=yt)
-        else:
-            S += head.hessian_sum(Xt)
-        n += len(ch)
-    if n == 0:
-        raise ValidationError(f"{source.name}: no rows to build the Hessian from")
-    H = S / n + torch.diag(head.l2 * head.weight_mask()) + damping * torch.eye(P, dtype=DTYPE, device=head.device)
-    return Curvature(hessian=H, n=float(n), l2=head.l2, damping=float(damping), null=head.null_directions())
+    return fit_curvature(head, train, damping=damping, chunk_size=chunk_size, progress=progress)

@@ -8,54 +8,15 @@ With all points and unit weights N = n (the full Hessian); with a sample of m po
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import NotPositiveDefiniteError, ValidationError
-from ..io.sources import DataSource, open_source
-from ..progress import track_rows
+from .blocks import BLOCK_BYTES, DEVICE_BLOCK_BYTES, float64_blocks, row_block  # noqa: F401
 from .heads import DTYPE, Head, as_tensor
-
-# Bytes of a float64 working block: features are upcast to float64 one block at a time, so that on a CPU the
-# block stays in cache and no float64 copy of a whole chunk is ever made (memory and bandwidth); on an
-# accelerator, larger blocks amortise the host-to-device copies and kernel launches.
-BLOCK_BYTES = 4 << 20
-DEVICE_BLOCK_BYTES = 256 << 20
-
-
-def row_block(n_cols: int, device: torch.device | str | None = None) -> int:
-    """Rows of an (rows, n_cols) float64 working block on ``device`` (``BLOCK_BYTES`` on a CPU)."""
-    size = BLOCK_BYTES if device is None or torch.device(device).type == "cpu" else DEVICE_BLOCK_BYTES
-    return max(256, size // (8 * max(int(n_cols), 1)))
-
-
-def float64_blocks(X: np.ndarray, block: int, device: torch.device | str | None, *,
-                   ones_column: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (start, stop, X[start:stop] as float64 on ``device``) for row blocks of ``block`` rows of a
-    (c, D) array; with ``ones_column`` the block is X̃ = [X, 1] (b, D + 1).
-
-    Rows that need converting (float32 features, another device, the ones column) are copied into one reused
-    buffer, so a block is only valid until the next one is yielded; float64 rows already on ``device`` are
-    not copied when no ones column is asked for.
-    """
-    n, d = int(X.shape[0]), int(X.shape[1])
-    buf = None
-    for s in range(0, n, block):
-        e = min(s + block, n)
-        src = torch.as_tensor(X[s:e])
-        if not ones_column and src.dtype == DTYPE and src.device == torch.device(device or "cpu"):
-            yield s, e, src
-            continue
-        if buf is None:
-            buf = torch.empty(min(block, n), d + int(ones_column), dtype=DTYPE, device=device)
-            if ones_column:
-                buf[:, d] = 1.0
-        out = buf[:e - s]
-        out[:, :d].copy_(src)
-        yield s, e, out
 
 
 def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None,
@@ -73,28 +34,30 @@ def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None,
     return S
 
 
-def hessian_pass(head: Head, source: DataSource, *, rows: np.ndarray | None = None,
-                 row_weights: np.ndarray | None = None, chunk_size: int = 65536,
-                 progress: bool = False) -> tuple[torch.Tensor, float]:
-    """Stream ``source`` (or only its ``rows``) and return (Σ w_i ∇²ℓ_i, Σ w_i).
+@dataclass(frozen=True, eq=False)
+class HessianKernel:
+    """Engine kernel of the Hessian pass: (Σ_i w_i ∇²ℓ_i (P, P) float64, Σ_i w_i) over one chunk."""
 
-    ``row_weights`` aligns with ``rows`` when given, else with all rows.
-    """
-    head.check_features(np.empty((0, source.n_features)), argument=source.name)
+    head: Head
+
+    def __call__(self, chunk: Any, weights: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
+        total = float(len(chunk)) if weights is None else float(np.sum(weights, dtype=np.float64))
+        return hessian_chunk(self.head, chunk.X, weights, chunk.y), total
+
+
+def curvature_from_sum(head: Head, S: torch.Tensor | np.ndarray, total: float, *, damping: float = 0.0,
+                       normalizer: float | None = None) -> Curvature:
+    """The one place a sum becomes H: H = S/N + λ·mask + damping·I (paper eq. 4; eq. 52 for a sample),
+    with N = ``normalizer`` or ``total`` (Σ w_i over the rows summed), factorised."""
+    if not np.isfinite(damping) or damping < 0:
+        raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
+    S = torch.as_tensor(S, dtype=DTYPE, device=head.device)
+    N = float(normalizer) if normalizer is not None else float(total)
+    if not N > 0:
+        raise ValidationError(f"the Hessian normaliser N must be > 0; got {N} (no rows, or zero weights)")
     P = head.n_params
-    S = torch.zeros(P, P, dtype=DTYPE, device=head.device)
-    total = 0.0
-    start = 0
-    n_rows = len(rows) if rows is not None else len(source)
-    for ch in track_rows(source.chunks(chunk_size, rows=rows), n_rows, "Hessian pass", progress):
-        head.check_labels(ch.y, argument=source.name)
-        w = None if row_weights is None else row_weights[start:start + len(ch)]
-        start += len(ch)
-        S += hessian_chunk(head, ch.X, w, ch.y)
-        total += float(len(ch)) if w is None else float(np.sum(w))
-    if start == 0:
-        raise ValidationError(f"{source.name}: no rows to build the Hessian from")
-    return S, total
+    H = S / N + torch.diag(head.l2 * head.weight_mask()) + damping * torch.eye(P, dtype=DTYPE, device=head.device)
+    return Curvature(hessian=H, n=N, l2=head.l2, damping=float(damping), null=head.null_directions())
 
 
 @dataclass
@@ -171,21 +134,10 @@ class Curvature:
         return self._eig
 
 
-def fit_curvature(head: Head, train, *, damping: float = 0.0, rows: np.ndarray | None = None,
-                  row_weights: np.ndarray | None = None, normalizer: float | None = None,
-                  chunk_size: int = 65536, progress: bool = False) -> Curvature:
-    """Build and factorise H from ``train`` (all rows, or ``rows`` with optional ``row_weights``).
+def __getattr__(name: str) -> Any:
+    # the passes that build H over a data source live in the engine (winnow.engine.passes)
+    if name in ("fit_curvature", "hessian_pass"):
+        from ..engine import passes
 
-    ``normalizer`` N defaults to Σ w_i over the rows used (n for the full Hessian, m for eq. 52).
-    Raises NotPositiveDefiniteError with a hint to add damping.
-    """
-    if not np.isfinite(damping) or damping < 0:
-        raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
-    source = open_source(train)
-    S, total = hessian_pass(head, source, rows=rows, row_weights=row_weights, chunk_size=chunk_size,
-                            progress=progress)
-    N = float(normalizer) if normalizer is not None else total
-    P = head.n_params
-    H = S / N + torch.diag(head.l2 * head.weight_mask()) + damping * torch.eye(P, dtype=DTYPE,
-                                                                               device=head.device)
-    return Curvature(hessian=H, n=N, l2=head.l2, damping=float(damping), null=head.null_directions())
+        return getattr(passes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ scikit-learn): R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖². All maths runs in torch
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvergenceError, NotFittedError, ValidationError
+from .blocks import float64_blocks, row_block
 
 DTYPE = torch.float64
 
@@ -193,6 +194,34 @@ class Head(ABC):
         """(λ/2)‖W‖²."""
         return 0.5 * self.l2 * (theta * theta * self.weight_mask()).sum()
 
+    # ----------------------------------------------------------- scoring
+    def score_chunk(self, X: np.ndarray, y: np.ndarray, *, direction: torch.Tensor, curvature: Any,
+                    n_train: int, pair_factors: torch.Tensor | None = None,
+                    pairs_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Influence scores of one chunk of training points (pure; see ``winnow.core.influence``).
+
+        ``direction`` s = H⁻¹ḡ_t (P,); ``curvature`` (a Curvature) for self-influence, None skips it;
+        ``pair_factors`` H⁻¹G_tᵀ (P, T) for the pairwise matrix, written into ``pairs_out`` (c, T) when given.
+        Returns numpy columns ``influence`` = −g_pᵀs (c,), ``loss_change_if_removed`` = −influence/n (c,),
+        ``self_influence`` = g_pᵀH⁻¹g_p (c,) and ``pairs`` = −g_pᵀH⁻¹g_t (c, T) when asked. This generic
+        version forms the per-example gradients; closed-form heads override it with GEMMs on the features.
+        """
+        Xt = as_tensor(X, self.device)
+        yt = torch.as_tensor(y, device=self.device)
+        G = self.gradients(Xt, yt)  # (c, P)
+        infl = -(G @ direction)
+        out = {"influence": infl.cpu().numpy(), "loss_change_if_removed": (-infl / n_train).cpu().numpy()}
+        if curvature is not None:
+            W = curvature.whiten(G)
+            out["self_influence"] = (W * W).sum(0).cpu().numpy()
+        if pair_factors is not None:
+            P = (-(G @ pair_factors)).cpu().numpy()
+            if pairs_out is not None:
+                pairs_out[...] = P
+                P = pairs_out
+            out["pairs"] = P
+        return out
+
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None, *, sample_weight: Any = None, normalizer: float | None = None,
             init: torch.Tensor | None = None, n_classes: int | None = None,
@@ -229,19 +258,10 @@ class Head(ABC):
         if N <= 0:
             raise ValidationError("the total sample weight must be > 0")
 
-        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-            start = 0
-            for ch in source.chunks(chunk_size):
-                self.check_labels(ch.y, argument=source.name)
-                Xt = as_tensor(ch.X, self.device)
-                yt = torch.as_tensor(ch.y, device=self.device)
-                w = None
-                if w_all is not None:
-                    w = as_tensor(w_all[start:start + len(ch)], self.device)
-                start += len(ch)
-                yield Xt, yt, w
+        from ..engine.passes import objective_pass
 
-        self.theta_ = newton_minimize(self, chunks, N, theta, tol=self.tol, max_iter=self.max_iter)
+        evaluate = objective_pass(self, source, sample_weight=w_all, chunk_size=chunk_size)
+        self.theta_ = newton_minimize(self, evaluate, N, theta, tol=self.tol, max_iter=self.max_iter)
         return self
 
     def _prepare_fit(self, labels: np.ndarray, n_classes: int | None, argument: str = "y") -> None:
@@ -268,7 +288,82 @@ class Head(ABC):
         return f"{type(self).__name__}(l2={self.l2:g}{shape})"
 
 
-class LogisticHead(Head):
+class LinearHead(Head):
+    """A head whose logits are linear in ũ = [u, 1] (z_k = θ_kᵀũ), so g = r ⊗ ũ: every score is a GEMM on
+    the features (``LogisticHead``, ``SoftmaxHead``)."""
+
+    @abstractmethod
+    def _residuals_from_logits(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """r = ∂ℓ/∂z from logits Z (c, K_out) and labels y (c,), shape (c, K_out)."""
+
+    def score_chunk(self, X: np.ndarray, y: np.ndarray, *, direction: torch.Tensor, curvature: Any,
+                    n_train: int, pair_factors: torch.Tensor | None = None,
+                    pairs_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``Head.score_chunk`` for the closed-form heads, without forming the (c, P) gradients.
+
+        With g_p = r_p ⊗ ũ_p (ũ = [u, 1]) every score is a GEMM on the features: for V (P, m) seen as
+        (K, D + 1, m), g_pᵀV = Σ_k r_pk (u_pᵀ V_k[:D] + V_k[D]). The logits, the aggregate direction s and the
+        pair factors share one GEMM; self-influence is ‖L⁻¹g_p‖² = ‖Σ_k r_pk (L⁻¹)_k ũ_p‖² with (L⁻¹)_k the
+        columns of L⁻¹ for output k. Features are upcast to float64 one cache-sized block at a time.
+        ``pairs_out`` (c, T) float64, if given, receives the pairs (no extra copy on a CPU).
+        """
+        K, D = self.n_outputs, self.n_features_
+        dev = self.device
+
+        def split(V: torch.Tensor) -> torch.Tensor:
+            """V (P, m) -> Vᵀ per output, (K·m, D + 1) contiguous: row k·m + j = V_k[:, j], so ũ_pᵀV_k[:, j] is
+            entry (p, k·m + j) of X̃ @ split(V).T."""
+            return V.reshape(K, D + 1, -1).permute(0, 2, 1).reshape(-1, D + 1).contiguous()
+
+        blocks = [self.theta_.reshape(-1, 1), direction.reshape(-1, 1)]  # logits z_k = θ_kᵀũ, s_kᵀũ
+        T = 0
+        if pair_factors is not None:
+            T = int(pair_factors.shape[1])
+            blocks.append(pair_factors)
+        # the GEMMs below take the transposed view of a contiguous (m, D + 1) matrix: much faster in MKL than a
+        # row-major (D + 1, m) right-hand side when m is small
+        VT = torch.cat([split(V) for V in blocks])
+        if curvature is not None:
+            MT = split(curvature.inverse_factor().T)  # (K·P, D + 1): rows of (L⁻¹)_k
+
+        c = int(X.shape[0])
+        infl = torch.empty(c, dtype=DTYPE, device=dev)
+        self_infl = torch.empty(c, dtype=DTYPE, device=dev) if curvature is not None else None
+        pairs = None
+        if T:
+            direct = pairs_out is not None and torch.device(dev).type == "cpu"
+            pairs = torch.from_numpy(pairs_out) if direct else torch.empty(c, T, dtype=DTYPE, device=dev)
+        yt_all = torch.as_tensor(y, device=dev)
+        B = row_block(max(D + 1, VT.shape[0], MT.shape[0] if curvature is not None else 0), dev)
+        for s, e, Xb in float64_blocks(X, B, dev, ones_column=True):  # Xb = X̃ (b, D + 1)
+            Z = Xb @ VT.T  # (b, K + K + K·T)
+            r = self._residuals_from_logits(Z[:, :K], yt_all[s:e])  # (b, K)
+            rn = r.neg_()  # −r: the influences carry a minus sign
+            torch.sum(rn * Z[:, K:2 * K], 1, out=infl[s:e])
+            if pairs is not None:
+                if K == 1:
+                    torch.mul(Z[:, 2:], rn, out=pairs[s:e])
+                else:
+                    torch.sum(rn[:, :, None] * Z[:, 2 * K:].reshape(-1, K, T), 1, out=pairs[s:e])
+            if self_infl is not None:
+                W = Xb @ MT.T  # (b, K·P): row p, block k = (L⁻¹)_k ũ_p
+                W = W.mul_(rn) if K == 1 else (W.reshape(-1, K, W.shape[1] // K) * rn[:, :, None]).sum(1)
+                torch.sum(W * W, 1, out=self_infl[s:e])
+        infl_np = infl.cpu().numpy()
+        out = {"influence": infl_np, "loss_change_if_removed": infl_np / -n_train}
+        if self_infl is not None:
+            out["self_influence"] = self_infl.cpu().numpy()
+        if pairs is not None:
+            if pairs_out is None:
+                out["pairs"] = pairs.cpu().numpy()
+            else:
+                if not direct:
+                    pairs_out[...] = pairs.cpu().numpy()
+                out["pairs"] = pairs_out
+        return out
+
+
+class LogisticHead(LinearHead):
     """Sigmoid + binary cross-entropy head, labels in {0, 1}; P = D + 1."""
 
     kind = "logistic"
@@ -338,7 +433,7 @@ class LogisticHead(Head):
         return cls.from_weights(coef, intercept, l2=l2, **kwargs)  # type: ignore[return-value]
 
 
-class SoftmaxHead(Head):
+class SoftmaxHead(LinearHead):
     """Softmax + cross-entropy head over K classes, labels in 0..K−1; P = K (D + 1).
 
     The loss is unchanged when the same constant is added to every bias, so with an unregularised bias the
@@ -485,12 +580,13 @@ def load_head(path: str | Path, device: torch.device | str | None = None) -> Hea
     return HEAD_KINDS[kind].from_weights(weight, bias, l2=l2, device=device)
 
 
-ChunkFactory = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]]]
+ObjectiveSums = Callable[..., tuple[torch.Tensor, ...]]
 
 
-def newton_minimize(head: Head, chunks: ChunkFactory, normalizer: float, theta: torch.Tensor, *,
+def newton_minimize(head: Head, sums: ObjectiveSums, normalizer: float, theta: torch.Tensor, *,
                     tol: float = 1e-9, max_iter: int = 100) -> torch.Tensor:
-    """Damped Newton on R(θ) = (1/N) Σ w_i ℓ_i(θ) + (λ/2)‖W‖², streaming over ``chunks()`` each pass, with
+    """Damped Newton on R(θ) = (1/N) Σ w_i ℓ_i(θ) + (λ/2)‖W‖², where ``sums(θ, derivatives)`` returns
+    (Σ w_i ℓ_i, Σ w_i g_i, Σ w_i ∇²ℓ_i) (or only the loss sum) in one pass over the data, with
     H + μI (μ ≥ 0 the smallest shift making it positive definite) and Armijo backtracking.
 
     Stops when ‖∇R‖_∞ ≤ tol; raises ConvergenceError otherwise. Sets ``head.n_iter_``, ``head.grad_norm_``.
@@ -499,23 +595,13 @@ def newton_minimize(head: Head, chunks: ChunkFactory, normalizer: float, theta: 
     null = head.null_directions()
 
     def evaluate(th: torch.Tensor, need_hess: bool = True):
-        P = th.shape[0]
-        loss = torch.zeros((), dtype=DTYPE, device=th.device)
-        grad = torch.zeros(P, dtype=DTYPE, device=th.device)
-        hess = torch.zeros(P, P, dtype=DTYPE, device=th.device) if need_hess else None
-        for X, y, w in chunks():
-            if need_hess:
-                l_, g_, h_ = head.objective_terms(X, y, w, th)
-                hess += h_
-            else:
-                l_ = head.losses(X, y, th)
-                l_ = (l_ * w).sum() if w is not None else l_.sum()
-                g_ = None
-            loss += l_
-            if g_ is not None:
-                grad += g_
+        if need_hess:
+            loss, grad, hess = sums(th, True)
+        else:
+            (loss,), grad, hess = sums(th, False), None, None
         loss = loss / normalizer + head.regulariser(th)
-        grad = grad / normalizer + head.l2 * mask * th
+        if grad is not None:
+            grad = grad / normalizer + head.l2 * mask * th
         if hess is not None:
             hess = hess / normalizer + torch.diag(head.l2 * mask)
             if null.shape[1]:

@@ -631,7 +631,7 @@ class ModelInfluence:
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
                      overwrite: bool = False, self_influence: bool | None = None) -> Path:
         """Stream the scores (and long-format pairs) to Parquet, atomically (see InfluenceAnalyzer)."""
-        from .influence import SCORE_FIELDS, write_score_stream
+        from ..analyses.influence import SCORE_FIELDS, write_score_stream
         meta = {**SIGN_METADATA, "winnow.model_influence": self._describe()}
         chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None)
         return write_score_stream(chunks, out, SCORE_FIELDS, pairs_out=pairs_out, overwrite=overwrite,

@@ -1,0 +1,464 @@
+"""Influence of every training point on a test loss: the analyzer, its columns and its outputs.
+
+Signs (paper eqs. 19, 20, 27, 28, 35, 36; see :mod:`winnow.core.influence`): ``influence`` = −ḡ_testᵀH⁻¹g_p
+(> 0 harmful), ``loss_change_if_removed`` = −influence/n (eq. 28, the ε = −1/n objective),
+``self_influence`` = g_pᵀH⁻¹g_p ≥ 0, pairs I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p.
+
+:class:`InfluenceAnalyzer` runs every pass on one :class:`winnow.engine.Engine` (in-process, or Dask with
+``workers=`` / ``scheduler=``): the Hessian pass, the test-gradient pass, then one scoring pass whose
+columns are :class:`winnow.engine.columns.ScoreColumns` (the influence columns, memorization, Newton columns,
+user functions). Output is one Parquet file, or with ``parts=True`` a directory of part files that a crashed
+run can finish with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..core.curvature import Curvature
+from ..core.heads import DTYPE, Head, as_tensor
+from ..core.influence import SIGN_METADATA
+from ..engine.columns import ColumnFunction, ScoreColumns, ScoreKernel
+from ..engine.engine import Engine, check_rows
+from ..engine.passes import check_head_data, fit_curvature, mean_test_gradient, test_gradients
+from ..errors import NotFittedError, ValidationError
+from ..io.outputs import ParquetStreamWriter, check_output_path
+from ..io.parts import PartsDirectory, digest_array, head_fingerprint, source_fingerprint
+
+__all__ = ["InfluenceAnalyzer", "InfluenceColumns", "SelfInfluenceColumns", "PartsResult", "compute_influence",
+           "write_influence_parts", "write_score_stream", "SCORE_FIELDS", "PAIR_SCHEMA", "PAIR_METADATA"]
+
+SCORE_FIELDS = [("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
+                ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())]
+PAIR_SCHEMA = pa.schema([("test_id", pa.int64()), ("train_id", pa.int64()), ("influence", pa.float64())])
+PAIR_METADATA = {"winnow.influence": "I_loss(test, train) = -g_test^T H^-1 g_train; > 0 harmful"}
+
+
+# ------------------------------------------------------------------------------------------- columns
+class InfluenceColumns(ScoreColumns):
+    """``influence`` = −g_pᵀs with s = H⁻¹ḡ_test, ``loss_change_if_removed`` = −influence/n and, with
+    ``self_influence``, g_pᵀH⁻¹g_p; with ``pairs``, the (c, T) matrix ``pairs`` = −g_pᵀH⁻¹g_t. ``prepare``
+    makes the test pass and the solves (or takes a given ``direction``, e.g. from a resumed job)."""
+
+    def __init__(self, *, self_influence: bool = True, pairs: bool = False,
+                 direction: torch.Tensor | None = None) -> None:
+        self.self_influence = bool(self_influence)
+        self.pairs = bool(pairs)
+        self.direction = direction
+        self.metadata = dict(SIGN_METADATA)
+
+    def prepare(self, analyzer: Any, test: Any) -> None:
+        head, curv = analyzer.head, analyzer.curvature_
+        self.head_ = head
+        self.n_train_ = int(analyzer.n_train_)
+        self.curvature_ = curv if self.self_influence else None
+        if self.direction is None:
+            gbar, _ = mean_test_gradient(head, test, engine=analyzer.engine)
+            self.direction_ = curv.solve(gbar)
+        else:
+            self.direction_ = torch.as_tensor(self.direction, dtype=DTYPE, device=head.device)
+        self.pair_factors_ = self.test_ids_ = None
+        if self.pairs:
+            Gt, self.test_ids_, _ = test_gradients(head, test, engine=analyzer.engine)
+            self.pair_factors_ = curv.solve(Gt.T)  # (P, T)
+
+    def chunk(self, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        return self.head_.score_chunk(X, y, direction=self.direction_, curvature=self.curvature_,
+                                      n_train=self.n_train_, pair_factors=self.pair_factors_)
+
+
+class SelfInfluenceColumns(ScoreColumns):
+    """``self_influence`` = g_pᵀH⁻¹g_p ≥ 0 alone (no test set)."""
+
+    def __init__(self) -> None:
+        self.metadata = {"winnow.self_influence": SIGN_METADATA["winnow.self_influence"]}
+
+    def prepare(self, analyzer: Any, test: Any) -> None:
+        self.head_, self.curvature_ = analyzer.head, analyzer.curvature_
+        self.zero_ = torch.zeros(self.curvature_.n_params, dtype=DTYPE, device=self.head_.device)
+
+    def chunk(self, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.head_.score_chunk(X, y, direction=self.zero_, curvature=self.curvature_, n_train=1)
+        return {"self_influence": out["self_influence"]}
+
+
+def _metadata(columns: Sequence[ScoreColumns]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for c in columns:
+        meta.update({str(k): str(v) for k, v in (getattr(c, "metadata", None) or {}).items()})
+    return meta
+
+
+# ------------------------------------------------------------------------------------------- outputs
+def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path, fields: list | None = None,
+                       *, pairs_out: str | Path | None = None, overwrite: bool = False,
+                       metadata: Any = dict) -> Path:
+    """Write per-chunk score dicts (as yielded by ``iter_scores``) to Parquet at ``out`` and, when the chunks
+    carry ``pairs`` (c, T) and ``test_ids``, the long-format pairs to ``pairs_out``. Both files are written
+    to temporary names and renamed only when complete; ``metadata()`` is called at the first chunk. The
+    schema is ``fields`` or, when None, that of the first chunk's columns."""
+    from ..io.parts import part_schema
+
+    # ``chunks`` is lazy: refuse existing outputs before any pass over the data runs
+    check_output_path(out, overwrite, argument="--out")
+    if pairs_out is not None:
+        check_output_path(pairs_out, overwrite, argument="--pairs")
+    with ExitStack() as stack:
+        w = pw = None
+        test_ids = None
+        for cols in chunks:
+            if "test_ids" in cols:
+                test_ids = cols.pop("test_ids")
+            P = cols.pop("pairs", None)
+            if w is None:
+                schema = pa.schema(fields) if fields is not None else part_schema(cols)
+                w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite, argument="--out",
+                                                            metadata=metadata()))
+                if pairs_out is not None:
+                    pw = stack.enter_context(ParquetStreamWriter(pairs_out, PAIR_SCHEMA, overwrite=overwrite,
+                                                                 argument="--pairs", metadata=PAIR_METADATA))
+            w.write(**{k: cols[k] for k in schema.names})
+            if pw is not None and P is not None:
+                c, T = P.shape
+                pw.write(test_id=np.tile(test_ids, c), train_id=np.repeat(cols["id"], T), influence=P.reshape(-1))
+    return Path(out)
+
+
+@dataclass
+class PartsResult:
+    """What a partitioned job did: the output directory, partitions in all / written now / already
+    finished (skipped on resume), rows, the column names and whether state came from a previous run."""
+
+    path: Path
+    n_parts: int
+    written: int
+    skipped: int
+    n_rows: int
+    columns: list[str]
+    resumed: bool
+
+
+def _identity(spec: Any) -> str:
+    if hasattr(spec, "identity"):
+        return str(spec.identity)
+    return f"{type(spec).__module__}.{type(spec).__qualname__}"
+
+
+# ------------------------------------------------------------------------------------------ analyzer
+class InfluenceAnalyzer:
+    """Exact influence of every training point on a head, streaming over the training data.
+
+    Settings: ``head`` a fitted Head; ``damping`` added to H's diagonal; ``chunk_size`` rows per chunk;
+    ``progress`` shows bars; ``engine`` an :class:`winnow.engine.Engine`, or ``workers`` (a local Dask
+    cluster of N processes) / ``scheduler`` (an existing one) / ``partition_rows`` to build one; ``device``
+    moves the head's maths there. ``fit(train)`` builds the Hessian (``curvature_``, ``n_train_``,
+    ``train_``).
+    """
+
+    def __init__(self, head: Head, *, damping: float = 0.0, chunk_size: int = 65536, progress: bool = False,
+                 engine: Engine | None = None, workers: int | None = None, scheduler: Any = None,
+                 partition_rows: int | None = None, device: torch.device | str | None = None,
+                 timeout: float = 30.0) -> None:
+        if not isinstance(head, Head):
+            raise ValidationError(f"head must be a winnow Head, got {type(head).__name__}")
+        head._check_fitted()
+        if not np.isfinite(damping) or damping < 0:
+            raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValidationError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+        self.head = _on_device(head, device)
+        self.damping = float(damping)
+        self.chunk_size = int(chunk_size)
+        self.progress = progress
+        self.engine = engine if engine is not None else Engine(
+            workers=workers, scheduler=scheduler, chunk_size=int(chunk_size), partition_rows=partition_rows,
+            progress=progress, timeout=timeout)
+
+    # ----------------------------------------------------------------------------------------- fit
+    def fit(self, train: Any, *, curvature: Curvature | None = None, rows: Any = None, row_weights: Any = None,
+            normalizer: float | None = None) -> InfluenceAnalyzer:
+        """Build H over all of ``train`` (paper eq. 4), over ``rows`` with ``row_weights`` (a relative
+        Hessian, eq. 52, N = ``normalizer`` or Σw), or take a prebuilt ``curvature``."""
+        self.train_ = check_head_data(self.head, train, "train")
+        self.n_train_ = len(self.train_)
+        if self.n_train_ == 0:
+            raise ValidationError(f"training data {self.train_.name} is empty")
+        if curvature is not None and (rows is not None or row_weights is not None):
+            raise ValidationError("pass either curvature= or rows=/row_weights=, not both")
+        r, w = check_rows(rows, row_weights, self.n_train_)
+        if curvature is not None:
+            self.hessian_spec_: dict[str, Any] = {"given_sha256": digest_array(curvature.hessian),
+                                                  "n": float(curvature.n)}
+            self.curvature_ = curvature
+        else:
+            self.hessian_spec_ = {"rows": "all"} if r is None else {
+                "rows_sha256": digest_array(r), "m": int(r.size),
+                "weights_sha256": None if w is None else digest_array(w)}
+            self.hessian_spec_["normalizer"] = None if normalizer is None else float(normalizer)
+            self.curvature_ = fit_curvature(self.head, self.train_, damping=self.damping, rows=r, row_weights=w,
+                                            normalizer=normalizer, engine=self.engine)
+        return self
+
+    def _check(self) -> None:
+        if not hasattr(self, "curvature_"):
+            raise NotFittedError("this InfluenceAnalyzer is not fitted: call fit(train) before scoring")
+
+    def _columns(self, test: Any, *, self_influence: bool, pairs: bool = False, extra: Sequence[Any] = (),
+                 direction: torch.Tensor | None = None) -> list[ScoreColumns]:
+        """The prepared column sets of a scoring pass."""
+        self._check()
+        test_src = None
+        if test is not None:
+            test_src = check_head_data(self.head, test, "test")
+        columns: list[ScoreColumns] = []
+        if test_src is not None:
+            columns.append(InfluenceColumns(self_influence=self_influence, pairs=pairs, direction=direction))
+        elif self_influence:
+            columns.append(SelfInfluenceColumns())
+        columns += list(extra)
+        for c in columns:
+            c.prepare(self, test_src)
+        return columns
+
+    # -------------------------------------------------------------------------------------- scores
+    def iter_scores(self, test: Any, *, self_influence: bool = True, pairs: bool = False,
+                    extra: Sequence[ScoreColumns] = ()) -> Iterator[dict[str, np.ndarray]]:
+        """Yield per-chunk columns for every training point: ``id``, ``label``, ``influence``,
+        ``loss_change_if_removed``, ``self_influence`` (see the module docstring for signs), then the columns
+        of each ``extra`` column set; with ``pairs`` also ``pairs`` (c, T) and ``test_ids`` once in the first
+        chunk's dict."""
+        columns = self._columns(test, self_influence=self_influence, pairs=pairs, extra=extra)
+        test_ids = columns[0].test_ids_ if pairs else None
+        first = True
+        with self.engine:
+            for cols in self.engine.iter(self.train_, ScoreKernel(self.head, columns), description="scoring pass"):
+                if pairs and first:
+                    cols["test_ids"] = test_ids
+                first = False
+                yield cols
+
+    def score(self, test: Any, *, self_influence: bool = True, extra: Sequence[ScoreColumns] = ()) -> pa.Table:
+        """One row per training point (see ``iter_scores``), as an Arrow table with the sign metadata."""
+        parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "test_ids"}
+        return pa.table(cols).replace_schema_metadata({**SIGN_METADATA, **_metadata(extra)})
+
+    def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
+                     overwrite: bool = False, extra: Sequence[ScoreColumns] = (), parts: bool = False,
+                     resume: bool = False) -> Path | PartsResult:
+        """Stream scores to Parquet at ``out`` (and long-format pairs ``test_id, train_id, influence`` to
+        ``pairs_out``), each written to a temporary name and renamed when complete. With ``parts`` (or
+        ``resume``) ``out`` is a directory of part files, one per partition (see ``write_parts``)."""
+        if parts or resume:
+            if pairs_out is not None:
+                raise ValidationError("pairs_out writes one long-format file and cannot be combined with "
+                                      "partitioned output (parts=True); write the pairs separately")
+            return self.write_parts(test, out, extra=extra, resume=resume, overwrite=overwrite)
+        self._check()
+        fields = SCORE_FIELDS + [f for columns in extra for f in getattr(columns, "fields", [])]
+        has_fields = all(getattr(c, "fields", None) for c in extra)
+        chunks = self.iter_scores(test, pairs=pairs_out is not None, extra=extra)
+        # the metadata is read at the first chunk, once the extra column sets are prepared
+        return write_score_stream(chunks, out, fields if has_fields else None, pairs_out=pairs_out,
+                                  overwrite=overwrite, metadata=lambda: {**SIGN_METADATA, **_metadata(extra)})
+
+    def write_parts(self, test: Any, out: str | Path, *, self_influence: bool = True,
+                    extra: Sequence[Any] = (), resume: bool = False, overwrite: bool = False) -> PartsResult:
+        """Score every training point into a directory ``out`` of Parquet part files (one per partition),
+        each published atomically. ``resume=True`` finishes an interrupted run of the same job (the same
+        head, data, Hessian and columns; refused otherwise); ``overwrite=True`` starts over."""
+        self._check()
+        return _run_parts(self, test, out, self_influence=self_influence, extra=extra, resume=resume,
+                          overwrite=overwrite)
+
+    def pairwise(self, test: Any) -> np.ndarray:
+        """The matrix I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p, shape (T, n) (dense: only for moderate T·n)."""
+        self._check()
+        test_src = check_head_data(self.head, test, "test")
+        Gt, _, _ = test_gradients(self.head, test_src, engine=self.engine)
+        factors = self.curvature_.solve(Gt.T)  # (P, T)
+        zero = torch.zeros(self.head.n_params, dtype=DTYPE, device=self.head.device)
+        col = ColumnFunction(_pairs_chunk, {"direction": zero, "pair_factors": factors}, label="pairs",
+                             head=self.head)
+        out = np.empty((self.n_train_, factors.shape[1]))
+        start = 0
+        for cols in self.engine.iter(self.train_, ScoreKernel(self.head, [col], ids=False), description="pairwise"):
+            stop = start + len(cols["pairs"])
+            out[start:stop] = cols["pairs"]
+            start = stop
+        return out.T
+
+    def self_influence(self) -> np.ndarray:
+        """g_pᵀH⁻¹g_p for every training point, shape (n,)."""
+        self._check()
+        columns = self._columns(None, self_influence=True)
+        return self.engine.map(self.train_, ScoreKernel(self.head, columns, ids=False),
+                               description="self-influence")["self_influence"]
+
+    def influence_up(self, X: Any, y: Any = None) -> np.ndarray:
+        """I_up(z_p) = −H⁻¹g_p for chosen points, shape (k, P) (paper eq. 19); ``X`` (k, D) with labels
+        ``y``, or any data source."""
+        self._check()
+        from ..io.sources import open_source
+
+        if y is not None:
+            X = (np.atleast_2d(np.asarray(X)), np.atleast_1d(np.asarray(y)))
+        src = check_head_data(self.head, open_source(X, argument="X"), "X")
+        G = torch.cat([self.head.gradients(as_tensor(ch.X, self.head.device),
+                                           torch.as_tensor(ch.y, device=self.head.device))
+                       for ch in _checked_chunks(self.head, src)])
+        return (-self.curvature_.solve(G.T).T).cpu().numpy()
+
+    def parameter_change_if_removed(self, X: Any, y: Any = None) -> np.ndarray:
+        """Predicted θ̂₋ₚ − θ̂ ≈ +(1/n) H⁻¹g_p for chosen points, shape (k, P) (paper eq. 20)."""
+        return -self.influence_up(X, y) / self.n_train_
+
+
+def _checked_chunks(head: Head, source: Any) -> Iterator[Any]:
+    for ch in source.chunks():
+        head.check_labels(ch.y, argument=source.name)
+        yield ch
+
+
+def _pairs_chunk(head: Head, X: np.ndarray, y: np.ndarray, *, direction: torch.Tensor,
+                 pair_factors: torch.Tensor) -> np.ndarray:
+    return head.score_chunk(X, y, direction=direction, curvature=None, n_train=1, pair_factors=pair_factors)["pairs"]
+
+
+def _on_device(head: Head, device: torch.device | str | None) -> Head:
+    from ..engine.backends import on_device
+
+    return on_device(head, device)
+
+
+def compute_influence(head: Head, train: Any, test: Any, *, damping: float = 0.0,
+                      chunk_size: int = 65536, progress: bool = False) -> pa.Table:
+    """One-call convenience: ``InfluenceAnalyzer(head, ...).fit(train).score(test)``."""
+    return InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size,
+                             progress=progress).fit(train).score(test)
+
+
+# ---------------------------------------------------------------------------------- partitioned jobs
+def _run_parts(an: InfluenceAnalyzer, test: Any, out: str | Path, *, self_influence: bool, extra: Sequence[Any],
+               resume: bool, overwrite: bool, job_hessian: dict[str, Any] | None = None,
+               fit: Any = None) -> PartsResult:
+    """The partitioned scoring job: manifest, saved state (H and s, before any part), one part per
+    partition. ``fit`` (a callable) builds the analyzer's curvature when no saved state is reused."""
+    if resume and overwrite:
+        raise ValidationError("pass either resume=True (keep finished parts) or overwrite=True (start over), "
+                              "not both")
+    train = an.train_
+    test_src = None if test is None else check_head_data(an.head, test, "test")
+    extra = list(extra)
+    if test_src is None and not self_influence and not extra:
+        raise ValidationError("nothing to compute: give test data (influence), self_influence=True or extra "
+                              "columns")
+    parts = an.engine.plan(train)
+    job = {"task": "influence", "head": head_fingerprint(an.head), "train": source_fingerprint(train),
+           "test": None if test_src is None else source_fingerprint(test_src),
+           "damping": float(an.damping), "hessian": job_hessian if job_hessian is not None else an.hessian_spec_,
+           "columns": (["influence"] if test_src is not None else []) + (["self_influence"] if self_influence
+                                                                         else [])
+           + [_identity(c) for c in extra],
+           "partitions": [p.as_json() for p in parts]}
+    pdir = PartsDirectory(out, argument="--out")
+    state = pdir.prepare(job, resume=resume, overwrite=overwrite)
+    resumed = state is not None
+    n_train = an.n_train_
+    with an.engine:
+        if state is None:
+            if fit is not None:
+                fit()
+            curv = an.curvature_
+            direction, n_test = np.zeros(0), 0
+            if test_src is not None:
+                gbar, n_test = mean_test_gradient(an.head, test_src, engine=an.engine)
+                direction = curv.solve(gbar).cpu().numpy()
+            null = curv.null if curv.null is not None else an.head.null_directions()
+            state = {"hessian": curv.hessian.cpu().numpy(), "null": null.cpu().numpy(),
+                     "n": np.array(float(curv.n)), "damping": np.array(float(curv.damping)),
+                     "direction": direction, "n_train": np.array(n_train), "n_test": np.array(n_test)}
+            pdir.start(state, {"n_train": n_train, "n_test": n_test, "n_parts": len(parts)}, overwrite=overwrite)
+        # the scoring pass always uses the curvature rebuilt from the saved state, so that a resumed run
+        # computes its parts from exactly the same H and s as the parts written before the crash
+        dev = an.head.device
+        an.curvature_ = Curvature(hessian=torch.as_tensor(state["hessian"], dtype=DTYPE, device=dev),
+                                  n=float(state["n"]), l2=an.head.l2, damping=float(state["damping"]),
+                                  null=torch.as_tensor(state["null"], dtype=DTYPE, device=dev))
+        direction = torch.as_tensor(state["direction"], dtype=DTYPE, device=dev) if test_src is not None else None
+        columns = an._columns(test_src, self_influence=self_influence, extra=extra, direction=direction)
+        meta = _metadata(columns)
+        todo = [p for p in parts if not pdir.is_complete(p)]
+        failures = an.engine.write_parts(train, ScoreKernel(an.head, columns), pdir.path, todo,
+                                         lambda p: pdir.part_metadata(p, meta)) if todo else []
+    if failures:
+        part, exc = failures[0]
+        more = f" (and {len(failures) - 1} more: {', '.join(p.name for p, _ in failures[1:4])})" \
+            if len(failures) > 1 else ""
+        raise ValidationError(f"{exc}{more}; {len(failures)} of {len(parts)} parts were not written (first: "
+                              f"{part.name}), the others are complete in {pdir.path}: fix the input and rerun "
+                              f"with --resume") from exc
+    names = list(pq.read_schema(pdir.part_path(parts[0])).names) if parts else []
+    pdir.finish({"columns": names})
+    return PartsResult(path=pdir.path, n_parts=len(parts), written=len(todo), skipped=len(parts) - len(todo),
+                       n_rows=n_train, columns=names, resumed=resumed)
+
+
+def write_influence_parts(head: Head, train: Any, out: str | Path, *, test: Any = None,
+                          self_influence: bool = True, memorization: bool = False,
+                          columns: Iterable[Any] = (), damping: float = 0.0,
+                          curvature: Curvature | None = None, hessian_rows: Any = None,
+                          hessian_weights: Any = None, normalizer: float | None = None,
+                          workers: int | None = None, scheduler: Any = None, resume: bool = False,
+                          overwrite: bool = False, chunk_size: int = 65536, partition_rows: int | None = None,
+                          device: torch.device | str | None = None, progress: bool = False,
+                          timeout: float = 30.0, argument: str = "--out") -> PartsResult:
+    """Score every training point into a directory ``out`` of Parquet part files (one per partition): the
+    job of ``InfluenceAnalyzer(head, ...).fit(train, ...).write_parts(test, out, ...)``, except that a
+    resumed run reuses the saved Hessian instead of building it again.
+
+    Columns: ``id``, ``label``; with ``test``: ``influence`` (−ḡ_testᵀH⁻¹g_p, > 0 harmful),
+    ``loss_change_if_removed`` (−influence/n); with ``self_influence``: g_pᵀH⁻¹g_p; with ``memorization``:
+    ``memorization`` (‖Λ⁻¹Qᵀg_p‖₁); then each of ``columns`` (ScoreColumns, e.g. a ColumnFunction).
+
+    H is the full Hessian (all rows), the Hessian of ``hessian_rows`` with ``hessian_weights`` (paper
+    eq. 52, N = ``normalizer`` or Σw), or a given ``curvature``. ``workers`` / ``scheduler`` run the
+    partitions on Dask. A part whose input cannot be read is not written, the others are, and a
+    ValidationError naming the file is raised at the end.
+    """
+    an = InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress, workers=workers,
+                           scheduler=scheduler, partition_rows=partition_rows, device=device, timeout=timeout)
+    an.train_ = check_head_data(an.head, train, "train")
+    an.n_train_ = len(an.train_)
+    if curvature is not None and (hessian_rows is not None or hessian_weights is not None):
+        raise ValidationError("pass either curvature= or hessian_rows=/hessian_weights=, not both")
+    rows, w = check_rows(hessian_rows, hessian_weights, an.n_train_)
+    if curvature is not None:
+        spec: dict[str, Any] = {"given_sha256": digest_array(curvature.hessian), "n": float(curvature.n)}
+    else:
+        spec = {"rows": "all"} if rows is None else {"rows_sha256": digest_array(rows), "m": int(rows.size),
+                                                    "weights_sha256": None if w is None else digest_array(w)}
+    spec["normalizer"] = None if normalizer is None else float(normalizer)
+    extra = list(columns)
+    if memorization:
+        from .memorization import MemorizationColumns
+
+        extra.insert(0, MemorizationColumns(score_only=True))
+    if resume and overwrite:
+        raise ValidationError("pass either --resume (keep finished parts) or --overwrite (start over), not both")
+
+    def fit() -> None:
+        an.fit(an.train_, curvature=curvature, rows=rows, row_weights=w, normalizer=normalizer)
+
+    with an.engine:
+        return _run_parts(an, test, out, self_influence=self_influence, extra=extra, resume=resume,
+                          overwrite=overwrite, job_hessian=spec, fit=fit)

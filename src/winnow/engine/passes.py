@@ -1,0 +1,174 @@
+"""The passes every analysis shares, each one engine call with a pure kernel from ``winnow.core``:
+
+- the Hessian pass Σ w_i ∇²ℓ_i (any head, closed form or autodiff) and the one function that turns it
+  into H (:func:`winnow.core.curvature.curvature_from_sum`: λ mask + damping);
+- the gradient pass Σ g_i (mean test gradient; the stationarity check ‖∇R(θ̂)‖∞);
+- per-point columns of any pure function ``func(head, X, y, **kwargs)`` (:func:`map_columns`);
+- the objective pass (Σ w_i ℓ_i, Σ w_i g_i, Σ w_i ∇²ℓ_i) that fits a head by Newton's method.
+
+Each takes an ``engine`` (default: in-process); with a Dask engine the same kernels run on the workers and
+give the same numbers (partials summed in a fixed tree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.curvature import Curvature, HessianKernel, curvature_from_sum
+from ..core.heads import DTYPE, Head, as_tensor
+from ..errors import ValidationError
+from ..io.sources import DataSource, open_source
+from .columns import ColumnFunction, ScoreKernel
+from .engine import Engine
+
+__all__ = ["default_engine", "check_head_data", "hessian_pass", "fit_curvature", "gradient_sum",
+           "mean_test_gradient", "test_gradients", "map_columns", "objective_pass", "stationarity"]
+
+
+def default_engine(engine: Engine | None = None, *, chunk_size: int = 65536, progress: bool = False) -> Engine:
+    """``engine`` itself, or an in-process engine with these settings."""
+    return engine if engine is not None else Engine(chunk_size=chunk_size, progress=progress)
+
+
+def check_head_data(head: Head, data: Any, argument: str = "data") -> DataSource:
+    """Open ``data`` and check that its rows have the head's feature dimension D (labels are checked chunk
+    by chunk by the engine)."""
+    source = open_source(data, argument=argument)
+    head.check_features(np.empty((0, source.n_features)), argument=f"{argument} ({source.name})")
+    return source
+
+
+# ------------------------------------------------------------------------------------------ Hessian
+def hessian_pass(head: Head, data: Any, *, rows: Any = None, row_weights: Any = None, chunk_size: int = 65536,
+                 progress: bool = False, engine: Engine | None = None) -> tuple[torch.Tensor, float]:
+    """(Σ w_i ∇²ℓ_i (P, P) float64 on the head's device, Σ w_i) over ``data`` (or only ``rows``, with
+    ``row_weights`` aligned with them)."""
+    source = check_head_data(head, data, "train")
+    eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
+    S, total = eng.sum(source, HessianKernel(head), rows=rows, weights=row_weights, description="Hessian pass")
+    return torch.as_tensor(S, dtype=DTYPE, device=head.device), float(total)
+
+
+def fit_curvature(head: Head, train: Any, *, damping: float = 0.0, rows: Any = None, row_weights: Any = None,
+                  normalizer: float | None = None, chunk_size: int = 65536, progress: bool = False,
+                  engine: Engine | None = None) -> Curvature:
+    """Build and factorise H = (1/N) Σ w_i ∇²ℓ_i + λ·mask + damping·I from ``train`` (all rows, or ``rows``
+    with optional ``row_weights``; paper eq. 4, or eq. 52 for a sample). ``normalizer`` N defaults to Σ w_i
+    over the rows used. Works for every head (an autodiff head's Hessian uses the labels). Raises
+    NotPositiveDefiniteError with a hint to add damping."""
+    if not np.isfinite(damping) or damping < 0:
+        raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
+    S, total = hessian_pass(head, train, rows=rows, row_weights=row_weights, chunk_size=chunk_size,
+                            progress=progress, engine=engine)
+    return curvature_from_sum(head, S, total, damping=damping, normalizer=normalizer)
+
+
+# ----------------------------------------------------------------------------------------- gradients
+@dataclass(frozen=True, eq=False)
+class GradientKernel:
+    """Engine kernel: (Σ_i g_i (P,), number of rows) over one chunk."""
+
+    head: Head
+
+    def __call__(self, chunk: Any, weights: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
+        X, y = as_tensor(chunk.X, self.head.device), torch.as_tensor(chunk.y, device=self.head.device)
+        return self.head.gradients(X, y).sum(0), float(len(chunk))
+
+
+def gradient_sum(head: Head, data: Any, *, engine: Engine | None = None, chunk_size: int = 65536,
+                 progress: bool = False, description: str = "gradient pass") -> tuple[torch.Tensor, int]:
+    """(Σ_i g_i (P,) on the head's device, n) over ``data``."""
+    source = check_head_data(head, data, "data")
+    if len(source) == 0:
+        raise ValidationError(f"{source.name} is empty")
+    eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
+    g, n = eng.sum(source, GradientKernel(head), description=description)
+    return torch.as_tensor(g, dtype=DTYPE, device=head.device), int(n)
+
+
+def mean_test_gradient(head: Head, test: Any, *, chunk_size: int = 65536, progress: bool = False,
+                       engine: Engine | None = None) -> tuple[torch.Tensor, int]:
+    """(ḡ_t = (1/T) Σ_t g_t of shape (P,), T), streaming over ``test``."""
+    source = check_head_data(head, test, "test")
+    if len(source) == 0:
+        raise ValidationError(f"test data {source.name} is empty")
+    g, T = gradient_sum(head, source, engine=engine, chunk_size=chunk_size, progress=progress,
+                        description="test gradient")
+    return g / T, T
+
+
+def _gradient_rows(head: Head, X: np.ndarray, y: np.ndarray) -> torch.Tensor:
+    return head.gradients(as_tensor(X, head.device), torch.as_tensor(y, device=head.device))
+
+
+def test_gradients(head: Head, test: Any, *, chunk_size: int = 65536,
+                   engine: Engine | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """All test gradients G_t (T, P) with their ids (T,) and labels (T,) (for pairwise scores; T moderate)."""
+    source = check_head_data(head, test, "test")
+    if len(source) == 0:
+        raise ValidationError(f"test data {source.name} is empty")
+    cols = map_columns(head, source, _gradient_rows, label="g", ids=True, chunk_size=chunk_size, engine=engine)
+    return torch.as_tensor(cols["g"], dtype=DTYPE, device=head.device), cols["id"], cols["label"]
+
+
+def stationarity(head: Head, train: Any, *, engine: Engine | None = None, chunk_size: int = 65536,
+                 progress: bool = False) -> float:
+    """‖∇R(θ̂)‖∞ of the objective R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖² at the head's θ (every formula assumes 0)."""
+    g, n = gradient_sum(head, train, engine=engine, chunk_size=chunk_size, progress=progress,
+                        description="stationarity check")
+    grad = g / n + head.l2 * head.weight_mask() * head.theta_
+    return float(grad.abs().max())
+
+
+# ------------------------------------------------------------------------------------------- columns
+def map_columns(head: Head, data: Any, func: Callable[..., Any], *, label: str | None = None,
+                rows: Any = None, ids: bool = False, chunk_size: int = 65536, progress: bool = False,
+                engine: Engine | None = None, description: str = "pass", **kwargs: Any) -> dict[str, np.ndarray]:
+    """``func(head, X, y, **kwargs)`` over every chunk of ``data`` (or only ``rows``), its columns
+    concatenated in row order (a returned array is named ``label``); with ``ids`` also ``id`` and
+    ``label`` (the labels)."""
+    source = open_source(data)
+    eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
+    kernel = ScoreKernel(head, [ColumnFunction(func, kwargs, label=label, head=head)], ids=ids)
+    return eng.map(source, kernel, rows=rows, description=description)
+
+
+# ----------------------------------------------------------------------------------------- objective
+@dataclass(frozen=True, eq=False)
+class ObjectiveKernel:
+    """Engine kernel: (Σ w_i ℓ_i, Σ w_i g_i, Σ w_i ∇²ℓ_i) at ``theta`` over one chunk; the gradient and
+    Hessian are left out (zeros of shape ()) unless ``derivatives``."""
+
+    head: Head
+    theta: torch.Tensor
+    derivatives: bool = True
+
+    def __call__(self, chunk: Any, weights: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
+        h = self.head
+        X, y = as_tensor(chunk.X, h.device), torch.as_tensor(chunk.y, device=h.device)
+        w = None if weights is None else as_tensor(weights, h.device)
+        if self.derivatives:
+            return h.objective_terms(X, y, w, self.theta)
+        loss = h.losses(X, y, self.theta)
+        return ((loss * w).sum() if w is not None else loss.sum()),
+
+
+def objective_pass(head: Head, data: Any, *, sample_weight: np.ndarray | None = None,
+                   engine: Engine | None = None, chunk_size: int = 65536) -> Callable[..., tuple[Any, ...]]:
+    """A function ``evaluate(theta, derivatives)`` returning the sums (loss, grad, Hessian) over ``data``
+    with row weights ``sample_weight`` (n,) (each call is one pass), for ``newton_minimize``."""
+    source = open_source(data)
+    eng = default_engine(engine, chunk_size=chunk_size)
+    dev = head.device
+
+    def evaluate(theta: torch.Tensor, derivatives: bool = True) -> tuple[torch.Tensor, ...]:
+        out = eng.sum(source, ObjectiveKernel(head, theta, derivatives), weights=sample_weight,
+                      description="objective")
+        return tuple(torch.as_tensor(o, dtype=DTYPE, device=dev) for o in out)
+
+    return evaluate
