@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "head_from_torch": "core.heads", "AutodiffHead": "core.autodiff",
     "Curvature": "core.curvature", "fit_curvature": "engine.passes",
     "InfluenceAnalyzer": "analyses.influence", "compute_influence": "analyses.influence",
+    "InfluenceEstimator": "analyses.influence",
     "ModelInfluence": "core.models", "split_model": "core.models", "extract_features": "core.models",
     "refine_model": "core.models", "Features": "core.models",
     "DenseSolver": "core.solvers", "CGSolver": "core.solvers", "LiSSASolver": "core.solvers",

@@ -45,9 +45,9 @@ import pyarrow as pa
 import torch
 
 from ..core.curvature import Curvature
-from ..core.heads import DTYPE, Head, LogisticHead, SoftmaxHead, as_tensor, augment
+from ..core.heads import DTYPE, Head, as_tensor, augment
 from ..engine.columns import ScoreColumns
-from ..engine.passes import fit_curvature, hessian_pass, mean_test_gradient
+from ..engine.passes import fit_curvature, hessian_pass, load_rows, mean_test_gradient
 from ..errors import NotPositiveDefiniteError, ValidationError
 from ..io.sources import open_source
 from ..progress import track_rows
@@ -72,41 +72,27 @@ _BLOCK_ELEMENTS = 1 << 23
 
 # ------------------------------------------------------------------------------------ per-chunk maths
 def _check_head(head: Head) -> None:
-    if not isinstance(head, (LogisticHead, SoftmaxHead)):
-        raise ValidationError(f"Newton corrections need a LogisticHead or SoftmaxHead (closed-form curvature), "
-                              f"got {type(head).__name__}")
+    head.require_closed_form("Newton corrections")
 
 
 def curvature_factors(head: Head, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-    """A_p with ∇²ℓ_p = (I_K ⊗ ũ_p) A_p (I_K ⊗ ũ_p)ᵀ, shape (c, K, K): s(1 − s) or diag p − ppᵀ."""
+    """A_p with ∇²ℓ_p = (I_K ⊗ ũ_p) A_p (I_K ⊗ ũ_p)ᵀ, shape (c, K, K): s(1 − s) or diag p − ppᵀ
+    (``Head.curvature_factors``)."""
     _check_head(head)
-    if isinstance(head, LogisticHead):
-        return head.curvature_weights(X, theta)[:, None, None]
-    p = torch.softmax(head.logits(X, theta), dim=1)
-    return torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    return head.curvature_factors(X, theta)
 
 
 def loss_from_logits(head: Head, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-example loss from logits Z (..., K_out) and labels y broadcastable to Z[..., 0]."""
+    """Per-example loss from logits Z (..., K_out) and labels y broadcastable to Z[..., 0]
+    (``Head.loss_from_logits``)."""
     _check_head(head)
-    if isinstance(head, LogisticHead):
-        z = Z[..., 0]
-        return torch.nn.functional.softplus(z) - y.to(DTYPE) * z
-    logp = torch.log_softmax(Z, dim=-1)
-    idx = y.long().expand(Z.shape[:-1])[..., None]
-    return -logp.gather(-1, idx)[..., 0]
+    return head.loss_from_logits(Z, y)
 
 
 def leverage_blocks(head: Head, Xa: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
-    """M_p = U_pᵀ H⁻¹ U_p for augmented rows Xa (c, D + 1): (M_p)_kl = ũ_pᵀ (H⁻¹)_kl ũ_p, shape (c, K, K)."""
-    K, D1 = head.n_outputs, Xa.shape[1]
-    M = torch.empty(Xa.shape[0], K, K, dtype=DTYPE, device=Xa.device)
-    for k in range(K):
-        for m in range(k, K):
-            v = ((Xa @ h_inv[k * D1:(k + 1) * D1, m * D1:(m + 1) * D1]) * Xa).sum(1)
-            M[:, k, m] = v
-            M[:, m, k] = v
-    return M
+    """M_p = U_pᵀ H⁻¹ U_p for augmented rows Xa (c, D + 1), shape (c, K, K) (``LinearHead.leverage_blocks``)."""
+    _check_head(head)
+    return head.leverage_blocks(Xa, h_inv)
 
 
 def newton_parameter_change_chunk(head: Head, X: Any, y: Any, *, h_inv: torch.Tensor,
@@ -121,8 +107,8 @@ def newton_parameter_change_chunk(head: Head, X: Any, y: Any, *, h_inv: torch.Te
     yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, device=head.device)
     Xa = augment(Xt)
     r = head.residuals(Xt, yt)                                   # (c, K)
-    A = curvature_factors(head, Xt)                              # (c, K, K)
-    M = leverage_blocks(head, Xa, h_inv)                         # (c, K, K)
+    A = head.curvature_factors(Xt)                               # (c, K, K)
+    M = head.leverage_blocks(Xa, h_inv)                          # (c, K, K)
     K = r.shape[1]
     if K == 1:  # logistic: h_p = (1/n) s(1 − s) ũᵀH⁻¹ũ and w_p = r_p / (1 − h_p)
         lev = A[:, 0, 0] * M[:, 0, 0] / n_train
@@ -183,11 +169,8 @@ def prepare_newton(head: Head, curvature: Curvature, test: Any, *, n_train: int,
     ctx = NewtonContext(h_inv=0.5 * (h_inv + h_inv.T), test_gradient=gbar, test_hessian=S / T,
                         n_train=int(n_train), n_test=int(T))
     if exact:
-        Xs, ys = [], []
-        for ch in src.chunks(chunk_size):
-            Xs.append(as_tensor(ch.X, head.device))
-            ys.append(torch.as_tensor(ch.y, device=head.device))
-        Xte, yte = torch.cat(Xs), torch.cat(ys)
+        X_, y_, _ = load_rows(src, chunk_size=chunk_size)
+        Xte, yte = as_tensor(X_, head.device), torch.as_tensor(y_, device=head.device)
         ctx.test_Xa, ctx.test_y = augment(Xte), yte
         ctx.test_logits = head.logits(Xte)
         ctx.test_losses = loss_from_logits(head, ctx.test_logits, yte)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -34,8 +34,9 @@ from ..errors import NotFittedError, ValidationError
 from ..io.outputs import ParquetStreamWriter, check_output_path
 from ..io.parts import PartsDirectory, digest_array, head_fingerprint, source_fingerprint
 
-__all__ = ["InfluenceAnalyzer", "InfluenceColumns", "SelfInfluenceColumns", "PartsResult", "compute_influence",
-           "write_influence_parts", "write_score_stream", "SCORE_FIELDS", "PAIR_SCHEMA", "PAIR_METADATA"]
+__all__ = ["InfluenceEstimator", "InfluenceAnalyzer", "InfluenceColumns", "SelfInfluenceColumns", "PartsResult",
+           "compute_influence", "write_influence_parts", "write_score_stream", "SCORE_FIELDS", "PAIR_SCHEMA",
+           "PAIR_METADATA"]
 
 SCORE_FIELDS = [("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
                 ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())]
@@ -153,6 +154,33 @@ def _identity(spec: Any) -> str:
     return f"{type(spec).__module__}.{type(spec).__qualname__}"
 
 
+# ------------------------------------------------------------------------------------------ protocol
+@runtime_checkable
+class InfluenceEstimator(Protocol):
+    """What every influence estimator offers, with the same names and signatures: the head path
+    (:class:`InfluenceAnalyzer`) and the whole-model path (:class:`winnow.core.models.ModelInfluence`).
+    Settings (the head, or the model) go in the constructor; ``fit(train)`` returns the estimator."""
+
+    def fit(self, train: Any) -> Any: ...
+
+    def iter_scores(self, test: Any, *, self_influence: bool | None = None, pairs: bool = False,
+                    extra: Sequence[Any] = ()) -> Iterator[dict[str, np.ndarray]]: ...
+
+    def score(self, test: Any, *, self_influence: bool | None = None, extra: Sequence[Any] = ()) -> pa.Table: ...
+
+    def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
+                     overwrite: bool = False, self_influence: bool | None = None, extra: Sequence[Any] = (),
+                     parts: bool = False, resume: bool = False) -> Any: ...
+
+    def pairwise(self, test: Any) -> np.ndarray: ...
+
+    def self_influence(self) -> np.ndarray: ...
+
+    def influence_up(self, X: Any, y: Any = None) -> np.ndarray: ...
+
+    def parameter_change_if_removed(self, X: Any, y: Any = None) -> np.ndarray: ...
+
+
 # ------------------------------------------------------------------------------------------ analyzer
 class InfluenceAnalyzer:
     """Exact influence of every training point on a head, streaming over the training data.
@@ -230,13 +258,13 @@ class InfluenceAnalyzer:
         return columns
 
     # -------------------------------------------------------------------------------------- scores
-    def iter_scores(self, test: Any, *, self_influence: bool = True, pairs: bool = False,
+    def iter_scores(self, test: Any, *, self_influence: bool | None = None, pairs: bool = False,
                     extra: Sequence[ScoreColumns] = ()) -> Iterator[dict[str, np.ndarray]]:
         """Yield per-chunk columns for every training point: ``id``, ``label``, ``influence``,
         ``loss_change_if_removed``, ``self_influence`` (see the module docstring for signs), then the columns
         of each ``extra`` column set; with ``pairs`` also ``pairs`` (c, T) and ``test_ids`` once in the first
-        chunk's dict."""
-        columns = self._columns(test, self_influence=self_influence, pairs=pairs, extra=extra)
+        chunk's dict. ``self_influence`` None means True (it is cheap for a head)."""
+        columns = self._columns(test, self_influence=self_influence is not False, pairs=pairs, extra=extra)
         test_ids = columns[0].test_ids_ if pairs else None
         first = True
         with self.engine:
@@ -246,14 +274,16 @@ class InfluenceAnalyzer:
                 first = False
                 yield cols
 
-    def score(self, test: Any, *, self_influence: bool = True, extra: Sequence[ScoreColumns] = ()) -> pa.Table:
+    def score(self, test: Any, *, self_influence: bool | None = None,
+              extra: Sequence[ScoreColumns] = ()) -> pa.Table:
         """One row per training point (see ``iter_scores``), as an Arrow table with the sign metadata."""
         parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "test_ids"}
         return pa.table(cols).replace_schema_metadata({**SIGN_METADATA, **_metadata(extra)})
 
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
-                     overwrite: bool = False, extra: Sequence[ScoreColumns] = (), parts: bool = False,
+                     overwrite: bool = False, self_influence: bool | None = None,
+                     extra: Sequence[ScoreColumns] = (), parts: bool = False,
                      resume: bool = False) -> Path | PartsResult:
         """Stream scores to Parquet at ``out`` (and long-format pairs ``test_id, train_id, influence`` to
         ``pairs_out``), each written to a temporary name and renamed when complete. With ``parts`` (or
@@ -262,11 +292,12 @@ class InfluenceAnalyzer:
             if pairs_out is not None:
                 raise ValidationError("pairs_out writes one long-format file and cannot be combined with "
                                       "partitioned output (parts=True); write the pairs separately")
-            return self.write_parts(test, out, extra=extra, resume=resume, overwrite=overwrite)
+            return self.write_parts(test, out, self_influence=self_influence is not False, extra=extra,
+                                    resume=resume, overwrite=overwrite)
         self._check()
         fields = SCORE_FIELDS + [f for columns in extra for f in getattr(columns, "fields", [])]
         has_fields = all(getattr(c, "fields", None) for c in extra)
-        chunks = self.iter_scores(test, pairs=pairs_out is not None, extra=extra)
+        chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None, extra=extra)
         # the metadata is read at the first chunk, once the extra column sets are prepared
         return write_score_stream(chunks, out, fields if has_fields else None, pairs_out=pairs_out,
                                   overwrite=overwrite, metadata=lambda: {**SIGN_METADATA, **_metadata(extra)})

@@ -34,12 +34,19 @@ import numpy as np
 import torch
 
 from ..core.curvature import Curvature
-from ..core.heads import DTYPE, Head, LogisticHead, as_tensor, augment
-from ..engine.passes import fit_curvature
+from ..core.heads import Head, LogisticHead, as_tensor, augment
+from ..engine.columns import ColumnFunction, ScoreKernel
+from ..engine.engine import Engine
+from ..engine.passes import (
+    FeatureSignKernel,
+    check_head_data,
+    default_engine,
+    fit_curvature,
+    gradient_sum,
+    load_rows,
+)
 from ..errors import ValidationError
-from ..evaluation.loo import load_arrays
 from ..io.sources import open_source
-from ..progress import track_rows
 from .memorization import MemorizationResult, choose_threshold, eigenbasis, memorization_scores
 from .memorization import sign_statistics as memorization_sign_statistics
 
@@ -126,14 +133,13 @@ def _select_rows(n: int, points: int | np.ndarray, seed: int, argument: str) -> 
 
 
 def theorem3(head: Head, curvature: Curvature, train: Any, test: Any, *, test_points: int | np.ndarray = 5,
-             seed: int = 0, chunk_size: int = 65536, progress: bool = False) -> list[Theorem3Result]:
+             seed: int = 0, chunk_size: int = 65536, progress: bool = False,
+             engine: Engine | None = None) -> list[Theorem3Result]:
     """Theorem 3 for ``test_points`` test points (a count drawn with ``seed``, or row positions of ``test``),
     one streaming pass over ``train``. Works for any head (softmax: null direction dropped)."""
-    tr, te = open_source(train, argument="train"), open_source(test, argument="test")
-    head.check_features(np.empty((0, tr.n_features)), argument=tr.name)
-    head.check_features(np.empty((0, te.n_features)), argument=te.name)
+    tr, te = check_head_data(head, train, "train"), check_head_data(head, test, "test")
     rows = _select_rows(len(te), test_points, seed, "test_points")
-    Xt, yt, idt = load_arrays(te, rows)
+    Xt, yt, idt = load_rows(te, rows, engine=engine)
     head.check_labels(yt, argument=te.name)
     Q, lam = eigenbasis(curvature)
     psi = head.gradients(as_tensor(Xt, head.device), torch.as_tensor(yt, device=head.device)) @ Q  # (k, P')
@@ -151,11 +157,11 @@ def theorem3(head: Head, curvature: Curvature, train: Any, test: Any, *, test_po
     start = 0
     # the chunk's (c, k, P') product is bounded by shrinking chunks when k is large
     cs = max(1, min(chunk_size, (1 << 22) // max(1, k * psi.shape[1])))
-    for ch in track_rows(tr.chunks(cs), n, "Theorem 3", progress):
-        head.check_labels(ch.y, argument=tr.name)
-        out = theorem3_chunk(head, ch.X, ch.y, Q, lam, psi)
-        c = len(ch)
+    eng = default_engine(engine, progress=progress).with_chunk_size(cs)
+    col = ColumnFunction(theorem3_chunk, {"Q": Q, "inv_eigvals": lam, "psi": psi}, head=head)
+    for out in eng.iter(tr, ScoreKernel(head, [col], ids=False), description="Theorem 3"):
         s = out["memorization"]
+        c = len(s)
         scores[start:start + c] = s
         infl = out["influence"]
         sign[start:start + c] = np.sign(infl).astype(np.int8)
@@ -194,7 +200,7 @@ def _min_ratio(scores: np.ndarray, mask: np.ndarray, D: float) -> float | None:
 
 # ===================================================================================== Theorem 4
 def _require_sigmoid(head: Head, what: str) -> None:
-    if not isinstance(head, LogisticHead):
+    if head.kind != "logistic":
         raise ValidationError(
             f"{what} is stated for a sigmoid + binary cross-entropy head (paper Theorem 4, Definition 8); got "
             f"{type(head).__name__} ({head.kind or 'custom'}). For a softmax head use Theorem 3 and the "
@@ -268,20 +274,19 @@ class SignRuleResult:
         return d
 
 
-def _nonneg_stats(source: Any, chunk_size: int, progress: bool = False) -> tuple[float, float]:
-    """(fraction of nonnegative feature entries, fraction of rows with all features ≥ 0), streamed."""
+def _nonneg_stats(source: Any, chunk_size: int, progress: bool = False,
+                  engine: Engine | None = None) -> tuple[float, float]:
+    """(fraction of nonnegative feature entries, fraction of rows with all features ≥ 0), one pass."""
     src = open_source(source)
-    ent = rows = total = 0
-    for ch in track_rows(src.chunks(chunk_size), len(src), "feature signs", progress):
-        nn = np.asarray(ch.X) >= 0
-        ent += int(nn.sum())
-        rows += int(nn.all(1).sum())
-        total += len(ch)
+    if len(src) == 0:
+        return 0.0, 0.0
+    ent, rows, total = default_engine(engine, chunk_size=chunk_size, progress=progress).sum(
+        src, FeatureSignKernel(), description="feature signs")
     return ent / max(total * src.n_features, 1), rows / max(total, 1)
 
 
 def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs: int = 100_000, seed: int = 0,
-              chunk_size: int = 65536, progress: bool = False) -> SignRuleResult:
+              chunk_size: int = 65536, progress: bool = False, engine: Engine | None = None) -> SignRuleResult:
     """Theorem 4 (eq. 91) on ``pairs`` (test, train) pairs drawn uniformly with replacement (``seed``)."""
     _require_sigmoid(head, "the sign rule")
     if pairs < 1:
@@ -289,7 +294,7 @@ def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs:
     tr, te = open_source(train, argument="train"), open_source(test, argument="test")
     head.check_features(np.empty((0, tr.n_features)), argument=tr.name)
     head.check_features(np.empty((0, te.n_features)), argument=te.name)
-    Xte, yte, _ = load_arrays(te, chunk_size=chunk_size)
+    Xte, yte, _ = load_rows(te, engine=engine)
     head.check_labels(yte, argument=te.name)
     _require_both_classes(yte, f"test set {te.name}")
     _require_both_classes(tr.labels(), f"training set {tr.name}")
@@ -298,7 +303,7 @@ def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs:
     t_idx = rng.integers(0, T, size=pairs)
     p_idx = rng.integers(0, n, size=pairs)
     uniq, inv = np.unique(p_idx, return_inverse=True)
-    Xp, yp, _ = load_arrays(tr, uniq, chunk_size)
+    Xp, yp, _ = load_rows(tr, uniq, engine=engine)
     infl, kern, lf = np.empty(pairs), np.empty(pairs), np.empty(pairs)
     block = 65536
     for a in range(0, pairs, block):
@@ -319,7 +324,7 @@ def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs:
     np.add.at(kcnt, (y_t, y_p), kpos.astype(np.int64))
     rate = np.where(cnt > 0, hcnt / np.maximum(cnt, 1), np.nan)
     Hinv = curvature.inverse().cpu().numpy()
-    f_tr, r_tr = _nonneg_stats(tr, chunk_size, progress)
+    f_tr, r_tr = _nonneg_stats(tr, chunk_size, progress, engine)
     f_te, r_te = float((Xte >= 0).mean()), float((Xte >= 0).all(1).mean())
     return SignRuleResult(
         l2=head.l2, n_pairs=int(pairs), seed=int(seed), hold_rate=float(hold.mean()),
@@ -335,15 +340,16 @@ def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs:
         pair_train_rows=p_idx)
 
 
-def refit_logistic(head: Head, train: Any, l2: float, *, tol: float = 1e-10, max_iter: int = 200) -> LogisticHead:
+def refit_logistic(head: Head, train: Any, l2: float, *, tol: float = 1e-10, max_iter: int = 200,
+                   engine: Engine | None = None) -> LogisticHead:
     """A LogisticHead with L2 strength ``l2`` fitted on ``train``, warm-started from ``head``'s θ."""
     h = LogisticHead(l2=l2, tol=tol, max_iter=max_iter, device=head.device)
-    return h.fit(train, init=head.theta_)  # type: ignore[return-value]
+    return h.fit(train, init=head.theta_, engine=engine)  # type: ignore[return-value]
 
 
 def sign_rule_vs_l2(head: Head, train: Any, test: Any, *, l2_grid: tuple[float, ...] = DEFAULT_L2_GRID,
                     pairs: int = 100_000, seed: int = 0, damping: float = 0.0, chunk_size: int = 65536,
-                    progress: bool = False) -> list[dict[str, Any]]:
+                    progress: bool = False, engine: Engine | None = None) -> list[dict[str, Any]]:
     """Refit the head for each λ in ``l2_grid`` (warm start, tight) and rerun the sign rule on the same pairs.
 
     Returns per λ: ``l2``, ``hold_rate``, ``kernel_positive_rate``, ``hinv_positive_fraction``,
@@ -351,15 +357,15 @@ def sign_rule_vs_l2(head: Head, train: Any, test: Any, *, l2_grid: tuple[float, 
     """
     _require_sigmoid(head, "the sign rule")
     tr, te = open_source(train, argument="train"), open_source(test, argument="test")
-    Xte, yte, _ = load_arrays(te, chunk_size=chunk_size)
+    Xte, yte, _ = load_rows(te, engine=engine)
     rows = []
     prev = head
     for lam in sorted(float(v) for v in l2_grid):
         if not np.isfinite(lam) or lam < 0:
             raise ValidationError(f"l2_grid values must be finite and >= 0, got {lam}")
-        h = refit_logistic(prev, tr, lam)
-        curv = fit_curvature(h, tr, damping=damping, chunk_size=chunk_size, progress=progress)
-        res = sign_rule(h, curv, tr, (Xte, yte), pairs=pairs, seed=seed, chunk_size=chunk_size)
+        h = refit_logistic(prev, tr, lam, engine=engine)
+        curv = fit_curvature(h, tr, damping=damping, chunk_size=chunk_size, progress=progress, engine=engine)
+        res = sign_rule(h, curv, tr, (Xte, yte), pairs=pairs, seed=seed, chunk_size=chunk_size, engine=engine)
         X_, y_ = as_tensor(Xte, h.device), torch.as_tensor(yte, device=h.device)
         rows.append({"l2": lam, "hold_rate": res.hold_rate, "kernel_positive_rate": res.kernel_positive_rate,
                      "hinv_positive_fraction": res.hinv_positive_fraction,
@@ -412,7 +418,8 @@ class RemovalResult:
 
 def removal_experiment(head: Head, train: Any, test: Any, *, fraction: float = 0.1, seed: int = 0,
                        labels: tuple[int, ...] = (0, 1), tol: float = 1e-10, damping: float = 0.0,
-                       chunk_size: int = 65536, progress: bool = False) -> list[RemovalResult]:
+                       chunk_size: int = 65536, progress: bool = False,
+                       engine: Engine | None = None) -> list[RemovalResult]:
     """Section 8, measured: for each label c in ``labels``, drop a random ``fraction`` of the class-c
     training rows, retrain and report the change of mean test loss on positive and negative test points.
 
@@ -422,14 +429,14 @@ def removal_experiment(head: Head, train: Any, test: Any, *, fraction: float = 0
     if not (0.0 < fraction < 1.0):
         raise ValidationError(f"fraction must be in (0, 1), got {fraction}")
     tr, te = open_source(train, argument="train"), open_source(test, argument="test")
-    Xte, yte, _ = load_arrays(te, chunk_size=chunk_size)
+    Xte, yte, _ = load_rows(te, engine=engine)
     _require_both_classes(yte, f"test set {te.name}")
     ytr = tr.labels()
     n = len(ytr)
     base = copy.deepcopy(head)
     base.tol, base.max_iter = tol, max(base.max_iter, 200)
-    base.fit(tr, init=head.theta_, chunk_size=chunk_size)
-    curv = fit_curvature(base, tr, damping=damping, chunk_size=chunk_size)
+    base.fit(tr, init=head.theta_, chunk_size=chunk_size, engine=engine)
+    curv = fit_curvature(base, tr, damping=damping, chunk_size=chunk_size, engine=engine)
     dev = base.device
     Xte_t, yte_t = as_tensor(Xte, dev), torch.as_tensor(yte, device=dev)
     masks = {1: yte == 1, 0: yte == 0}
@@ -451,16 +458,14 @@ def removal_experiment(head: Head, train: Any, test: Any, *, fraction: float = 0
             raise ValidationError(f"fraction {fraction} of the {cls_rows.size} training rows with label {lab} "
                                   f"removes no row")
         removed = np.sort(rng.choice(cls_rows, size=m, replace=False))
-        gsum = torch.zeros(base.n_params, dtype=DTYPE, device=dev)
-        for ch in tr.chunks(chunk_size, rows=removed):
-            gsum += base.gradients(as_tensor(ch.X, dev), torch.as_tensor(ch.y, device=dev)).sum(0)
+        gsum, _ = gradient_sum(base, tr, rows=removed, engine=engine, chunk_size=chunk_size)
         pred = {c: float(s[c] @ gsum) / n for c in (0, 1)}
         w = np.ones(n)
         w[removed] = 0.0
         deltas = {}
         for name, normalizer in (("eps", float(n)), ("plain", float(n - m))):
             h = copy.deepcopy(base)
-            h.fit(tr, sample_weight=w, normalizer=normalizer, init=base.theta_, chunk_size=chunk_size)
+            h.fit(tr, sample_weight=w, normalizer=normalizer, init=base.theta_, chunk_size=chunk_size, engine=engine)
             after = class_losses(h.theta_)
             deltas[name] = {c: after[c] - before[c] for c in (0, 1)}
         out.append(RemovalResult(
@@ -502,7 +507,7 @@ def check_theorems(head: Head, train: Any, test: Any, *, pairs: int = 100_000, s
                    test_points: int | np.ndarray = 5, sign_rule_check: bool = True,
                    l2_grid: tuple[float, ...] | None = DEFAULT_L2_GRID, removal_fraction: float | None = 0.1,
                    memorize_quantile: float = 0.9, sign_statistics: bool = False, damping: float = 0.0,
-                   chunk_size: int = 65536, progress: bool = False) -> TheoremCheck:
+                   chunk_size: int = 65536, progress: bool = False, engine: Engine | None = None) -> TheoremCheck:
     """Theorem 3 on ``test_points`` test points, memorization verdicts at ``memorize_quantile`` (with
     ``sign_statistics``: each training point's helps/hurts fractions over the whole test set, cost n·T·P), and for a
     sigmoid head (``sign_rule_check``) the sign rule on ``pairs`` pairs, its λ sweep over ``l2_grid`` (None:
@@ -512,26 +517,40 @@ def check_theorems(head: Head, train: Any, test: Any, *, pairs: int = 100_000, s
     tr, te = open_source(train, argument="train"), open_source(test, argument="test")
     if sign_rule_check:  # fail early, before the expensive passes
         _require_both_classes(te.labels(), f"test set {te.name}")
-    curv = fit_curvature(head, tr, damping=damping, chunk_size=chunk_size, progress=progress)
+    engine = default_engine(engine, chunk_size=chunk_size, progress=progress)
+    with engine:
+        return _check_theorems(head, tr, te, engine, pairs=pairs, seed=seed, test_points=test_points,
+                               sign_rule_check=sign_rule_check, l2_grid=l2_grid, removal_fraction=removal_fraction,
+                               memorize_quantile=memorize_quantile, sign_statistics=sign_statistics,
+                               damping=damping, chunk_size=chunk_size, progress=progress)
+
+
+def _check_theorems(head: Head, tr: Any, te: Any, engine: Engine, *, pairs: int, seed: int, test_points: Any,
+                    sign_rule_check: bool, l2_grid: Any, removal_fraction: float | None, memorize_quantile: float,
+                    sign_statistics: bool, damping: float, chunk_size: int, progress: bool) -> TheoremCheck:
+    curv = fit_curvature(head, tr, damping=damping, chunk_size=chunk_size, progress=progress, engine=engine)
     t3 = theorem3(head, curv, tr, te, test_points=test_points, seed=seed, chunk_size=chunk_size,
-                  progress=progress)
-    scores = memorization_scores(head, curv, tr, chunk_size, progress)
+                  progress=progress, engine=engine)
+    scores = memorization_scores(head, curv, tr, chunk_size, progress, engine=engine)
     D = choose_threshold(scores, memorize_quantile)
     mem = MemorizationResult(ids=tr.ids(), labels=tr.labels(), scores=scores, threshold=D,
                              quantile=memorize_quantile, memorize=scores > D)
     if sign_statistics:
-        st = memorization_sign_statistics(head, curv, tr, te, chunk_size=chunk_size, progress=progress)
+        st = memorization_sign_statistics(head, curv, tr, te, chunk_size=chunk_size, progress=progress,
+                                          engine=engine)
         mem.helps_fraction, mem.hurts_fraction = st["helps_fraction"], st["hurts_fraction"]
     check = TheoremCheck(head=repr(head), n_train=len(tr), n_test=len(te), theorem3=t3, memorization=mem)
     if sign_rule_check:
         check.sign_rule = sign_rule(head, curv, tr, te, pairs=pairs, seed=seed, chunk_size=chunk_size,
-                                    progress=progress)
+                                    progress=progress, engine=engine)
         if l2_grid:
             check.l2_sweep = sign_rule_vs_l2(head, tr, te, l2_grid=tuple(l2_grid), pairs=pairs, seed=seed,
-                                             damping=damping, chunk_size=chunk_size, progress=progress)
+                                             damping=damping, chunk_size=chunk_size, progress=progress,
+                                             engine=engine)
         if removal_fraction:
             check.removal = removal_experiment(head, tr, te, fraction=removal_fraction, seed=seed,
-                                               damping=damping, chunk_size=chunk_size, progress=progress)
+                                               damping=damping, chunk_size=chunk_size, progress=progress,
+                                               engine=engine)
     return check
 
 

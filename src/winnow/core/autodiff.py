@@ -334,6 +334,9 @@ class AutodiffHead(Head):
             return torch.sigmoid(Z) - y.to(self.device, Z.dtype)[:, None]
         return torch.softmax(Z, 1) - torch.nn.functional.one_hot(y.long().to(self.device), Z.shape[1]).to(Z.dtype)
 
+    def loss_from_logits(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss_from_logits(Z, y.to(Z.device), self.loss)
+
     def gradients(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         th = self.theta_ if theta is None else theta
         return self.fn.per_example_grads(th, self._prep(X), y.to(self.device), self.loss)
@@ -377,7 +380,7 @@ class AutodiffHead(Head):
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None, *, sample_weight: Any = None, normalizer: float | None = None,
             init: torch.Tensor | None = None, n_classes: int | None = None,
-            chunk_size: int = 65536) -> AutodiffHead:
+            chunk_size: int = 65536, engine: Any = None) -> AutodiffHead:
         """Minimise (1/N) Σ w_i ℓ_i + (λ/2)‖θ_reg‖² from ``init`` (default: the current θ) by Newton with
         an eigenvalue shift where the Hessian is indefinite (a nonlinear head is non-convex) and a
         backtracking line search, to ‖∇R‖_∞ ≤ tol. Raises ConvergenceError otherwise."""
@@ -404,7 +407,7 @@ class AutodiffHead(Head):
 
         from ..engine.passes import objective_pass
 
-        evaluate = objective_pass(self, source, sample_weight=w_all, chunk_size=chunk_size)
+        evaluate = objective_pass(self, source, sample_weight=w_all, chunk_size=chunk_size, engine=engine)
         self.theta_ = newton_minimize(self, evaluate, N, theta, tol=self.tol, max_iter=self.max_iter)
         self.null_ = None
         return self

@@ -117,6 +117,35 @@ class Head(ABC):
         """(P, r) orthonormal directions along which every loss is constant (r = 0 for most heads)."""
         return torch.zeros(self.n_params, 0, dtype=DTYPE, device=self.device)
 
+    #: whether the logits are linear in ũ = [u, 1] (closed-form curvature factors, leverage, Newton columns)
+    closed_form: bool = False
+
+    def require_closed_form(self, what: str) -> None:
+        """Raise unless this head has closed-form curvature factors (what ``what`` needs)."""
+        if not self.closed_form:
+            raise ValidationError(f"{what} needs a LogisticHead or SoftmaxHead (closed-form curvature), "
+                                  f"got {type(self).__name__}")
+
+    def loss_from_logits(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example loss from logits Z (..., K_out) and labels y broadcastable to Z[..., 0]."""
+        raise ValidationError(f"{type(self).__name__} has no loss-from-logits form")
+
+    def curvature_factors(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """A_p with ∇²ℓ_p = (I_K ⊗ ũ_p) A_p (I_K ⊗ ũ_p)ᵀ, shape (c, K, K) (closed-form heads)."""
+        self.require_closed_form("curvature factors")
+        raise AssertionError  # pragma: no cover - closed-form heads override
+
+    def leverage(self, X: torch.Tensor, hessian_inverse: torch.Tensor) -> torch.Tensor:
+        """Ridge leverage ℓev_i = tr(H⁻¹∇²ℓ_i) ≥ 0 of every row of X (c, D), shape (c,) (closed-form heads)."""
+        self.require_closed_form("leverage scores")
+        raise AssertionError  # pragma: no cover - closed-form heads override
+
+    def blank(self, tol: float | None = None) -> Head:
+        """An unfitted head of the same kind, λ, device (and number of classes), for retraining."""
+        kw: dict[str, Any] = dict(tol=self.tol if tol is None else tol, max_iter=max(self.max_iter, 100),
+                                  device=self.device)
+        return type(self)(self.l2, **kw)
+
     # ----------------------------------------------------------- validation
     def check_features(self, X: np.ndarray | torch.Tensor, argument: str = "X") -> None:
         """Raise if X's second dimension does not match the head's D."""
@@ -225,7 +254,7 @@ class Head(ABC):
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None, *, sample_weight: Any = None, normalizer: float | None = None,
             init: torch.Tensor | None = None, n_classes: int | None = None,
-            chunk_size: int = 262144) -> Head:
+            chunk_size: int = 262144, engine: Any = None) -> Head:
         """Minimise (1/N) Σ w_i ℓ_i + (λ/2)‖W‖² by damped Newton in float64 to ‖∇R‖_∞ ≤ tol.
 
         ``X`` is an array (n, D) with labels ``y``, or any data source winnow reads (then ``y`` is None).
@@ -260,7 +289,7 @@ class Head(ABC):
 
         from ..engine.passes import objective_pass
 
-        evaluate = objective_pass(self, source, sample_weight=w_all, chunk_size=chunk_size)
+        evaluate = objective_pass(self, source, sample_weight=w_all, chunk_size=chunk_size, engine=engine)
         self.theta_ = newton_minimize(self, evaluate, N, theta, tol=self.tol, max_iter=self.max_iter)
         return self
 
@@ -295,6 +324,19 @@ class LinearHead(Head):
     @abstractmethod
     def _residuals_from_logits(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """r = ∂ℓ/∂z from logits Z (c, K_out) and labels y (c,), shape (c, K_out)."""
+
+    closed_form = True
+
+    def leverage_blocks(self, Xa: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
+        """M_p = U_pᵀ H⁻¹ U_p for augmented rows Xa (c, D + 1): (M_p)_kl = ũ_pᵀ (H⁻¹)_kl ũ_p, (c, K, K)."""
+        K, D1 = self.n_outputs, Xa.shape[1]
+        M = torch.empty(Xa.shape[0], K, K, dtype=DTYPE, device=Xa.device)
+        for k in range(K):
+            for m in range(k, K):
+                v = ((Xa @ h_inv[k * D1:(k + 1) * D1, m * D1:(m + 1) * D1]) * Xa).sum(1)
+                M[:, k, m] = v
+                M[:, m, k] = v
+        return M
 
     def score_chunk(self, X: np.ndarray, y: np.ndarray, *, direction: torch.Tensor, curvature: Any,
                     n_train: int, pair_factors: torch.Tensor | None = None,
@@ -401,6 +443,18 @@ class LogisticHead(LinearHead):
         s = torch.sigmoid(self.logits(X, theta)[:, 0])
         return s * (1 - s)
 
+    def curvature_factors(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.curvature_weights(X, theta)[:, None, None]
+
+    def loss_from_logits(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = Z[..., 0]
+        return torch.nn.functional.softplus(z) - y.to(DTYPE) * z
+
+    def leverage(self, X: torch.Tensor, hessian_inverse: torch.Tensor) -> torch.Tensor:
+        """s(1−s)·ũᵀH⁻¹ũ per row."""
+        Xa = augment(X)
+        return (self.curvature_weights(X) * ((Xa @ hessian_inverse) * Xa).sum(1)).clamp_min(0.0)
+
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
                     weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         a = self.curvature_weights(X, theta)
@@ -481,6 +535,33 @@ class SoftmaxHead(LinearHead):
         v = torch.zeros(self.n_outputs, self.n_features_ + 1, dtype=DTYPE, device=self.device)
         v[:, -1] = 1.0 / np.sqrt(self.n_outputs)
         return v.reshape(-1, 1)
+
+    def blank(self, tol: float | None = None) -> SoftmaxHead:
+        return SoftmaxHead(self.l2, n_classes=self.n_outputs, tol=self.tol if tol is None else tol,
+                           max_iter=max(self.max_iter, 100), device=self.device)
+
+    def curvature_factors(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        p = torch.softmax(self.logits(X, theta), dim=1)
+        return torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+
+    def loss_from_logits(self, Z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(Z, dim=-1)
+        idx = y.long().expand(Z.shape[:-1])[..., None]
+        return -logp.gather(-1, idx)[..., 0]
+
+    def leverage(self, X: torch.Tensor, hessian_inverse: torch.Tensor) -> torch.Tensor:
+        """Σ_k p_k ũᵀ(H⁻¹)_kk ũ − (p⊗ũ)ᵀH⁻¹(p⊗ũ) (the trace analogue; the null-direction fill of
+        ``Curvature.inverse`` cancels between the two terms)."""
+        Xa = augment(X)
+        p = torch.softmax(self.logits(X), dim=1)
+        K, D1 = p.shape[1], Xa.shape[1]
+        lev = torch.zeros(Xa.shape[0], dtype=Xa.dtype, device=Xa.device)
+        for k in range(K):
+            B = hessian_inverse[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1]
+            lev += p[:, k] * ((Xa @ B) * Xa).sum(1)
+        A = (p[:, :, None] * Xa[:, None, :]).reshape(Xa.shape[0], -1)
+        lev -= ((A @ hessian_inverse) * A).sum(1)
+        return lev.clamp_min(0.0)
 
     def losses(self, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         logp = torch.log_softmax(self.logits(X, theta), dim=1)

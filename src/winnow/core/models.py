@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..errors import ValidationError
+from ..errors import NotFittedError, ValidationError
 from ..progress import track_rows
 from .autodiff import AutodiffHead, ModelFunction, check_labels_for, resolve_loss
 from .heads import DTYPE, Head, head_from_torch
@@ -443,6 +443,12 @@ class ModelHessian:
 
 
 # ---------------------------------------------------------------------------- full-model influence
+def _no_extra(extra: Sequence[Any]) -> None:
+    if list(extra):
+        raise ValidationError("extra column sets are computed on a head's features; they do not apply to "
+                              "ModelInfluence (pass extra=())")
+
+
 class ModelInfluence:
     """Influence of every training point with respect to all (or some) parameters of a torch model.
 
@@ -525,7 +531,7 @@ class ModelInfluence:
 
     def _check(self) -> None:
         if not hasattr(self, "solver_"):
-            raise ValidationError("call fit(train) first")
+            raise NotFittedError("this ModelInfluence is not fitted: call fit(train) first")
 
     # ------------------------------------------------------------ gradients
     def iter_gradients(self, data: Any, argument: str = "data"
@@ -555,11 +561,13 @@ class ModelInfluence:
         return X
 
     # ---------------------------------------------------------------- scores
-    def iter_scores(self, test: Any, *, self_influence: bool | None = None,
-                    pairs: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    def iter_scores(self, test: Any, *, self_influence: bool | None = None, pairs: bool = False,
+                    extra: Sequence[Any] = ()) -> Iterator[dict[str, np.ndarray]]:
         """Per training batch: ``id``, ``label``, ``influence``, ``loss_change_if_removed``,
-        ``self_influence`` (NaN when not computed), and ``pairs`` (c, T) when asked."""
+        ``self_influence`` (NaN when not computed), and ``pairs`` (c, T) when asked. Extra column sets
+        are computed on a head's features and do not apply to a whole model (``extra`` must be empty)."""
         self._check()
+        _no_extra(extra)
         do_self = self.solver_.factorised if self_influence is None else bool(self_influence)
         with eval_mode(self.model, "ModelInfluence", warn=False):
             Gt, test_ids, _ = self.gradients(test)
@@ -598,12 +606,12 @@ class ModelInfluence:
         V = self.solve(G.T)
         return (G.T * V).sum(0).cpu().numpy()
 
-    def score(self, test: Any, *, self_influence: bool | None = None) -> pa.Table:
+    def score(self, test: Any, *, self_influence: bool | None = None, extra: Sequence[Any] = ()) -> pa.Table:
         """One row per training point with the head path's columns (see module docstring for signs).
 
         ``self_influence``: None -> computed when the solver is factorised (dense, lanczos), else the
         column is NaN (n more solves with CG/LiSSA; pass True to pay for them)."""
-        parts = list(self.iter_scores(test, self_influence=self_influence))
+        parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in SCORE_COLUMNS}
         meta = {**SIGN_METADATA, "winnow.model_influence": self._describe()}
         return pa.table(cols).replace_schema_metadata(meta)
@@ -619,18 +627,25 @@ class ModelInfluence:
         with eval_mode(self.model, "ModelInfluence", warn=False):
             return np.concatenate([self._self_influence(G) for G, _, _ in self.iter_gradients(self.train_, "train")])
 
-    def influence_up(self, data: Any) -> np.ndarray:
-        """I_up(z) = −H⁻¹ g_z for the points of ``data`` (k, P) (paper eq. 19)."""
-        G, _, _ = self.gradients(data)
+    def influence_up(self, X: Any, y: Any = None) -> np.ndarray:
+        """I_up(z) = −H⁻¹ g_z for the points of ``X`` (inputs with labels ``y``, or any data form
+        :class:`ModelData` accepts), shape (k, P) (paper eq. 19)."""
+        G, _, _ = self.gradients(X if y is None else (X, y))
         return (-self.solve(G.T).T).cpu().numpy()
 
-    def parameter_change_if_removed(self, data: Any) -> np.ndarray:
+    def parameter_change_if_removed(self, X: Any, y: Any = None) -> np.ndarray:
         """Predicted θ̂₋ₚ − θ̂ ≈ +(1/n) H⁻¹ g_p (k, P) (eq. 20), in ``param_names`` order."""
-        return -self.influence_up(data) / self.n_train_
+        return -self.influence_up(X, y) / self.n_train_
 
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
-                     overwrite: bool = False, self_influence: bool | None = None) -> Path:
-        """Stream the scores (and long-format pairs) to Parquet, atomically (see InfluenceAnalyzer)."""
+                     overwrite: bool = False, self_influence: bool | None = None, extra: Sequence[Any] = (),
+                     parts: bool = False, resume: bool = False) -> Path:
+        """Stream the scores (and long-format pairs) to Parquet, atomically (see InfluenceAnalyzer).
+        Partitioned output (``parts``, ``resume``) is for heads: a whole model is scored in one file."""
+        _no_extra(extra)
+        if parts or resume:
+            raise ValidationError("parts/resume (partitioned output) are available for a head "
+                                  "(InfluenceAnalyzer); a whole model's scores are written to one file")
         from ..analyses.influence import SCORE_FIELDS, write_score_stream
         meta = {**SIGN_METADATA, "winnow.model_influence": self._describe()}
         chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None)

@@ -286,6 +286,16 @@ class Engine:
         if self._depth == 0:
             self.backend.__exit__(*exc)
 
+    def with_chunk_size(self, chunk_size: int) -> Engine:
+        """This engine (same backend, same cluster) with another chunk size."""
+        import copy
+
+        if chunk_size == self.chunk_size:
+            return self
+        other = copy.copy(self)
+        other.chunk_size = int(chunk_size)
+        return other
+
     @contextmanager
     def _session(self) -> Iterator[Any]:
         with self:

@@ -27,7 +27,8 @@ from .columns import ColumnFunction, ScoreKernel
 from .engine import Engine
 
 __all__ = ["default_engine", "check_head_data", "hessian_pass", "fit_curvature", "gradient_sum",
-           "mean_test_gradient", "test_gradients", "map_columns", "objective_pass", "stationarity"]
+           "mean_test_gradient", "test_gradients", "map_columns", "objective_pass", "stationarity", "load_rows",
+           "FeatureSignKernel"]
 
 
 def default_engine(engine: Engine | None = None, *, chunk_size: int = 65536, progress: bool = False) -> Engine:
@@ -80,14 +81,15 @@ class GradientKernel:
         return self.head.gradients(X, y).sum(0), float(len(chunk))
 
 
-def gradient_sum(head: Head, data: Any, *, engine: Engine | None = None, chunk_size: int = 65536,
-                 progress: bool = False, description: str = "gradient pass") -> tuple[torch.Tensor, int]:
-    """(Σ_i g_i (P,) on the head's device, n) over ``data``."""
+def gradient_sum(head: Head, data: Any, *, rows: Any = None, engine: Engine | None = None,
+                 chunk_size: int = 65536, progress: bool = False,
+                 description: str = "gradient pass") -> tuple[torch.Tensor, int]:
+    """(Σ_i g_i (P,) on the head's device, n) over ``data`` (or only its sorted ``rows``)."""
     source = check_head_data(head, data, "data")
     if len(source) == 0:
         raise ValidationError(f"{source.name} is empty")
     eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
-    g, n = eng.sum(source, GradientKernel(head), description=description)
+    g, n = eng.sum(source, GradientKernel(head), rows=rows, description=description)
     return torch.as_tensor(g, dtype=DTYPE, device=head.device), int(n)
 
 
@@ -172,3 +174,29 @@ def objective_pass(head: Head, data: Any, *, sample_weight: np.ndarray | None = 
         return tuple(torch.as_tensor(o, dtype=DTYPE, device=dev) for o in out)
 
     return evaluate
+
+
+# --------------------------------------------------------------------------------------------- rows
+def _rows_chunk(chunk: Any, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    return {"X": np.asarray(chunk.X, dtype=np.float64), "y": chunk.y, "ids": chunk.ids}
+
+
+def load_rows(data: Any, rows: Any = None, *, engine: Engine | None = None,
+              chunk_size: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X float64 (m, D), y (m,), ids (m,)) of ``data`` — or only its sorted ``rows`` — in memory, for the
+    validation-sized experiments (retraining, sampled pairs)."""
+    source = open_source(data)
+    eng = default_engine(engine, chunk_size=chunk_size)
+    cols = eng.map(source, _rows_chunk, rows=rows, description="reading rows")
+    if not cols:
+        raise ValidationError(f"{source.name} is empty")
+    return cols["X"], cols["y"], cols["ids"]
+
+
+@dataclass(frozen=True)
+class FeatureSignKernel:
+    """Engine kernel: (nonnegative feature entries, rows with every feature ≥ 0, rows) over one chunk."""
+
+    def __call__(self, chunk: Any, weights: np.ndarray | None = None) -> tuple[int, int, int]:
+        nn = np.asarray(chunk.X) >= 0
+        return int(nn.sum()), int(nn.all(1).sum()), len(chunk)
