@@ -113,19 +113,25 @@ def eigen_memorization(H: np.ndarray, G: np.ndarray, null: np.ndarray | None = N
 
 
 def fit_scipy(kind, X, y, k_out, l2, weights=None, normalizer=None) -> np.ndarray:
-    """The minimiser of the independent risk by scipy.optimize (L-BFGS-B with autograd gradients, tight)."""
+    """The minimiser of the independent risk by scipy.optimize (trust-region Newton with autograd derivatives,
+    gradient tolerance 1e-11)."""
     from scipy.optimize import minimize
 
     Xt, yt = tt(X), torch.as_tensor(np.asarray(y))
     w = tt(weights) if weights is not None else None
     P = k_out * (X.shape[1] + 1)
 
+    def R(th):
+        return risk_torch(kind, Xt, yt, th, k_out, l2, w, normalizer)
+
     def fun(th_np):
         th = tt(th_np).requires_grad_(True)
-        R = risk_torch(kind, Xt, yt, th, k_out, l2, w, normalizer)
-        (g,) = torch.autograd.grad(R, th)
-        return float(R.detach()), g.numpy()
+        val = R(th)
+        (g,) = torch.autograd.grad(val, th)
+        return float(val.detach()), g.numpy()
 
-    res = minimize(fun, np.zeros(P), jac=True, method="L-BFGS-B",
-                   options={"maxiter": 20000, "gtol": 1e-12, "ftol": 1e-16})
+    def hess(th_np):
+        return torch.autograd.functional.hessian(R, tt(th_np)).numpy()
+
+    res = minimize(fun, np.zeros(P), jac=True, hess=hess, method="trust-exact", options={"gtol": 1e-11})
     return res.x

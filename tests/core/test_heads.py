@@ -286,3 +286,32 @@ def test_fit_with_zero_l2_on_separable_data_is_shifted_newton():
     th = head.theta_.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(ref.risk_torch("logistic", ref.tt(X), torch.as_tensor(y), th, 1, 0.0), th)
     assert float(g.abs().max()) < 1e-8
+
+
+def test_from_torch_and_save_load_keep_every_parameter(tmp_path):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 1)
+    head = head_from_torch(lin, l2=0.25, tol=1e-7)
+    assert isinstance(head, LogisticHead) and head.l2 == 0.25 and head.tol == 1e-7
+    np.testing.assert_allclose(head.weight_, lin.weight.detach().double().numpy(), rtol=1e-7)
+    np.testing.assert_allclose(head.bias_, lin.bias.detach().double().numpy(), rtol=1e-7)
+    nob = head_from_torch(torch.nn.Linear(4, 3, bias=False))
+    np.testing.assert_array_equal(nob.bias_, np.zeros(3))
+    with pytest.raises(ValidationError, match="nn.Linear"):
+        head_from_torch(torch.nn.Conv1d(1, 1, 1))
+    path = head.save(tmp_path / "h.npz")
+    back = load_head(path)
+    assert type(back) is LogisticHead and back.l2 == 0.25
+    np.testing.assert_array_equal(back.bias_, head.bias_)
+    np.testing.assert_array_equal(back.theta_.numpy(), head.theta_.numpy())
+    head.save(path, overwrite=True)
+    with pytest.raises(ValidationError, match="does not exist"):
+        load_head(tmp_path / "missing.npz")
+    np.savez(tmp_path / "bad.npz", weight=np.ones((1, 2)))
+    with pytest.raises(ValidationError, match="not a winnow head"):
+        load_head(tmp_path / "bad.npz")
+    np.savez(tmp_path / "kind.npz", weight=np.ones((1, 2)), bias=np.zeros(1), kind=np.array("tree"), l2=np.array(0.1))
+    with pytest.raises(ValidationError, match="unknown head kind"):
+        load_head(tmp_path / "kind.npz")
+    with pytest.raises(ValidationError, match="features"):
+        head.predict_proba(np.ones((2, 3)))

@@ -144,3 +144,40 @@ def test_signs_against_leave_one_out_retraining(kind):
         assert np.linalg.norm(dpred - dtheta) <= 0.35 * np.linalg.norm(dtheta)
         assert dpred @ dtheta > 0
     assert abs(base - ref.losses_np(kind, Xte, yte, theta_sp, K).mean()) < 1e-8
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_self_influence_write_scores_and_one_call_agree_with_reference(kind, binary_data, multiclass_data,
+                                                                        tmp_path):
+    import pyarrow.parquet as pq
+
+    from winnow.core.influence import compute_influence
+
+    X, y = binary_data if kind == "logistic" else multiclass_data
+    Xtr, ytr, Xte, yte = X[:60], y[:60], X[60:75], y[60:75]
+    head = (LogisticHead(l2=1e-2) if kind == "logistic" else SoftmaxHead(l2=1e-2)).fit(Xtr, ytr)
+    I_ref, self_ref, _ = dense_reference(head, Xtr, ytr, Xte, yte)
+    an = InfluenceAnalyzer(head, chunk_size=13).fit((Xtr, ytr))
+    np.testing.assert_allclose(an.self_influence(), self_ref, rtol=1e-8)
+    out = an.write_scores((Xte, yte), tmp_path / "s.parquet", pairs_out=tmp_path / "p.parquet")
+    t = pq.read_table(out)
+    assert t.column_names == ["id", "label", "influence", "loss_change_if_removed", "self_influence"]
+    np.testing.assert_allclose(t.column("influence").to_numpy(), I_ref.mean(0), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(t.column("loss_change_if_removed").to_numpy(), -I_ref.mean(0) / 60, rtol=1e-8,
+                               atol=1e-14)
+    np.testing.assert_allclose(t.column("self_influence").to_numpy(), self_ref, rtol=1e-8)
+    np.testing.assert_array_equal(t.column("label").to_numpy(), ytr)
+    assert b"winnow.influence" in t.schema.metadata
+    p = pq.read_table(tmp_path / "p.parquet")
+    T = len(yte)
+    np.testing.assert_array_equal(p.column("test_id").to_numpy(), np.tile(np.arange(T), 60))
+    np.testing.assert_array_equal(p.column("train_id").to_numpy(), np.repeat(np.arange(60), T))
+    np.testing.assert_allclose(p.column("influence").to_numpy(), I_ref.T.reshape(-1), rtol=1e-8, atol=1e-10)
+    with pytest.raises(FileExistsError):
+        an.write_scores((Xte, yte), out)
+    one = compute_influence(head, (Xtr, ytr), (Xte, yte), damping=0.5, chunk_size=7)
+    H = ref.risk_hessian(kind, Xtr, ytr, head.theta_.numpy(), head.n_outputs, head.l2, damping=0.5)
+    Gp = ref.per_example_grads(kind, Xtr, ytr, head.theta_.numpy(), head.n_outputs)
+    gbar = ref.per_example_grads(kind, Xte, yte, head.theta_.numpy(), head.n_outputs).mean(0)
+    np.testing.assert_allclose(one["influence"].to_numpy(), -(Gp @ np.linalg.solve(H, gbar)), rtol=1e-8,
+                               atol=1e-12)
