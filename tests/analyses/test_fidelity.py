@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import reference as ref  # tests/reference.py: independent maths
 import torch
 from conftest import relu_embeddings
 
@@ -26,19 +27,22 @@ def _data(kind, n=60, d=6, seed=3):
     return relu_embeddings(n, d=d, seed=seed, k=2 if kind == "logistic" else 3)
 
 
+def _kind(head):
+    return ("logistic", 1) if isinstance(head, LogisticHead) else ("softmax", head.n_outputs)
+
+
 def _dense(head, X, y):
-    """Autograd objects only: H of R, per-example gradients and Hessians."""
-    th = head.theta_.clone()
-    Xt, yt = as_tensor(X), torch.as_tensor(y)
-    H = torch.autograd.functional.hessian(lambda t: head.losses(Xt, yt, t).mean() + head.regulariser(t), th)
-    # per-example gradients: the Jacobian of the vector of losses, (n, P)
-    G = torch.autograd.functional.jacobian(lambda t: head.losses(Xt, yt, t), th, vectorize=True)
+    """Independent objects (tests/reference.py): H of R, per-example gradients."""
+    kind, K = _kind(head)
+    th = head.theta_.numpy()
+    H = torch.as_tensor(ref.risk_hessian(kind, X, y, th, K, head.l2))
+    G = torch.as_tensor(ref.per_example_grads(kind, X, y, th, K))
     return H, G
 
 
 def _hess_i(head, X, y, i):
-    Xt, yt = as_tensor(X[i:i + 1]), torch.as_tensor(y[i:i + 1])
-    return torch.autograd.functional.hessian(lambda t: head.losses(Xt, yt, t).sum(), head.theta_.clone())
+    kind, K = _kind(head)
+    return torch.as_tensor(ref.loss_hessian_sum(kind, X[i:i + 1], y[i:i + 1], head.theta_.numpy(), K))
 
 
 @pytest.mark.parametrize("kind", ["logistic", "softmax"])
@@ -78,8 +82,10 @@ def test_newton_columns_match_dense_test_loss(kind, monkeypatch):
     th = head.theta_.clone()
     Xte_t, yte_t = as_tensor(Xte), torch.as_tensor(yte)
 
+    kind_, K = _kind(head)
+
     def test_loss(t):
-        return head.losses(Xte_t, yte_t, t).mean()
+        return ref.losses_torch(kind_, Xte_t, yte_t, t, K).mean()
 
     gbar = torch.autograd.functional.jacobian(test_loss, th)
     Ht = torch.autograd.functional.hessian(test_loss, th)
@@ -118,19 +124,20 @@ def test_group_newton_is_the_second_order_model_of_the_retrain_objective(kind, r
     Xk, yk = as_tensor(Xtr[keep]), torch.as_tensor(ytr[keep])
     norm = len(keep) if renormalize else n
 
+    kind, K = _kind(head)
+
     def reduced(t):
-        return head.losses(Xk, yk, t).sum() / norm + head.regulariser(t)
+        return ref.risk_torch(kind, Xk, yk, t, K, head.l2, normalizer=norm)
 
     th = head.theta_.clone()
     g = torch.autograd.functional.jacobian(reduced, th)
     Hr = torch.autograd.functional.hessian(reduced, th)
-    ref = -torch.linalg.pinv(Hr, hermitian=True) @ g
+    want = -torch.linalg.pinv(Hr, hermitian=True) @ g
     curv = fit_curvature(head, (Xtr, ytr))
     ctx = fid.prepare_newton(head, curv, (Xte, yte), n_train=n, exact=True)
     pred, d_first, d_newton = fid.predict_group_removal(head, curv, ctx, Xtr[S], ytr[S], renormalize=renormalize)
-    torch.testing.assert_close(d_newton, ref, rtol=1e-8, atol=1e-12)
-    H = torch.autograd.functional.hessian(lambda t: head.losses(as_tensor(Xtr), torch.as_tensor(ytr), t).mean()
-                                          + head.regulariser(t), th)
+    torch.testing.assert_close(d_newton, want, rtol=1e-8, atol=1e-12)
+    H = torch.as_tensor(ref.risk_hessian(kind, Xtr, ytr, th.numpy(), K, head.l2))
     # first order: −H⁻¹ times the gradient of the reduced objective written with normaliser n
     torch.testing.assert_close(d_first, -torch.linalg.pinv(H, hermitian=True) @ g * (norm / n), rtol=1e-8,
                                atol=1e-12)

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import reference as ref  # tests/reference.py: independent maths
 import torch
 from conftest import relu_embeddings
 
@@ -29,7 +30,7 @@ from winnow.analyses.relative import (
     two_sample_search,
 )
 from winnow.core.curvature import Curvature, fit_curvature
-from winnow.core.heads import LogisticHead, SoftmaxHead, as_tensor
+from winnow.core.heads import LogisticHead, SoftmaxHead
 from winnow.errors import ValidationError
 
 
@@ -41,30 +42,27 @@ def _data(kind, n=300, seed=3):
     return relu_embeddings(n, d=8, seed=seed, k=2 if kind == "logistic" else 3)
 
 
+def _kind(head):
+    return ("logistic", 1) if isinstance(head, LogisticHead) else ("softmax", head.n_outputs)
+
+
 def dense_risk_hessian(head, X, y):
-    """Autograd Hessian of (1/|X|) Σ ℓ_i + (λ/2)‖W‖² (no closed forms)."""
-    Xt, yt = as_tensor(X), torch.as_tensor(y)
-    return torch.autograd.functional.hessian(lambda th: head.losses(Xt, yt, th).mean() + head.regulariser(th),
-                                             head.theta_.clone())
+    """Hessian of (1/|X|) Σ ℓ_i + (λ/2)‖W‖² by autograd of the independent losses (tests/reference.py)."""
+    kind, K = _kind(head)
+    return torch.as_tensor(ref.risk_hessian(kind, X, y, head.theta_.numpy(), K, head.l2))
 
 
 def dense_row_hessians(head, X, y):
-    """(n, P, P) per-row loss Hessians by autograd."""
-    out = []
-    for i in range(len(y)):
-        xi, yi = as_tensor(X[i:i + 1]), torch.as_tensor(y[i:i + 1])
-        out.append(torch.autograd.functional.hessian(lambda th: head.losses(xi, yi, th).sum(),  # noqa: B023
-                                                     head.theta_.clone()))
-    return torch.stack(out)
+    """(n, P, P) per-row loss Hessians by autograd of the independent losses."""
+    kind, K = _kind(head)
+    th = head.theta_.numpy()
+    return torch.stack([torch.as_tensor(ref.loss_hessian_sum(kind, X[i:i + 1], y[i:i + 1], th, K))
+                        for i in range(len(y))])
 
 
 def dense_gradients(head, X, y):
-    out = []
-    for i in range(len(y)):
-        th = head.theta_.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(head.losses(as_tensor(X[i:i + 1]), torch.as_tensor(y[i:i + 1]), th).sum(), th)
-        out.append(g)
-    return torch.stack(out)
+    kind, K = _kind(head)
+    return torch.as_tensor(ref.per_example_grads(kind, X, y, head.theta_.numpy(), K))
 
 
 # ------------------------------------------------------------------------------------------ m = n
@@ -112,12 +110,13 @@ def test_relative_hessian_and_influence_match_dense_subset(kind):
     I_full = -(G @ (torch.linalg.pinv(H_full, hermitian=True) @ gbar)).numpy()
     np.testing.assert_allclose(res.relative_influence, I_rel, rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(res.influence, I_full, rtol=1e-7, atol=1e-10)
-    ref = lep_statistics(I_full, I_rel)
+    ref = lep_reference(I_full, I_rel)
     assert res.statistics["spearman"] == pytest.approx(ref["spearman"], abs=1e-9)
     assert res.statistics["rho"] == pytest.approx(ref["rho"], rel=1e-7)
+    assert res.statistics["ratio_cv"] == pytest.approx(ref["ratio_cv"], rel=1e-6)
     assert res.statistics["spearman"] < 1.0  # a 60-row sample is not the full Hessian
     for p, t in zip(res.points, [3, 10]):
-        ref_t = lep_statistics(-(G @ torch.linalg.pinv(H_full, hermitian=True) @ Gt[t]).numpy(),
+        ref_t = lep_reference(-(G @ torch.linalg.pinv(H_full, hermitian=True) @ Gt[t]).numpy(),
                                -(G @ torch.linalg.pinv(H_sub, hermitian=True) @ Gt[t]).numpy())
         assert p["test_row"] == t and p["spearman"] == pytest.approx(ref_t["spearman"], abs=1e-9)
         assert p["rho"] == pytest.approx(ref_t["rho"], rel=1e-6)
@@ -126,6 +125,76 @@ def test_relative_hessian_and_influence_match_dense_subset(kind):
 
     scores = InfluenceAnalyzer(head).fit((Xtr, ytr), curvature=rh.curvature_).score((Xte, yte))
     np.testing.assert_allclose(scores["influence"].to_numpy(), I_rel, rtol=1e-7, atol=1e-10)
+
+
+def lep_reference(a, b, top_fraction=0.01):
+    """The LEP statistics written out independently: r_p = I_p / I⁽ᵐ⁾_p (eq. 55) over points with I⁽ᵐ⁾ ≠ 0,
+    its median ρ, CV, IQR/|ρ|, share within ±5 % of ρ; Pearson, Spearman (ranks), sign agreement, top-k."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = b != 0
+    r = np.sort(a[ok] / b[ok])
+    m = r.size
+    rho = r[m // 2] if m % 2 else 0.5 * (r[m // 2 - 1] + r[m // 2])
+
+    def quantile(q):  # linear interpolation between order statistics
+        h = (m - 1) * q
+        lo = int(np.floor(h))
+        return r[lo] + (h - lo) * (r[min(lo + 1, m - 1)] - r[lo])
+
+    mean = r.sum() / m
+    sd = np.sqrt(((r - mean) ** 2).sum() / m)
+
+    def pearson(x, y):
+        x, y = x - x.mean(), y - y.mean()
+        return (x @ y) / np.sqrt((x @ x) * (y @ y))
+
+    n = a.size
+    k = max(1, int(round(top_fraction * n)))
+
+    def overlap(x, y):
+        return len(set(np.argsort(-x, kind="stable")[:k]) & set(np.argsort(-y, kind="stable")[:k])) / k
+
+    iqr = quantile(0.75) - quantile(0.25)
+    return {"rho": rho, "ratio_cv": sd / abs(mean), "ratio_iqr_over_median": iqr / abs(rho),
+            "ratio_within_5pct": float(np.mean(np.abs(r - rho) <= 0.05 * abs(rho))), "n_ratio_undefined": int(n - m),
+            "pearson": pearson(a, b), "spearman": pearson(rankdata(a), rankdata(b)), "k": k, "n": n,
+            "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
+            "top_harmful_overlap": overlap(a, b), "top_helpful_overlap": overlap(-a, -b)}
+
+
+def test_lep_statistics_against_the_written_out_definitions():
+    """Skewed ratios (mean far from median), zeros in I⁽ᵐ⁾, ties-free values: every statistic independently."""
+    rng = np.random.default_rng(7)
+    n = 400
+    b = rng.standard_normal(n)
+    b[:5] = 0.0  # undefined ratios
+    r = np.exp(rng.standard_normal(n) * 0.8) * 1.7  # log-normal: mean ≈ 1.38 ρ
+    a = r * b + 1e-3 * rng.standard_normal(n)
+    got = lep_statistics(a, b, top_fraction=0.05)
+    want = lep_reference(a, b, top_fraction=0.05)
+    for key, v in want.items():
+        assert got[key] == pytest.approx(v, rel=1e-9, abs=1e-12), key
+    assert abs(got["rho"] - np.mean(a[5:] / b[5:])) > 0.1  # the median is not the mean here
+    # a hand-sized case: ratios 1, 2, 3, 10 (median 2.5, mean 4)
+    s = lep_statistics(np.array([1.0, 4.0, 9.0, 40.0]), np.array([1.0, 2.0, 3.0, 4.0]), top_fraction=0.25)
+    assert s["rho"] == 2.5 and s["k"] == 1 and s["n_ratio_undefined"] == 0
+    assert s["ratio_cv"] == pytest.approx(np.std([1, 2, 3, 10]) / 4.0)
+    assert s["ratio_iqr_over_median"] == pytest.approx((4.75 - 1.75) / 2.5)
+    assert s["ratio_within_5pct"] == 0.0
+    assert s["top_harmful_overlap"] == 1.0 and s["top_helpful_overlap"] == 1.0 and s["sign_agreement"] == 1.0
+    s = lep_statistics(np.array([1.0, -2.0, 3.0, 4.0]), np.array([-1.0, -2.0, 3.0, -4.0]), top_fraction=0.25)
+    assert s["sign_agreement"] == 0.5 and s["top_harmful_overlap"] == 0.0 and s["top_helpful_overlap"] == 0.0
+    assert s["rho"] == pytest.approx(0.0) and np.isnan(s["ratio_within_5pct"])
+    # |r − ρ| ≤ 5 % |ρ| counts the boundary and nothing beyond it
+    s = lep_statistics(np.array([19.0, 20.0, 21.0, 21.5, 3.0]), np.ones(5))
+    assert s["rho"] == 20.0 and s["ratio_within_5pct"] == pytest.approx(3 / 5)
+    # constant vectors have no correlation; k ≥ n means full overlap
+    s = lep_statistics(np.ones(3), np.ones(3), top_fraction=1.0)
+    assert np.isnan(s["pearson"]) and np.isnan(s["spearman"]) and s["top_harmful_overlap"] == 1.0
+    s = lep_statistics(np.ones(3), np.zeros(3))
+    assert np.isnan(s["rho"]) and s["n_ratio_undefined"] == 3
 
 
 # ------------------------------------------------------------------------------------------ trivial LEP
@@ -435,3 +504,36 @@ def test_cli_lep_writes_json_and_plot(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(args[:-4] + ["--overwrite", "--sampler", "stratified", "--start", "5000"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("sampler", ["stratified", "leverage"])
+def test_weighted_relative_hessian_eq52_with_written_out_weights(sampler):
+    """H⁽ᵐ⁾ = (1/m) Σ_S w_j ∇²ℓ_j + λ·mask with w_j = (m/n)(n_c/m_c) (stratified) or m/(n π_j) (leverage,
+    π_j = min(1, c q_j), Σπ = m, q = 0.9 ℓev/Σℓev + 0.1/n): the weights and the sum written out here."""
+    X, y = _data("logistic", n=200, seed=9)
+    y = np.where(np.arange(200) < 30, 1, 0)  # unbalanced classes: n_1 = 30, n_0 = 170
+    head = _head("logistic", X, y)
+    m, n = 40, 200
+    rh = RelativeHessian(m, sampler=sampler, seed=3, pilot_size=60).fit(head, (X, y))
+    rows = rh.sample_.rows
+    if sampler == "stratified":
+        m1 = int((y[rows] == 1).sum())
+        assert m1 == 6 and rows.size == m  # proportional: 40 · 30/200
+        w = np.where(y[rows] == 1, (m / n) * (30 / m1), (m / n) * (170 / (m - m1)))
+    else:
+        lev = rh.leverage_.scores
+        q = 0.9 * lev / lev.sum() + 0.1 / n
+        certain = np.zeros(n, bool)
+        for _ in range(n):
+            c = (m - certain.sum()) / q[~certain].sum()
+            new = ~certain & (c * q >= 1)
+            if not new.any():
+                break
+            certain |= new
+        pi = np.where(certain, 1.0, c * q)
+        assert pi.sum() == pytest.approx(m) and rows.size == m
+        w = m / (n * pi[rows])
+    np.testing.assert_allclose(rh.sample_.weights, w, rtol=1e-12)
+    H_ref = (ref.loss_hessian_sum("logistic", X[rows], y[rows], head.theta_.numpy(), 1, weights=w) / m
+             + head.l2 * np.diag(np.r_[np.ones(X.shape[1]), 0.0]))
+    np.testing.assert_allclose(rh.curvature_.hessian.numpy(), H_ref, rtol=1e-10, atol=1e-12)

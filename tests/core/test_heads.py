@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import reference as ref  # tests/reference.py: independent maths
 import torch
 from sklearn.linear_model import LogisticRegression
 
@@ -77,7 +78,7 @@ def test_fit_reaches_stationary_point(kind, binary_data, multiclass_data):
     assert head.grad_norm_ <= 1e-9
     Xt, yt = as_tensor(X), torch.as_tensor(y)
     th = head.theta_.clone().requires_grad_(True)
-    R = head.losses(Xt, yt, th).mean() + head.regulariser(th)
+    R = ref.risk_torch(kind, Xt, yt, th, head.n_outputs, head.l2)  # independent risk, bias unregularised
     (g,) = torch.autograd.grad(R, th)
     assert float(g.abs().max()) < 1e-8
 
@@ -142,3 +143,175 @@ def test_fit_that_runs_out_of_iterations_fails_loudly(binary_data):
 def test_negative_l2_rejected():
     with pytest.raises(ValidationError, match="l2"):
         LogisticHead(l2=-1.0)
+
+
+# ------------------------------------------------------------------ pinned against tests/reference.py
+# Every expected value below comes from the independent formulas in tests/reference.py (numpy, scipy,
+# torch.autograd on the paper's losses), never from a head's own helpers.
+
+
+def _random_theta(head, seed=0, scale=0.3):
+    g = np.random.default_rng(seed)
+    return g.standard_normal(head.n_params) * scale
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_per_example_maths_matches_independent_formulas(kind, binary_data, multiclass_data):
+    X, y = binary_data if kind == "logistic" else multiclass_data
+    X, y = X[:40], y[:40]
+    head = _fitted(kind, X, y)
+    K = head.n_outputs
+    th = _random_theta(head)
+    Xt, yt, tht = as_tensor(X), torch.as_tensor(y), torch.as_tensor(th)
+    np.testing.assert_allclose(head.losses(Xt, yt, tht).numpy(), ref.losses_np(kind, X, y, th, K), rtol=1e-12)
+    W, b = ref.split(th, K, X.shape[1])
+    Z = X @ W.T + b
+    np.testing.assert_allclose(head.logits(Xt, tht).numpy(), Z, rtol=1e-12, atol=1e-14)
+    if kind == "logistic":
+        r = (1 / (1 + np.exp(-Z[:, 0])) - y)[:, None]
+    else:
+        P = np.exp(Z - Z.max(1, keepdims=True))
+        P /= P.sum(1, keepdims=True)
+        r = P - np.eye(K)[y]
+    np.testing.assert_allclose(head.residuals(Xt, yt, tht).numpy(), r, rtol=1e-10, atol=1e-14)
+    G = ref.per_example_grads(kind, X, y, th, K)
+    np.testing.assert_allclose(head.gradients(Xt, yt, tht).numpy(), G, rtol=1e-10, atol=1e-13)
+    # g_i^T v without forming g, for one vector and for a matrix of them
+    V = np.random.default_rng(1).standard_normal((head.n_params, 3))
+    np.testing.assert_allclose(head.grad_dot(Xt, yt, torch.as_tensor(V[:, 0]), tht).numpy(), G @ V[:, 0],
+                               rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(head.grad_dot(Xt, yt, torch.as_tensor(V), tht).numpy(), G @ V, rtol=1e-10,
+                               atol=1e-13)
+    # the fitted θ̂ is used when theta is omitted
+    np.testing.assert_allclose(head.gradients(Xt, yt).numpy(),
+                               ref.per_example_grads(kind, X, y, head.theta_.numpy(), K), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_weighted_hessian_sum_and_objective_terms_match_autograd(kind, binary_data, multiclass_data):
+    X, y = binary_data if kind == "logistic" else multiclass_data
+    X, y = X[:30], y[:30]
+    head = _fitted(kind, X, y)
+    K = head.n_outputs
+    th = _random_theta(head, seed=2)
+    w = np.random.default_rng(3).uniform(0.0, 2.0, len(y))
+    Xt, yt, tht, wt = as_tensor(X), torch.as_tensor(y), torch.as_tensor(th), torch.as_tensor(w)
+    H_ref = ref.loss_hessian_sum(kind, X, y, th, K, weights=w)
+    np.testing.assert_allclose(head.hessian_sum(Xt, tht, weights=wt).numpy(), H_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(head.hessian_sum(Xt, tht).numpy(), ref.loss_hessian_sum(kind, X, y, th, K),
+                               rtol=1e-10, atol=1e-12)
+    loss, grad, hess = head.objective_terms(Xt, yt, wt, tht)
+    assert float(loss) == pytest.approx(float(w @ ref.losses_np(kind, X, y, th, K)), rel=1e-12)
+    np.testing.assert_allclose(grad.numpy(), w @ ref.per_example_grads(kind, X, y, th, K), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hess.numpy(), H_ref, rtol=1e-10, atol=1e-12)
+    loss, grad, _ = head.objective_terms(Xt, yt, None, tht)
+    assert float(loss) == pytest.approx(float(ref.losses_np(kind, X, y, th, K).sum()), rel=1e-12)
+    np.testing.assert_allclose(grad.numpy(), ref.per_example_grads(kind, X, y, th, K).sum(0), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_logistic_curvature_weights_are_s_one_minus_s(binary_data):
+    X, y = binary_data
+    head = _fitted("logistic", X[:50], y[:50])
+    s = 1 / (1 + np.exp(-(X[:20] @ head.weight_[0] + head.bias_[0])))
+    np.testing.assert_allclose(head.curvature_weights(as_tensor(X[:20])).numpy(), s * (1 - s), rtol=1e-12)
+    np.testing.assert_allclose(head.predict_proba(X[:20]), s, rtol=1e-12)
+
+
+def test_softmax_predict_proba(multiclass_data):
+    X, y = multiclass_data
+    head = _fitted("softmax", X[:80], y[:80])
+    Z = X[:20] @ head.weight_.T + head.bias_
+    P = np.exp(Z - Z.max(1, keepdims=True))
+    np.testing.assert_allclose(head.predict_proba(X[:20]), P / P.sum(1, keepdims=True), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_regulariser_and_mask_leave_the_bias_alone(kind, binary_data, multiclass_data):
+    X, y = binary_data if kind == "logistic" else multiclass_data
+    head = _fitted(kind, X[:60], y[:60], l2=0.37)
+    K, D = head.n_outputs, head.n_features_
+    th = _random_theta(head, seed=4, scale=1.0)
+    assert float(head.regulariser(torch.as_tensor(th))) == pytest.approx(
+        float(ref.weight_penalty(th, K, D, 0.37)), rel=1e-13)
+    want = np.ones((K, D + 1))
+    want[:, D] = 0.0
+    np.testing.assert_array_equal(head.weight_mask().numpy(), want.reshape(-1))
+    # a θ that only moves the biases has no penalty
+    only_bias = np.zeros((K, D + 1))
+    only_bias[:, D] = 5.0
+    assert float(head.regulariser(torch.as_tensor(only_bias.reshape(-1)))) == 0.0
+
+
+def test_null_directions():
+    head = SoftmaxHead.from_weights(np.ones((3, 4)), np.zeros(3))
+    np.testing.assert_allclose(head.null_directions().numpy()[:, 0], ref.bias_shift_direction(3, 4), rtol=1e-15)
+    assert LogisticHead.from_weights(np.ones(4), 0.0).null_directions().shape == (5, 0)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_reaches_the_optimum_of_the_independent_risk(kind, weighted, binary_data, multiclass_data):
+    """θ̂ from fit() against scipy.optimize on the independent risk (weights only regularised)."""
+    X, y = binary_data if kind == "logistic" else multiclass_data
+    X, y = X[:120], y[:120]
+    l2 = 0.05
+    K = 1 if kind == "logistic" else 4
+    w = np.random.default_rng(5).uniform(0.2, 3.0, len(y)) if weighted else None
+    N = 77.0 if weighted else None
+    head = LogisticHead(l2=l2, tol=1e-11) if kind == "logistic" else SoftmaxHead(l2=l2, tol=1e-11, n_classes=4)
+    head.fit(X, y, sample_weight=w, normalizer=N)
+    # the independent gradient of the independent risk vanishes at θ̂
+    th = head.theta_.clone().requires_grad_(True)
+    R = ref.risk_torch(kind, ref.tt(X), torch.as_tensor(y), th, K, l2,
+                       ref.tt(w) if w is not None else None, N)
+    (g,) = torch.autograd.grad(R, th)
+    assert float(g.abs().max()) < 1e-9
+    theta_sp = ref.fit_scipy(kind, X, y, K, l2, w, N)
+    if kind == "softmax":  # identified up to the common bias shift
+        v = ref.bias_shift_direction(K, X.shape[1])
+        theta_sp = theta_sp - v * (v @ (theta_sp - head.theta_.numpy()))
+    np.testing.assert_allclose(head.theta_.numpy(), theta_sp, atol=2e-5)
+    assert head.grad_norm_ <= 1e-11 and head.n_iter_ >= 1
+
+
+def test_fit_with_zero_l2_on_separable_data_is_shifted_newton():
+    """Collinear features, λ = 0: the Hessian is singular; the shifted Newton step still reaches a stationary
+    point of the independent risk."""
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((80, 2))
+    X = np.column_stack([Z, Z[:, 0] + Z[:, 1]])
+    y = (Z[:, 0] + 0.8 * rng.standard_normal(80) > 0).astype(int)
+    head = LogisticHead(l2=0.0, tol=1e-9, max_iter=200).fit(X, y)
+    th = head.theta_.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ref.risk_torch("logistic", ref.tt(X), torch.as_tensor(y), th, 1, 0.0), th)
+    assert float(g.abs().max()) < 1e-8
+
+
+def test_from_torch_and_save_load_keep_every_parameter(tmp_path):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 1)
+    head = head_from_torch(lin, l2=0.25, tol=1e-7)
+    assert isinstance(head, LogisticHead) and head.l2 == 0.25 and head.tol == 1e-7
+    np.testing.assert_allclose(head.weight_, lin.weight.detach().double().numpy(), rtol=1e-7)
+    np.testing.assert_allclose(head.bias_, lin.bias.detach().double().numpy(), rtol=1e-7)
+    nob = head_from_torch(torch.nn.Linear(4, 3, bias=False))
+    np.testing.assert_array_equal(nob.bias_, np.zeros(3))
+    with pytest.raises(ValidationError, match="nn.Linear"):
+        head_from_torch(torch.nn.Conv1d(1, 1, 1))
+    path = head.save(tmp_path / "h.npz")
+    back = load_head(path)
+    assert type(back) is LogisticHead and back.l2 == 0.25
+    np.testing.assert_array_equal(back.bias_, head.bias_)
+    np.testing.assert_array_equal(back.theta_.numpy(), head.theta_.numpy())
+    head.save(path, overwrite=True)
+    with pytest.raises(ValidationError, match="does not exist"):
+        load_head(tmp_path / "missing.npz")
+    np.savez(tmp_path / "bad.npz", weight=np.ones((1, 2)))
+    with pytest.raises(ValidationError, match="not a winnow head"):
+        load_head(tmp_path / "bad.npz")
+    np.savez(tmp_path / "kind.npz", weight=np.ones((1, 2)), bias=np.zeros(1), kind=np.array("tree"), l2=np.array(0.1))
+    with pytest.raises(ValidationError, match="unknown head kind"):
+        load_head(tmp_path / "kind.npz")
+    with pytest.raises(ValidationError, match="features"):
+        head.predict_proba(np.ones((2, 3)))

@@ -123,3 +123,66 @@ def test_bad_inputs():
     with pytest.raises(ValidationError, match="1 output"):
         theorem1_check(net, "fc", (X, y + 1), (X, y))
     assert select_params(net, None)[-1] == "fc.bias"
+
+
+def _flat_grads(net, A, b):
+    params = list(net.parameters())
+    rows = []
+    for i in range(len(b)):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(A[i:i + 1])[:, 0], b[i:i + 1].double())
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    return torch.stack(rows).numpy()
+
+
+def test_theorem1_terms_against_a_numpy_eigendecomposition():
+    """𝒯₁ = βᵀΛ_Fβ (eq. 42), the main term g_tᵀQ_CᵀΛ_C⁻¹Q_Cg_p and 𝒯₂ (eq. 43) written out with numpy.linalg.eigh
+    of the autograd Hessian; Λ_C = the μ_C eigenpairs with the largest mass on the head's coordinates."""
+    net = trained_net()
+    X, y = data()
+    Xte, yte = data(15, seed=4)
+    l2, damping = 1e-2, 1e-3
+    res = theorem1_check(net, "fc", (X, y), (Xte, yte), l2=l2, damping=damping, n_train=12, n_test=4, seed=3)
+    _, H = full_dense_influence(net, X, y, Xte[:1], yte[:1], l2, damping)
+    H = H.numpy()
+    P = H.shape[0]
+    C = np.arange(P - 6, P)  # fc.weight, fc.bias: the last parameters in named_parameters order
+    F = np.arange(P - 6)
+    ev, V = np.linalg.eigh(H)
+    mass = (V[C] ** 2).sum(0)
+    S = np.argsort(-mass, kind="stable")[:6]
+    Sc = np.setdiff1d(np.arange(P), S)
+    QC = V[np.ix_(C, S)].T            # Q_C (μ_C × μ_C): rows = chosen eigenvectors, columns = head coordinates
+    beta = V[np.ix_(C, Sc)].T         # β: the other eigenvectors on the head coordinates
+    A_C = QC.T @ np.diag(ev[S]) @ QC
+    T1 = beta.T @ np.diag(ev[Sc]) @ beta
+    np.testing.assert_allclose(A_C + T1, H[np.ix_(C, C)], rtol=1e-9, atol=1e-12)  # eq. 51
+    assert res.t1_relative == pytest.approx(np.linalg.norm(T1, 2) / np.linalg.norm(A_C, 2), rel=1e-6)
+    assert res.t1_relative > 1e-6  # not the trivial head-only case: 𝒯₁ is really computed
+    Gp = _flat_grads(net, X[res.train_rows], y[res.train_rows])
+    Gt = _flat_grads(net, Xte[res.test_rows], yte[res.test_rows])
+    main = (Gt[:, C] @ QC.T) @ np.diag(1 / ev[S]) @ (QC @ Gp[:, C].T)
+    np.testing.assert_allclose(res.main_term, main, rtol=1e-7, atol=1e-10)
+    full = Gt @ np.linalg.solve(H, Gp.T)
+    np.testing.assert_allclose(res.t2, full - main, rtol=1e-7, atol=1e-10)
+    # eq. 43 term by term: F1 = βᵀΛ_F⁻¹β, F2 = Q_CᵀΛ_C⁻¹α + βᵀΛ_F⁻¹γ, F3 = αᵀΛ_C⁻¹α + γᵀΛ_F⁻¹γ
+    alpha, gamma = V[np.ix_(F, S)].T, V[np.ix_(F, Sc)].T
+    F1 = beta.T @ np.diag(1 / ev[Sc]) @ beta
+    F2 = QC.T @ np.diag(1 / ev[S]) @ alpha + beta.T @ np.diag(1 / ev[Sc]) @ gamma
+    F3 = alpha.T @ np.diag(1 / ev[S]) @ alpha + gamma.T @ np.diag(1 / ev[Sc]) @ gamma
+    gt, gp, ft, fp = Gt[:, C], Gp[:, C], Gt[:, F], Gp[:, F]
+    T2 = gt @ F1 @ gp.T + gt @ F2 @ fp.T + ft @ F2.T @ gp.T + ft @ F3 @ fp.T
+    np.testing.assert_allclose(res.t2, T2, rtol=1e-7, atol=1e-10)
+    q = np.quantile(np.abs(T2) / np.abs(main), [0.05, 0.25, 0.5, 0.75, 0.95])
+    np.testing.assert_allclose([res.t2_relative[k] for k in ("q05", "q25", "q50", "q75", "q95")], q, rtol=1e-6)
+    # head-only influence with the head block of the same H (eq. 36), and the spectrum's head mass
+    np.testing.assert_allclose(res.influence_head, -(gt @ np.linalg.solve(H[np.ix_(C, C)], gp.T)), rtol=1e-8,
+                               atol=1e-11)
+    assert res.head_inverse_mass == pytest.approx((mass / ev).sum() / (1 / ev).sum(), rel=1e-8)
+    assert res.head_block_mass == pytest.approx((QC ** 2).sum() / 6, rel=1e-8)
+    a, b = res.influence_full.ravel(), res.influence_head.ravel()
+    from scipy.stats import rankdata
+
+    assert res.spearman == pytest.approx(np.corrcoef(rankdata(a), rankdata(b))[0, 1], rel=1e-9)
+    ratio = b / a
+    assert res.ratio_within_2x == pytest.approx(np.mean((ratio >= 0.5) & (ratio <= 2.0)))
+    assert res.min_eigenvalue == pytest.approx(ev[0], rel=1e-8) and res.max_eigenvalue == pytest.approx(ev[-1])
