@@ -229,7 +229,7 @@ def check_rows(rows: Any, weights: Any, n: int) -> tuple[np.ndarray | None, np.n
                               f"shape {r.shape}")
     r = r.astype(np.int64)
     if r.size == 0:
-        raise ValidationError("rows is empty; a pass needs at least one row")
+        raise ValidationError("rows is empty: no rows to pass over (give at least one row position)")
     if np.any(np.diff(r) <= 0) or r[0] < 0 or r[-1] >= n:
         raise ValidationError(f"rows must be sorted, unique row positions in [0, {n})")
     w = None
