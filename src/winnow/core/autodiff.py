@@ -14,8 +14,10 @@ by default, like the closed-form heads, or every parameter (``regularize="all"``
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,20 @@ def resolve_loss(loss: str, n_outputs: int) -> str:
     if loss == "softmax" and n_outputs < 2:
         raise ValidationError("loss='softmax' needs a module with K >= 2 outputs, this one has 1")
     return loss
+
+
+# torch.func transforms keep interpreter state that is not safe across threads: two threads of one process
+# (a threaded Dask worker, say) running vmap/grad at once can fail or give wrong numbers, so they take turns
+_FUNC_LOCK = threading.RLock()
+
+
+def _one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with _FUNC_LOCK:
+            return method(*args, **kwargs)
+
+    return wrapped
 
 
 class ModelFunction:
@@ -147,6 +163,7 @@ class ModelFunction:
     def losses(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
         return loss_from_logits(self.logits(theta, x), y, loss)
 
+    @_one_thread
     def per_example_grads(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
         """G (c, P): row i = ∇θ ℓ(z_i, θ) (no regulariser), by ``vmap(grad(ℓ))``."""
         def one(th: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
@@ -154,6 +171,7 @@ class ModelFunction:
 
         return vmap(grad(one), in_dims=(None, 0, 0))(theta, x, y)
 
+    @_one_thread
     def grad_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: str,
                  w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(Σ w_i ℓ_i, Σ w_i g_i)."""
@@ -164,6 +182,7 @@ class ModelFunction:
         g, val = torch.func.grad_and_value(total)(theta)
         return val, g
 
+    @_one_thread
     def hvp_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, V: torch.Tensor, loss: str,
                 w: torch.Tensor | None = None, chunk_size: int | None = None, mode: str = "rev") -> torch.Tensor:
         """Σ_i w_i ∇²ℓ_i · V for V (P,) or (P, m).
@@ -192,6 +211,7 @@ class ModelFunction:
             return hv(V)
         return vmap(hv, in_dims=1, out_dims=1, chunk_size=chunk_size)(V)
 
+    @_one_thread
     def hessian_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: str,
                     w: torch.Tensor | None = None, budget: int = 1 << 24) -> torch.Tensor:
         """Σ_i w_i ∇²ℓ_i, (P, P): HVPs on identity blocks, ``budget`` bounding block·rows·P."""
@@ -206,6 +226,7 @@ class ModelFunction:
             H[:, s:e] = self.hvp_sum(theta, x, y, E, loss, w)
         return 0.5 * (H + H.T)
 
+    @_one_thread
     def null_directions(self, theta: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
         """(P, r) orthonormal directions that shift every softmax logit by the same amount (an unregularised
         bias feeding the logits directly): every loss is constant along them. Checked with one jvp on ``x``."""
