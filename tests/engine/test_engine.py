@@ -211,3 +211,34 @@ def test_cli_influence_memorization_newton_on_two_workers_equals_in_process(tmp_
             np.testing.assert_array_equal(a[c].to_numpy(), b[c].to_numpy())
         else:
             assert rel_err(b[c].to_numpy(), a[c].to_numpy()) < 1e-10, c
+
+
+def test_autodiff_head_through_the_analyses():
+    """A nonlinear head on the relative Hessian, memorization and Theorem 3 paths: each equals the same
+    quantity computed from the autograd Hessian in the test."""
+    from winnow.analyses.memorization import MemorizationAnalyzer
+    from winnow.analyses.relative import RelativeHessian
+    from winnow.analyses.theorems import theorem3
+
+    X, y = relu_embeddings(200, d=4, seed=13)
+    Xt, yt = relu_embeddings(20, d=4, seed=14)
+    head = mlp_head(4, seed=1).fit(X, y)
+    th = head.theta_.clone()
+    damping = 0.1
+
+    def risk_hessian(rows):
+        def risk(t):
+            return (head.losses(torch.as_tensor(X[rows]), torch.as_tensor(y[rows]), t).mean()
+                    + head.regulariser(t))
+        return torch.autograd.functional.hessian(risk, th).numpy() + damping * np.eye(head.n_params)
+
+    rel = RelativeHessian(80, sampler="uniform", seed=2, damping=damping).fit(head, (X, y))
+    assert rel_err(rel.curvature_.hessian.numpy(), risk_hessian(rel.sample_.rows)) < 1e-10
+    H = risk_hessian(np.arange(len(y)))
+    G = head.gradients(torch.as_tensor(X), torch.as_tensor(y)).numpy()
+    ev, Q = np.linalg.eigh(H)
+    expected = np.abs(G @ Q / ev).sum(1)  # ‖Λ⁻¹Qᵀg_p‖₁ (Definition 6)
+    mem = MemorizationAnalyzer(quantile=0.5, damping=damping).fit(head, (X, y))
+    assert rel_err(mem.scores_, expected) < 1e-8
+    t3 = theorem3(head, mem.curvature_, (X, y), (Xt, yt), test_points=2, seed=0)
+    assert all(r.n_positive + r.n_negative + r.n_zero == len(y) for r in t3)
