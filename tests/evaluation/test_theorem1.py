@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from test_models import Net, data, trained_net
+from nets import Net, data, trained_net
 
 from winnow.core.influence import InfluenceAnalyzer
 from winnow.core.models import extract_features, head_from_module, select_params

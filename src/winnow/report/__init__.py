@@ -1,5 +1,20 @@
-"""Report: the HTML report and its figures (every section a user reads)."""
+"""Report: the HTML report and every figure and section a user reads, one module per topic. Sections are
+named ``<topic>_section(report, result)`` and figures ``<what>_figure(result)``."""
 
 from .html import Report, figure_png, influence_by_label_figure, loo_scatter_figure, top_points_rows
 
-__all__ = ["Report", "figure_png", "influence_by_label_figure", "loo_scatter_figure", "top_points_rows"]
+__all__ = ["Report", "figure_png", "influence_by_label_figure", "loo_scatter_figure", "top_points_rows",
+           "memorization_section", "theorems_section", "removal_methods_section", "group_section",
+           "theorem1_section"]
+
+_SECTIONS = {"memorization_section": "memorization", "memorization_figure": "memorization",
+             "theorems_section": "theorems", "influence_pairs_figure": "theorems",
+             "removal_methods_section": "fidelity", "group_section": "fidelity", "theorem1_section": "theorem1"}
+
+
+def __getattr__(name: str):  # sections import their analyses (and torch) only when used
+    if name in _SECTIONS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_SECTIONS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
