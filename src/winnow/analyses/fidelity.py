@@ -50,6 +50,7 @@ from ..core.influence import InfluenceAnalyzer, ScoreColumns, mean_test_gradient
 from ..errors import NotPositiveDefiniteError, ValidationError
 from ..io.sources import open_source
 from ..progress import track_rows
+from ..validation import check_head_data
 
 NEWTON_COLUMNS = ("leverage", "loss_change_if_removed_newton")
 NEWTON_EXACT_COLUMN = "loss_change_if_removed_newton_exact"
@@ -489,6 +490,7 @@ def group_effect(head: Head, train: Any, test: Any, subset: Any, *, retrain: boo
     ``leave_one_out``); data are held in memory."""
     from ..evaluation.loo import load_arrays
 
+    check_head_data(head, train=train, test=test)
     _check_head(head)
     X, y, ids = load_arrays(train)
     Xte, yte, _ = load_arrays(test)
@@ -540,6 +542,7 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
     random groups and (``adversarial``) the most harmful and the most helpful groups by ``influence``."""
     from ..evaluation.loo import load_arrays
 
+    check_head_data(head, train=train, test=test)
     _check_head(head)
     X, y, _ = load_arrays(train)
     Xte, yte, _ = load_arrays(test)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
+from .. import validation as V
 from ..core.curvature import Curvature, fit_curvature
 from ..core.heads import Head, LogisticHead, SoftmaxHead, as_tensor, augment
 from ..core.influence import mean_test_gradient
@@ -73,16 +74,8 @@ class RowSample:
         return int(self.rows.shape[0])
 
 
-def _check_size(m: Any, n: int, argument: str = "sample_size", flag: str = "--sample-size") -> int:
-    if isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)):
-        raise ValidationError(f"{argument} ({flag}) must be an integer, got {m!r}")
-    m = int(m)
-    if m < 1:
-        raise ValidationError(f"{argument} ({flag}) must be >= 1, got {m}")
-    if m > n:
-        raise ValidationError(f"{argument} ({flag}) = {m} exceeds the number of training rows n = {n}; "
-                              f"use m <= n (m = n with --sampler uniform is the full Hessian)")
-    return m
+def _check_size(m: Any, n: int, parameter: str = "sample_size") -> int:
+    return V.check_size(m, n, parameter, hint="use m <= n (m = n with the uniform sampler is the full Hessian)")
 
 
 def sample_uniform(n: int, m: int, rng: np.random.Generator) -> RowSample:
@@ -109,7 +102,7 @@ def stratified_allocation(counts: np.ndarray, m: int) -> np.ndarray:
 def sample_stratified(labels: np.ndarray, m: int, rng: np.random.Generator) -> RowSample:
     """Stratified by label with proportional allocation; w_j = (m/n)(n_c/m_c), N = m (unbiased).
 
-    Raises ValidationError naming ``--sampler stratified`` when a class of the data gets no row.
+    Raises ValidationError naming ``sampler`` and ``sample_size`` when a class of the data gets no row.
     """
     labels = np.asarray(labels)
     n = int(labels.shape[0])
@@ -119,10 +112,11 @@ def sample_stratified(labels: np.ndarray, m: int, rng: np.random.Generator) -> R
     if (alloc < 1).any():
         c = int(np.flatnonzero(alloc < 1)[0])
         need = int(np.ceil(n / counts.min()))
-        raise ValidationError(
-            f"--sampler stratified: class {classes[c]} has only {counts[c]} of {n} training rows, so a sample "
-            f"of --sample-size {m} allocates it no row (every class needs at least one; proportional "
-            f"allocation needs m >= {need} here); raise --sample-size or use --sampler uniform or leverage")
+        raise V.fail(
+            f"sampler 'stratified': class {classes[c]} has only {counts[c]} of {n} training rows, so a sample "
+            f"of m = {m} rows allocates it no row (every class needs at least one; proportional allocation "
+            f"needs m >= {need} here); raise sample_size or use the uniform or leverage sampler",
+            "sampler", "sample_size")
     order = np.argsort(inverse, kind="stable")  # rows grouped by class, each group in row order
     bounds = np.concatenate([[0], np.cumsum(counts)])
     rows, weights = [], []
@@ -216,8 +210,8 @@ def leverage_chunk(head: Head, X: np.ndarray, hessian_inverse: torch.Tensor) -> 
     softmax null-direction fix in ``Curvature.inverse`` cancels between the two terms).
     """
     if not isinstance(head, (LogisticHead, SoftmaxHead)):
-        raise ValidationError(f"--sampler leverage supports LogisticHead and SoftmaxHead, got "
-                              f"{type(head).__name__}; use --sampler uniform or stratified")
+        raise V.fail(f"sampler 'leverage' supports LogisticHead and SoftmaxHead, got {type(head).__name__}; "
+                     "use the uniform or stratified sampler", "sampler")
     Hi = hessian_inverse
     c = int(X.shape[0])
     out = np.empty(c)
@@ -283,8 +277,7 @@ def default_pilot_size(n_params: int, n: int) -> int:
 def _rng(seed: int, stream: int = 0) -> np.random.Generator:
     """Stream 0 draws the sample (so ``relative_curvature(seed=S)`` reproduces subset a of the search),
     stream 1 subset b of the two-sample search, stream 2 the leverage pilot."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValidationError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
+    seed = V.check_seed(seed)
     return np.random.default_rng(int(seed) if stream == 0 else [int(seed), int(stream)])
 
 
@@ -298,7 +291,7 @@ def leverage_scores(head: Head, train: Any, *, pilot_size: int | None = None, se
     src = open_source(train)
     n = len(src)
     p = (default_pilot_size(head.n_params, n) if pilot_size is None
-         else _check_size(pilot_size, n, "pilot_size", "--pilot-size"))
+         else _check_size(pilot_size, n, "pilot_size"))
     t0 = time.perf_counter()
     pilot = sample_uniform(n, p, _rng(seed, 2))
     H_pilot = fit_curvature(head, src, damping=damping, rows=pilot.rows, normalizer=pilot.normalizer,
@@ -331,19 +324,12 @@ class RelativeHessian:
 
     def __init__(self, sample_size: int, *, sampler: str = "uniform", seed: int = 0, damping: float = 0.0,
                  pilot_size: int | None = None, chunk_size: int = 65536, progress: bool = False) -> None:
-        if sampler not in SAMPLERS:
-            raise ValidationError(f"sampler (--sampler) must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
-        if not np.isfinite(damping) or damping < 0:
-            raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
-        if chunk_size < 1:
-            raise ValidationError(f"chunk_size must be >= 1, got {chunk_size}")
-        _rng(seed)
+        self.sampler = V.check_choice(sampler, "sampler", SAMPLERS)
+        self.damping = V.check_damping(damping)
+        self.chunk_size = V.check_chunk_size(chunk_size)
+        self.seed = V.check_seed(seed)
         self.sample_size = sample_size
-        self.sampler = sampler
-        self.seed = seed
-        self.damping = float(damping)
         self.pilot_size = pilot_size
-        self.chunk_size = int(chunk_size)
         self.progress = progress
 
     def draw(self, head: Head, source: DataSource, *, stream: int = 0,
@@ -353,7 +339,7 @@ class RelativeHessian:
         m = _check_size(self.sample_size, n)
         if m < head.n_params:
             warnings.warn(
-                f"sample_size (--sample-size) m = {m} is below the number of head parameters P = "
+                f"sample_size m = {m} is below the number of head parameters P = "
                 f"{head.n_params}: the sampled curvature has rank < P, so H⁽ᵐ⁾ is invertible only through "
                 f"l2 = {head.l2:g} and damping = {self.damping:g} (singular if both are 0) and far from H",
                 UserWarning, stacklevel=3)
@@ -385,11 +371,7 @@ class RelativeHessian:
             stream: int = 0) -> RelativeHessian:
         """Draw the sample and build H⁽ᵐ⁾ reading only the sampled rows. ``leverage`` reuses precomputed
         scores (the leverage pass is then not repeated; its cost stays in ``leverage.seconds``)."""
-        if not isinstance(head, Head):
-            raise ValidationError(f"head must be a winnow Head, got {type(head).__name__}")
-        head._check_fitted()
-        source = open_source(train)
-        head.check_features(np.empty((0, source.n_features)), argument=source.name)
+        (source,) = V.check_head_data(head, train=train, labels=False)  # the curvature pass checks its rows
         self.leverage_ = leverage
         sample, cost = self.draw(head, source, stream=stream, leverage=leverage)
         t0 = time.perf_counter()
@@ -413,25 +395,36 @@ def relative_curvature(head: Head, train: Any, sample_size: int, *, sampler: str
     makes one full pass over ``train`` to compute every row's leverage (see ``RelativeHessian.cost_`` for
     the numbers). Raises ValidationError for m > n; warns (UserWarning) for m < P.
     """
+    (train,) = V.check_head_data(head, train=train)
     return RelativeHessian(sample_size, sampler=sampler, seed=seed, damping=damping, pilot_size=pilot_size,
                            chunk_size=chunk_size, progress=progress).fit(head, train).curvature_
+
+
+def check_hessian_options(hessian: str, sample_size: int | None) -> str:
+    """``hessian`` is 'full' (then no ``sample_size``) or 'relative' (then a ``sample_size``)."""
+    hessian = V.check_choice(hessian, "hessian", ("full", "relative"))
+    if hessian == "full" and sample_size is not None:
+        raise V.fail("sample_size applies only to the relative Hessian; got hessian 'full'", "sample_size",
+                     "hessian")
+    if hessian == "relative" and sample_size is None:
+        raise V.fail("hessian 'relative' needs a sample_size M (e.g. the recommended_sample_size that the LEP "
+                     "search reports)", "hessian", "sample_size")
+    return hessian
 
 
 def make_curvature(head: Head, train: Any, *, hessian: str = "full", sample_size: int | None = None,
                    sampler: str = "uniform", seed: int = 0, damping: float = 0.0, pilot_size: int | None = None,
                    chunk_size: int = 65536, progress: bool = False) -> Curvature:
-    """The Hessian for ``winnow influence --hessian full|relative --sample-size M --sampler S --seed S``."""
+    """The full Hessian H (``hessian='full'``) or the relative H⁽ᵐ⁾ of ``sample_size`` sampled rows
+    (``hessian='relative'``, with ``sampler``, ``seed``, ``pilot_size``), checked against ``train`` first."""
+    hessian = check_hessian_options(hessian, sample_size)
+    damping, chunk_size = V.check_damping(damping), V.check_chunk_size(chunk_size)
+    (train,) = V.check_head_data(head, train=train)
     if hessian == "full":
-        if sample_size is not None:
-            raise ValidationError("--sample-size applies only with --hessian relative (got --hessian full)")
         return fit_curvature(head, train, damping=damping, chunk_size=chunk_size, progress=progress)
-    if hessian == "relative":
-        if sample_size is None:
-            raise ValidationError("--hessian relative needs --sample-size M (e.g. the recommended_sample_size "
-                                  "that `winnow lep` writes)")
-        return relative_curvature(head, train, sample_size, sampler=sampler, seed=seed, damping=damping,
-                                  pilot_size=pilot_size, chunk_size=chunk_size, progress=progress)
-    raise ValidationError(f"hessian (--hessian) must be 'full' or 'relative', got {hessian!r}")
+    assert sample_size is not None
+    return RelativeHessian(sample_size, sampler=sampler, seed=seed, damping=damping, pilot_size=pilot_size,
+                           chunk_size=chunk_size, progress=progress).fit(head, train).curvature_
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -567,13 +560,7 @@ def _compare(head: Head, train: DataSource, gvecs: torch.Tensor, A: Curvature, B
 
 def _open_train_test(head: Head, train: Any, test: Any) -> tuple[DataSource, DataSource]:
     """The train and test sources, checked against a fitted ``head``."""
-    if not isinstance(head, Head):
-        raise ValidationError(f"head must be a winnow Head, got {type(head).__name__}")
-    head._check_fitted()
-    src = open_source(train)
-    te = open_source(test, argument="test")
-    head.check_features(np.empty((0, src.n_features)), argument=src.name)
-    head.check_features(np.empty((0, te.n_features)), argument=f"test ({te.name})")
+    src, te = V.check_head_data(head, train=train, test=test)
     return src, te
 
 
@@ -588,19 +575,17 @@ def lep_check(head: Head, train: Any, test: Any, relative: Curvature, full: Curv
     Never forms the n × T matrix: memory is a few n-vectors (test points are processed in batches).
     """
     src, te = _open_train_test(head, train, test)
+    chunk_size = V.check_chunk_size(chunk_size)
     for name, c in (("relative", relative), ("full", full)):
         if c is not None and (not isinstance(c, Curvature) or c.n_params != head.n_params):
-            raise ValidationError(f"{name} must be a Curvature with P = {head.n_params} parameters")
+            raise V.fail(f"{name} must be a Curvature with P = {head.n_params} parameters", name)
     if full is None:
         full = fit_curvature(head, src, damping=damping, chunk_size=chunk_size, progress=progress)
     gbar, T = mean_test_gradient(head, te, chunk_size=chunk_size)
     cols = [gbar]
     meta: list[dict[str, Any]] = []
     if test_points is not None:
-        tp = np.atleast_1d(np.asarray(test_points))
-        if tp.ndim != 1 or tp.size == 0 or tp.dtype.kind not in "iu" or tp.min() < 0 or tp.max() >= T:
-            raise ValidationError(f"test_points must be row positions in 0..{T - 1} of the test data")
-        uniq = np.unique(tp)
+        uniq = V.check_rows(test_points, T, "test_points")
         parts = list(te.chunks(chunk_size, rows=uniq))
         X = np.concatenate([p.X for p in parts])
         y = np.concatenate([p.y for p in parts])
@@ -755,16 +740,15 @@ def two_sample_search(head: Head, train: Any, test: Any, *, sampler: str = "unif
     """
     src, te = _open_train_test(head, train, test)
     n, P = len(src), head.n_params
-    if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
-        raise ValidationError(f"threshold (--threshold) must be in (0, 1], got {threshold!r}")
-    if metric not in METRICS:
-        raise ValidationError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
-    if not growth > 1:
-        raise ValidationError(f"growth must be > 1, got {growth!r}")
-    max_size = n if max_size is None else _check_size(max_size, n, "max_size", "--max-size")
-    start = min(max(2 * P, 256), max_size) if start is None else _check_size(start, n, "start", "--start")
+    threshold = V.check_fraction(threshold, "threshold")
+    metric = V.check_choice(metric, "metric", METRICS)
+    growth = V.check_number(growth, "growth", minimum=1.0, min_open=True)
+    V.check_choice(sampler, "sampler", SAMPLERS)
+    damping, chunk_size, seed = V.check_damping(damping), V.check_chunk_size(chunk_size), V.check_seed(seed)
+    max_size = n if max_size is None else _check_size(max_size, n, "max_size")
+    start = min(max(2 * P, 256), max_size) if start is None else _check_size(start, n, "start")
     if start > max_size:
-        raise ValidationError(f"start (--start) = {start} exceeds max_size (--max-size) = {max_size}")
+        raise V.fail(f"start = {start} exceeds max_size = {max_size}", "start", "max_size")
     rh = RelativeHessian(start, sampler=sampler, seed=seed, damping=damping, pilot_size=pilot_size,
                          chunk_size=chunk_size, progress=False)
     say = _progress_printer(progress)

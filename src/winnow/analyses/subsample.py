@@ -48,6 +48,7 @@ import torch
 from scipy.optimize import brentq
 from scipy.special import expit
 
+from .. import validation as V
 from ..core.heads import Head, SoftmaxHead, as_tensor
 from ..errors import ConvergenceError, ValidationError, WinnowError
 from ..io.outputs import ParquetStreamWriter, check_output_path, write_json
@@ -87,16 +88,11 @@ SUBSET_METADATA = {
 # =========================================================================================== sampling maths
 def budget_size(keep: float, n: int) -> int:
     """m = round(keep · n) for keep in (0, 1]; raises when keep is outside (0, 1] or m would be 0."""
-    try:
-        f = float(keep)
-    except (TypeError, ValueError):
-        raise ValidationError(f"keep (--keep) must be a fraction in (0, 1], got {keep!r}") from None
-    if not (math.isfinite(f) and 0.0 < f <= 1.0):
-        raise ValidationError(f"keep (--keep) must be a fraction in (0, 1], got {keep!r}")
+    f = V.check_fraction(keep, "keep")
     m = int(round(f * n))
     if m < 1:
-        raise ValidationError(f"keep (--keep) = {f:g} of n = {n} rows keeps no point (round({f:g}·{n}) = 0); "
-                              "use a larger fraction")
+        raise V.fail(f"keep = {f:g} of n = {n} rows keeps no point (round({f:g}·{n}) = 0); use a larger fraction",
+                     "keep")
     return m
 
 
@@ -173,7 +169,8 @@ def ratio_candidates(m: int, sizes: np.ndarray, grid: Sequence[float] | None = N
         else:
             shares = [float(s) for s in grid]
             if any(not (0.0 <= s <= 1.0) for s in shares):
-                raise ValidationError(f"ratio_grid holds positive shares of the budget, each in [0, 1]; got {grid}")
+                raise V.fail(f"ratio_grid holds positive shares of the budget, each in [0, 1]; got {grid}",
+                             "ratio_grid")
         for s in shares:
             out.append(allocate(m, sizes, np.array([1.0 - s, s])))
     else:
@@ -200,8 +197,7 @@ def sigmoid_inclusion(phi: np.ndarray, m: int, sharpness: float) -> np.ndarray:
     n = phi.shape[0]
     if not 0 <= m <= n:
         raise ValidationError(f"budget {m} must be in [0, {n}]")
-    if not (math.isfinite(sharpness) and sharpness >= 0):
-        raise ValidationError(f"sharpness must be a finite number >= 0, got {sharpness!r}")
+    V.check_number(sharpness, "sharpness", minimum=0.0)
     if m == 0:
         return np.zeros(n)
     if m == n:
@@ -297,11 +293,11 @@ def policy_inclusion(policy: str, labels: np.ndarray, class_budget: np.ndarray, 
             pi[idx] = m_c / idx.shape[0]
         elif policy == "influence":
             if influence is None:
-                raise ValidationError("policy 'influence' needs the influence scores (give a validation set)")
+                raise V.fail("policy 'influence' needs the influence scores (give a validation set)", "policy")
             pi[idx] = sigmoid_inclusion(influence[idx], int(m_c), sharpness)
         elif policy == "paper":
             if memorization is None or threshold is None:
-                raise ValidationError("policy 'paper' needs memorization scores and a threshold D")
+                raise V.fail("policy 'paper' needs memorization scores and a threshold D", "policy")
             s = memorization[idx]
             p, short = paper_inclusion(s, s > threshold, int(m_c))
             pi[idx] = p
@@ -311,25 +307,25 @@ def policy_inclusion(policy: str, labels: np.ndarray, class_budget: np.ndarray, 
                              "memorization scores (π = 1, the other points are never kept, so weights cannot "
                              "make this class's subset unbiased)")
         else:
-            raise ValidationError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+            V.check_choice(policy, "policy", POLICIES)
     return pi, notes
 
 
 # ================================================================================================ metrics
 def classification_metrics(head: Head, data: Any, *, chunk_size: int = 65536, require_auc: bool = False,
-                           argument: str = "valid") -> dict[str, float]:
+                           parameter: str = "valid") -> dict[str, float]:
     """Mean log-loss, AUC (binary; macro one-vs-rest for K classes) and accuracy of ``head`` on ``data``.
 
     AUC is NaN when a class is missing from ``data``, or raises ValidationError with ``require_auc``.
     """
     from sklearn.metrics import roc_auc_score
 
-    src = open_source(data, argument=argument)
-    head.check_features(np.empty((0, src.n_features)), argument=argument)
+    argument = parameter
+    (src,) = V.check_head_data(head, **{parameter: data}, labels=False)
     loss, correct, n = 0.0, 0, 0
     probs, ys = [], []
     for ch in src.chunks(chunk_size):
-        head.check_labels(ch.y, argument=argument)
+        V.check_labels(head, ch.y, parameter)
         X = as_tensor(ch.X, head.device)
         y = torch.as_tensor(ch.y, device=head.device)
         loss += float(head.losses(X, y).sum())
@@ -340,15 +336,15 @@ def classification_metrics(head: Head, data: Any, *, chunk_size: int = 65536, re
         probs.append(P)
         ys.append(ch.y)
     if n == 0:
-        raise ValidationError(f"{argument} is empty")
+        raise V.fail(f"{argument} is empty", argument)
     y_all, P_all = np.concatenate(ys), np.concatenate(probs)
     K = 2 if P_all.ndim == 1 else P_all.shape[1]
     missing = sorted(set(range(K)) - set(np.unique(y_all).tolist()))
     if missing:
         if require_auc:
-            raise ValidationError(f"{argument} has no examples of class {missing[0]} (classes missing: {missing}); "
-                                  f"AUC needs every one of the {K} classes: use a larger or stratified "
-                                  "validation set, or tune for logloss")
+            raise V.fail(f"{argument} has no examples of class {missing[0]} (classes missing: {missing}); AUC "
+                         f"needs every one of the {K} classes: use a larger or stratified validation set, or tune "
+                         "for logloss", argument)
         auc = float("nan")
     elif K == 2:
         auc = float(roc_auc_score(y_all, P_all))
@@ -454,14 +450,14 @@ def compute_scores(head: Head, train: Any, valid: Any = None, *, influence: bool
     from ..core.curvature import fit_curvature
     from ..core.influence import InfluenceAnalyzer
 
-    src = open_source(train, argument="train")
+    src = V.open_data(train, "train")
     out = SubsampleScores()
     if not (influence or memorization):
         return out
     curv = fit_curvature(head, src, damping=damping, chunk_size=chunk_size, progress=progress)
     if influence:
         if valid is None:
-            raise ValidationError("influence scores need a validation set (valid / --valid)")
+            raise V.fail("influence scores need a validation set (valid)", "valid")
         an = InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress)
         table = an.fit(src, curvature=curv).score(valid, self_influence=False)
         out.influence = table.column("influence").to_numpy()
@@ -479,7 +475,7 @@ def split_validation(valid: Any, score_fraction: float, seed: int = 0) -> tuple[
     round(score_fraction · n_c) rows of every class c go to the first part (a permutation drawn with
     ``seed``); both parts must be nonempty.
     """
-    src = open_source(valid, argument="valid")
+    src = V.open_data(valid, "valid")
     labels = src.labels()
     rng = np.random.default_rng([seed, 31337])
     first = []
@@ -489,9 +485,9 @@ def split_validation(valid: Any, score_fraction: float, seed: int = 0) -> tuple[
     a = np.sort(np.concatenate(first))
     b = np.setdiff1d(np.arange(len(src)), a)
     if a.shape[0] == 0 or b.shape[0] == 0:
-        raise ValidationError(f"valid has {len(src)} rows: too few to split into a part that scores influence "
-                              f"({score_fraction:g}) and a part that judges the choices; use score_fraction=0 "
-                              "(--score-fraction 0) or a larger validation set")
+        raise V.fail(f"valid has {len(src)} rows: too few to split into a part that scores influence "
+                     f"({score_fraction:g}) and a part that judges the choices; use score_fraction 0 or a larger "
+                     "validation set", "valid", "score_fraction")
     return subset_source(src, a, labels), subset_source(src, b, labels)
 
 
@@ -523,32 +519,27 @@ class Subsampler:
                  score_fraction: float | None = 0.5, damping: float = 0.0, chunk_size: int = 65536,
                  progress: bool = False) -> None:
         budget_size(keep, 1 << 30)  # validates the fraction
-        if policy not in POLICIES:
-            raise ValidationError(f"policy (--policy) must be one of {', '.join(POLICIES)}; got {policy!r}")
-        if tune_ratio is not None and tune_ratio not in TUNE_METRICS:
-            raise ValidationError(f"tune_ratio (--tune-ratio) must be one of {', '.join(TUNE_METRICS)} or None; "
-                                  f"got {tune_ratio!r}")
-        if memorize_threshold is not None and memorize_quantile is not None:
-            raise ValidationError("give at most one of memorize_threshold (--memorize-threshold) and "
-                                  "memorize_quantile (--memorize-quantile)")
+        V.check_choice(policy, "policy", POLICIES)
+        if tune_ratio is not None:
+            V.check_choice(tune_ratio, "tune_ratio", TUNE_METRICS)
+        V.check_exclusive(memorize_threshold=memorize_threshold, memorize_quantile=memorize_quantile)
         if policy != "paper" and (memorize_threshold is not None or memorize_quantile is not None):
-            raise ValidationError("--memorize-threshold / --memorize-quantile apply to --policy paper only; "
-                                  f"got policy {policy!r}")
-        if memorize_threshold is not None and not (math.isfinite(memorize_threshold) and memorize_threshold >= 0):
-            raise ValidationError(f"memorize_threshold (--memorize-threshold) D must be a finite number >= 0 "
-                                  f"(scores are L1 norms); got {memorize_threshold!r}")
-        if memorize_quantile is not None and not (0.0 <= memorize_quantile <= 1.0):
-            raise ValidationError(f"memorize_quantile (--memorize-quantile) must be in [0, 1]; got "
-                                  f"{memorize_quantile!r}")
+            name = "memorize_threshold" if memorize_threshold is not None else "memorize_quantile"
+            raise V.fail(f"{name} applies to policy 'paper' only; got policy {policy!r}", name, "policy")
+        if memorize_threshold is not None:
+            V.check_number(memorize_threshold, "memorize_threshold", minimum=0.0)  # scores are L1 norms
+        if memorize_quantile is not None:
+            V.check_probability(memorize_quantile, "memorize_quantile")
         if sharpness is not None and policy != "influence":
-            raise ValidationError(f"sharpness (--sharpness) applies to --policy influence only; got policy {policy!r}")
-        if sharpness is not None and not (math.isfinite(sharpness) and sharpness >= 0):
-            raise ValidationError(f"sharpness (--sharpness) must be a finite number >= 0; got {sharpness!r}")
-        if score_fraction is not None and not (0.0 <= score_fraction < 1.0):
-            raise ValidationError(f"score_fraction (--score-fraction) must be in [0, 1) or None; got "
-                                  f"{score_fraction!r}")
-        if int(tune_draws) < 1:
-            raise ValidationError(f"tune_draws must be >= 1; got {tune_draws!r}")
+            raise V.fail(f"sharpness applies to policy 'influence' only; got policy {policy!r}", "sharpness",
+                         "policy")
+        if sharpness is not None:
+            V.check_number(sharpness, "sharpness", minimum=0.0)
+        if score_fraction is not None:
+            V.check_fraction(score_fraction, "score_fraction", low_open=False, high_open=True)
+        V.check_integer(tune_draws, "tune_draws", minimum=1)
+        V.check_integer(seed, "seed")
+        damping, chunk_size = V.check_damping(damping), V.check_chunk_size(chunk_size)
         self.keep = float(keep)
         self.policy = policy
         self.weighted = bool(weighted)
@@ -571,15 +562,11 @@ class Subsampler:
 
         ``scores`` reuses scores computed earlier (e.g. for several keep fractions).
         """
-        if not isinstance(head, Head) or not head.is_fitted:
-            raise ValidationError("head (--head) must be a fitted winnow head (fit it on TRAIN first)")
-        src = open_source(train, argument="train")
-        head.check_features(np.empty((0, src.n_features)), argument="train")
+        (src,) = V.check_head_data(head, train=train)
         self.train_ = src
         n = len(src)
         self.n_ = n
         self.labels_ = src.labels()
-        head.check_labels(self.labels_, argument="train")
         self.ids_ = src.ids()
         self.budget_ = budget_size(self.keep, n)
         K = 2 if head.n_outputs == 1 else head.n_outputs
@@ -597,13 +584,12 @@ class Subsampler:
         if valid is None and (need_infl or tune_policy or self.tune_ratio):
             what = ("the influence policy scores points by their influence on it" if need_infl else
                     "the ratio is tuned on it" if self.tune_ratio else
-                    "D (--memorize-threshold/--memorize-quantile) is not given and is chosen on it")
-            raise ValidationError(f"a validation set (valid / --valid) is required: {what}")
+                    "D (memorize_threshold or memorize_quantile) is not given and is chosen on it")
+            raise V.fail(f"a validation set (valid) is required: {what}", "valid", "memorize_threshold",
+                         "memorize_quantile")
         score_valid = None
         if valid is not None:
-            valid = open_source(valid, argument="valid")
-            head.check_features(np.empty((0, valid.n_features)), argument="valid")
-            head.check_labels(valid.labels(), argument="valid")
+            (valid,) = V.check_head_data(head, valid=valid)
             score_valid = valid
             if need_infl and self.score_fraction:
                 score_valid, valid = split_validation(valid, self.score_fraction, self.seed)
@@ -756,8 +742,7 @@ class Subsampler:
 
     # ----------------------------------------------------------------------------------- after fit
     def _check(self) -> None:
-        if not hasattr(self, "inclusion_"):
-            raise ValidationError("call fit(train, head, valid) first")
+        V.check_fitted(self, "inclusion_", call="fit(train, head, valid)")
 
     def resample(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Another subset with the fitted choices (π unchanged): (sorted rows (m,), weights (m,))."""
@@ -831,16 +816,16 @@ class Subsampler:
     def write(self, out: str | Path, *, json_out: str | Path | None = None, overwrite: bool = False) -> Path:
         """Write the SUBSET Parquet (summary in its metadata) and optionally the JSON summary, atomically."""
         self._check()
-        check_output_path(out, overwrite, argument="--out")
+        check_output_path(out, overwrite, argument="out")
         if json_out is not None:
-            check_output_path(json_out, overwrite, argument="--json")
+            check_output_path(json_out, overwrite, argument="json_out")
         table = self.table()
         summary = self.summary()
         meta = {**SUBSET_METADATA, "winnow.subsample": json.dumps(_jsonable_summary(summary))}
-        with ParquetStreamWriter(out, table.schema, overwrite=overwrite, argument="--out", metadata=meta) as w:
+        with ParquetStreamWriter(out, table.schema, overwrite=overwrite, argument="out", metadata=meta) as w:
             w.write_table(table)
         if json_out is not None:
-            write_json(json_out, summary, overwrite=overwrite, argument="--json")
+            write_json(json_out, summary, overwrite=overwrite, argument="json_out")
         return Path(out)
 
 
@@ -869,36 +854,36 @@ def load_subset(subset: str | Path, train: Any) -> LoadedSubset:
     """
     p = Path(subset)
     if not p.exists():
-        raise ValidationError(f"--subset {p} does not exist")
+        raise V.fail(f"subset {p} does not exist", "subset")
     try:
         pf = pq.ParquetFile(p)
         table = pf.read(columns=[c for c in ("id", "weight") if c in pf.schema_arrow.names])
         meta = pf.schema_arrow.metadata or {}
     except (pa.ArrowException, OSError) as e:
-        raise ValidationError(f"--subset {p} is not a readable Parquet file ({e})") from None
+        raise V.fail(f"subset {p} is not a readable Parquet file ({e})", "subset") from None
     if "id" not in table.column_names:
-        raise ValidationError(f"--subset {p} has no 'id' column (expected id and weight, as written by "
-                              "`winnow subsample`)")
+        raise V.fail(f"subset {p} has no 'id' column (expected id and weight, as Subsampler.write writes)",
+                     "subset")
     ids = table.column("id").to_numpy()
     if ids.dtype.kind not in "iu":
-        raise ValidationError(f"--subset {p}: column 'id' must hold integer ids, got {ids.dtype}")
+        raise V.fail(f"subset {p}: column 'id' must hold integer ids, got {ids.dtype}", "subset")
     ids = ids.astype(np.int64)
     if "weight" in table.column_names:
         w = table.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
     else:
         w = np.ones(ids.shape[0])
     if ids.shape[0] == 0:
-        raise ValidationError(f"--subset {p} is empty")
+        raise V.fail(f"subset {p} is empty", "subset")
     bad = ~np.isfinite(w) | (w <= 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValidationError(f"--subset {p}: weights must be finite and > 0; id {int(ids[i])} has weight "
-                              f"{w[i]!r} ({int(bad.sum())} bad weights)")
+        raise V.fail(f"subset {p}: weights must be finite and > 0; id {int(ids[i])} has weight {w[i]!r} "
+                     f"({int(bad.sum())} bad weights)", "subset")
     uniq, counts = np.unique(ids, return_counts=True)
     if uniq.shape[0] != ids.shape[0]:
-        raise ValidationError(f"--subset {p}: ids must be unique; id {int(uniq[np.argmax(counts > 1)])} appears "
-                              "more than once")
-    src = open_source(train, argument="train")
+        raise V.fail(f"subset {p}: ids must be unique; id {int(uniq[np.argmax(counts > 1)])} appears more than "
+                     "once", "subset")
+    src = V.open_data(train, "train")
     train_ids = src.ids()
     order = np.argsort(train_ids, kind="stable")
     sorted_ids = train_ids[order]
@@ -907,8 +892,8 @@ def load_subset(subset: str | Path, train: Any) -> LoadedSubset:
     found = sorted_ids[pos_c] == ids
     if not found.all():
         missing = ids[~found]
-        raise ValidationError(f"--subset {p}: {missing.shape[0]} ids are not in TRAIN ({src.name}), e.g. "
-                              f"{missing[:5].tolist()}; was the subset made from another training set?")
+        raise V.fail(f"subset {p}: {missing.shape[0]} ids are not in train ({src.name}), e.g. "
+                     f"{missing[:5].tolist()}; was the subset made from another training set?", "subset", "train")
     rows = order[pos_c]
     srt = np.argsort(rows, kind="stable")
     rows, w = rows[srt], w[srt]
@@ -921,8 +906,8 @@ def load_subset(subset: str | Path, train: Any) -> LoadedSubset:
             summary = {}
     weighted = bool(summary.get("weighted", not np.allclose(w, 1.0)))
     if summary and summary.get("n_train") not in (None, len(src)):
-        raise ValidationError(f"--subset {p} was made from a training set of {summary['n_train']} rows but TRAIN "
-                              f"({src.name}) has {len(src)}")
+        raise V.fail(f"subset {p} was made from a training set of {summary['n_train']} rows but train "
+                     f"({src.name}) has {len(src)}", "subset", "train")
     normalizer = float(summary["normalizer"]) if (weighted and "normalizer" in summary) else None
     return LoadedSubset(rows=rows, weights=w, normalizer=normalizer, summary=summary, weighted=weighted)
 
@@ -933,7 +918,7 @@ def load_subset_weights(subset: str | Path, train: Any, *,
     rows, 0 elsewhere. With ``return_normalizer`` also N for ``fit(normalizer=N)`` (n_train for weighted
     subsets, None = Σw otherwise)."""
     sub = load_subset(subset, train)
-    w = np.zeros(len(open_source(train, argument="train")))
+    w = np.zeros(len(V.open_data(train, "train")))
     w[sub.rows] = sub.weights
     return (w, sub.normalizer) if return_normalizer else w
 
@@ -992,9 +977,16 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
     """
     from ..api import fit_head
 
-    if int(seeds) < 1:
-        raise ValidationError(f"seeds (--seeds) must be >= 1; got {seeds!r}")
-    src = open_source(train, argument="train")
+    seeds = V.check_integer(seeds, "seeds", minimum=1)
+    chunk_size = V.check_chunk_size(chunk_size)
+    if l2 is not None:
+        l2 = V.check_number(l2, "l2", minimum=0.0)
+    if head is not None:
+        data = {"train": train, "test": test, **({"valid": valid} if valid is not None else {})}
+        src, test, *rest = V.check_head_data(head, **data)
+        valid = rest[0] if rest else None
+    else:
+        src = V.open_data(train, "train")
     sub = load_subset(subset, src)
     meta = sub.summary
     labels = src.labels()
@@ -1008,7 +1000,7 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
     rows: list[dict[str, Any]] = []
 
     def test_metrics(h: Head) -> dict[str, float]:
-        return classification_metrics(h, test, chunk_size=chunk_size, argument="test")
+        return classification_metrics(h, test, chunk_size=chunk_size, parameter="test")
 
     rows.append({"method": "full", "weighted": False, "n_kept": len(src),
                  **_agg([test_metrics(full)])})
@@ -1028,13 +1020,14 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
     points: list[dict[str, Any]] = []
     if curve:
         if valid is None:
-            raise ValidationError("--curve needs a validation set (--valid): every policy makes its choices on it")
+            raise V.fail("curve needs a validation set (valid): every policy makes its choices on it", "curve",
+                         "valid")
         for f in fractions:
             budget_size(f, len(src))
         policies = list(policies)
         for p in policies:
             if p not in POLICIES:
-                raise ValidationError(f"policies must be among {', '.join(POLICIES)}; got {p!r}")
+                raise V.fail(f"policies must be among {', '.join(POLICIES)}; got {p!r}", "policies")
         score_fraction = meta.get("score_fraction", 0.5)
         score_valid = split_validation(valid, score_fraction, 0)[0] if score_fraction else valid
         scores = compute_scores(head, src, score_valid, influence="influence" in policies,

@@ -39,6 +39,7 @@ from ..errors import ValidationError
 from ..evaluation.loo import load_arrays
 from ..io.sources import open_source
 from ..progress import track_rows
+from ..validation import check_head_data
 from .memorization import MemorizationResult, choose_threshold, eigenbasis, memorization_scores
 from .memorization import sign_statistics as memorization_sign_statistics
 
@@ -508,7 +509,7 @@ def check_theorems(head: Head, train: Any, test: Any, *, pairs: int = 100_000, s
     skip) and the section-8 removal experiment with ``removal_fraction`` (None: skip)."""
     if sign_rule_check:
         _require_sigmoid(head, "the sign rule")
-    tr, te = open_source(train, argument="train"), open_source(test, argument="test")
+    tr, te = check_head_data(head, train=train, test=test)
     if sign_rule_check:  # fail early, before the expensive passes
         _require_both_classes(te.labels(), f"test set {te.name}")
     curv = fit_curvature(head, tr, damping=damping, chunk_size=chunk_size, progress=progress)
