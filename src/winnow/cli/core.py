@@ -60,7 +60,7 @@ def fit_head(
     src = source_from(train, label_column, id_column, features_column, feature_columns)
     sample_weight = normalizer = None
     if weights is not None:
-        from ..analyses.subsample import load_subset_weights
+        from ..io.subsets import load_subset_weights
 
         sample_weight, normalizer = load_subset_weights(weights, src, return_normalizer=True)
     head = api_fit_head(src, kind=kind.value, l2=l2, sample_weight=sample_weight, normalizer=normalizer)

@@ -105,7 +105,7 @@ def lep(
     from rich.console import Console
     from rich.table import Table
 
-    from ..analyses.relative import SearchResult, two_sample_search
+    from ..analyses.lep import SearchResult, two_sample_search
     from ..core.heads import load_head
     from ..errors import ValidationError
     from ..io.outputs import atomic_path, check_output_path, write_json

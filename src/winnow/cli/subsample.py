@@ -134,11 +134,11 @@ def evaluate_subset(
 ) -> None:
     """Retrain the head on SUBSET (weighted if it has weights), on all of TRAIN and on random subsets of the
     same size and class counts; print test log-loss, AUC and accuracy as mean ± std."""
-    from ..analyses.subsample import evaluate_subset as api_evaluate
-    from ..analyses.subsample import report_section
     from ..core.heads import load_head
+    from ..evaluation.subset import evaluate_subset as api_evaluate
     from ..io.outputs import check_output_path, write_json
     from ..report.html import Report
+    from ..report.subsample import report_section
 
     for path, arg in ((json_out, "json_out"), (report, "report")):
         if path is not None:
