@@ -369,7 +369,7 @@ def test_bad_inputs():
     head = _head("logistic", X, y)
     with pytest.raises(ValidationError, match="exceeds the number of training rows"):
         relative_curvature(head, (X, y), 121)
-    with pytest.raises(ValidationError, match="must be >= 1"):
+    with pytest.raises(ValidationError, match="sample_size must be an integer >= 1"):
         relative_curvature(head, (X, y), 0)
     with pytest.raises(ValidationError, match="sampler"):
         relative_curvature(head, (X, y), 50, sampler="bogus")
@@ -381,13 +381,13 @@ def test_bad_inputs():
     yk = np.zeros(120, dtype=np.int64)
     yk[:3] = 1
     yk[3] = 2
-    with pytest.raises(ValidationError, match="--sampler stratified: class 2 has only 1 of 120"):
+    with pytest.raises(ValidationError, match="sampler .stratified.: class 2 has only 1 of 120"):
         sample_stratified(yk, 20, np.random.default_rng(0))
-    with pytest.raises(ValidationError, match="--hessian relative needs --sample-size"):
+    with pytest.raises(ValidationError, match="hessian .relative. needs a sample_size"):
         make_curvature(head, (X, y), hessian="relative")
-    with pytest.raises(ValidationError, match="--sample-size applies only"):
+    with pytest.raises(ValidationError, match="sample_size applies only"):
         make_curvature(head, (X, y), hessian="full", sample_size=10)
-    with pytest.raises(ValidationError, match="--hessian"):
+    with pytest.raises(ValidationError, match="hessian must be one of full, relative"):
         make_curvature(head, (X, y), hessian="partial")
     with pytest.raises(ValidationError, match="threshold"):
         two_sample_search(head, (X, y), (X, y), threshold=1.5)

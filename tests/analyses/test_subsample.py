@@ -354,7 +354,7 @@ def test_subset_file_round_trip_and_fit_with_weights(setup, tmp_path):
 
 def test_subset_ids_not_in_train_and_bad_weights_are_refused(setup, tmp_path):
     train, *_ = setup
-    with pytest.raises(ValidationError, match="not in TRAIN"):
+    with pytest.raises(ValidationError, match="ids are not in train"):
         load_subset(_subset_file(tmp_path / "a.parquet", [1, 2, 5000], [1, 1, 1]), train)
     for bad in (0.0, -1.0, np.nan, np.inf):
         with pytest.raises(ValidationError, match="weights must be finite and > 0"):

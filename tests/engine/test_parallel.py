@@ -245,7 +245,7 @@ def test_worker_dying_repeatedly_fails_with_the_cause(setup, by_value):
                          label="rows_seen")
     t0 = time.monotonic()
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        with pytest.raises(ClusterError, match=r"part-0000\d.*died.*KilledWorker.*--resume"):
+        with pytest.raises(ClusterError, match=r"part-0000\d.*died.*KilledWorker.*resume=True"):
             write_influence_parts(head, train, tmp / "o", test=(Xt, yt), columns=[col], workers=2,
                                   partition_rows=500)
     assert time.monotonic() - t0 < 240

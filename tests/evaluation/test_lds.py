@@ -53,7 +53,7 @@ def test_lds_prediction_sign_and_retrains(kind):
 def test_lds_bad_inputs(tmp_path, capsys):
     X, y = relu_embeddings(120, seed=8)
     head = LogisticHead(l2=1e-2).fit(X[:100], y[:100])
-    with pytest.raises(ValidationError, match="subsets must be >= 10.*Spearman"):
+    with pytest.raises(ValidationError, match="subsets must be an integer >= 10.*Spearman"):
         linear_datamodeling_score(head, (X[:100], y[:100]), (X[100:], y[100:]), subsets=9)
     for f in (0.0, 1.0, 1.5):
         with pytest.raises(ValidationError, match="fraction"):
@@ -66,7 +66,7 @@ def test_lds_bad_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(args + ["--subsets", "5"])
     assert e.value.code == 2
-    assert "subsets must be >= 10" in capsys.readouterr().err
+    assert "error: --subsets must be an integer >= 10" in capsys.readouterr().err
     main(args + ["--subsets", "10", "--json", str(tmp_path / "l.json"), "--report", str(tmp_path / "l.html")])
     out = json.loads((tmp_path / "l.json").read_text())
     assert out["subsets"] == 10 and -1 <= out["lds"] <= 1

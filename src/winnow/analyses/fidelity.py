@@ -47,10 +47,10 @@ import torch
 from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, as_tensor, augment
 from ..engine.columns import ScoreColumns
-from ..engine.passes import fit_curvature, hessian_pass, load_rows, mean_test_gradient
+from ..engine.passes import fit_curvature, hessian_pass, load_rows, mean_test_gradient, open_for_head
 from ..errors import NotPositiveDefiniteError, ValidationError
-from ..io.sources import open_source
 from ..progress import track_rows
+from ..validation import check_head_data
 
 NEWTON_COLUMNS = ("leverage", "loss_change_if_removed_newton")
 NEWTON_EXACT_COLUMN = "loss_change_if_removed_newton_exact"
@@ -161,8 +161,7 @@ def prepare_newton(head: Head, curvature: Curvature, test: Any, *, n_train: int,
     _check_head(head)
     if n_train < 1:
         raise ValidationError(f"n_train must be >= 1, got {n_train}")
-    src = open_source(test, argument="test")
-    head.check_features(np.empty((0, src.n_features)), argument=f"test ({src.name})")
+    src = open_for_head(head, test, "test")
     gbar, T = mean_test_gradient(head, src, chunk_size=chunk_size)
     S, _ = hessian_pass(head, src, chunk_size=chunk_size)
     h_inv = curvature.inverse()
@@ -473,6 +472,7 @@ def group_effect(head: Head, train: Any, test: Any, subset: Any, *, retrain: boo
     ``leave_one_out``); data are held in memory."""
     from ..evaluation.loo import load_arrays
 
+    check_head_data(head, train=train, test=test)
     _check_head(head)
     X, y, ids = load_arrays(train)
     Xte, yte, _ = load_arrays(test)
@@ -524,6 +524,7 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
     random groups and (``adversarial``) the most harmful and the most helpful groups by ``influence``."""
     from ..evaluation.loo import load_arrays
 
+    check_head_data(head, train=train, test=test)
     _check_head(head)
     X, y, _ = load_arrays(train)
     Xte, yte, _ = load_arrays(test)

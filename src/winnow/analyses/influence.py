@@ -29,10 +29,11 @@ from ..core.heads import DTYPE, Head, as_tensor
 from ..core.influence import SIGN_METADATA
 from ..engine.columns import ColumnFunction, ScoreColumns, ScoreKernel
 from ..engine.engine import Engine, check_rows
-from ..engine.passes import check_head_data, fit_curvature, mean_test_gradient, test_gradients
+from ..engine.passes import fit_curvature, mean_test_gradient, open_for_head, test_gradients
 from ..errors import NotFittedError, ValidationError
 from ..io.outputs import ParquetStreamWriter, check_output_path
 from ..io.parts import PartsDirectory, digest_array, head_fingerprint, source_fingerprint
+from ..validation import check_chunk_size, check_damping, check_head
 
 __all__ = ["InfluenceEstimator", "InfluenceAnalyzer", "InfluenceColumns", "SelfInfluenceColumns", "PartsResult",
            "compute_influence", "write_influence_parts", "write_score_stream", "SCORE_FIELDS", "PAIR_SCHEMA",
@@ -196,13 +197,8 @@ class InfluenceAnalyzer:
                  engine: Engine | None = None, workers: int | None = None, scheduler: Any = None,
                  partition_rows: int | None = None, device: torch.device | str | None = None,
                  timeout: float = 30.0) -> None:
-        if not isinstance(head, Head):
-            raise ValidationError(f"head must be a winnow Head, got {type(head).__name__}")
-        head._check_fitted()
-        if not np.isfinite(damping) or damping < 0:
-            raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValidationError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+        head = check_head(head)
+        damping, chunk_size = check_damping(damping), check_chunk_size(chunk_size)
         self.head = _on_device(head, device)
         self.damping = float(damping)
         self.chunk_size = int(chunk_size)
@@ -216,7 +212,7 @@ class InfluenceAnalyzer:
             normalizer: float | None = None) -> InfluenceAnalyzer:
         """Build H over all of ``train`` (paper eq. 4), over ``rows`` with ``row_weights`` (a relative
         Hessian, eq. 52, N = ``normalizer`` or Σw), or take a prebuilt ``curvature``."""
-        self.train_ = check_head_data(self.head, train, "train")
+        self.train_ = open_for_head(self.head, train, "train")
         self.n_train_ = len(self.train_)
         if self.n_train_ == 0:
             raise ValidationError(f"training data {self.train_.name} is empty")
@@ -246,7 +242,7 @@ class InfluenceAnalyzer:
         self._check()
         test_src = None
         if test is not None:
-            test_src = check_head_data(self.head, test, "test")
+            test_src = open_for_head(self.head, test, "test")
         columns: list[ScoreColumns] = []
         if test_src is not None:
             columns.append(InfluenceColumns(self_influence=self_influence, pairs=pairs, direction=direction))
@@ -314,7 +310,7 @@ class InfluenceAnalyzer:
     def pairwise(self, test: Any) -> np.ndarray:
         """The matrix I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p, shape (T, n) (dense: only for moderate T·n)."""
         self._check()
-        test_src = check_head_data(self.head, test, "test")
+        test_src = open_for_head(self.head, test, "test")
         Gt, _, _ = test_gradients(self.head, test_src, engine=self.engine)
         factors = self.curvature_.solve(Gt.T)  # (P, T)
         zero = torch.zeros(self.head.n_params, dtype=DTYPE, device=self.head.device)
@@ -339,11 +335,10 @@ class InfluenceAnalyzer:
         """I_up(z_p) = −H⁻¹g_p for chosen points, shape (k, P) (paper eq. 19); ``X`` (k, D) with labels
         ``y``, or any data source."""
         self._check()
-        from ..io.sources import open_source
 
         if y is not None:
             X = (np.atleast_2d(np.asarray(X)), np.atleast_1d(np.asarray(y)))
-        src = check_head_data(self.head, open_source(X, argument="X"), "X")
+        src = open_for_head(self.head, X, "X")
         G = torch.cat([self.head.gradients(as_tensor(ch.X, self.head.device),
                                            torch.as_tensor(ch.y, device=self.head.device))
                        for ch in _checked_chunks(self.head, src)])
@@ -386,9 +381,9 @@ def _run_parts(an: InfluenceAnalyzer, test: Any, out: str | Path, *, self_influe
     partition. ``fit`` (a callable) builds the analyzer's curvature when no saved state is reused."""
     if resume and overwrite:
         raise ValidationError("pass either resume=True (keep finished parts) or overwrite=True (start over), "
-                              "not both")
+                              "not both", parameters=("resume=True", "overwrite=True"))
     train = an.train_
-    test_src = None if test is None else check_head_data(an.head, test, "test")
+    test_src = None if test is None else open_for_head(an.head, test, "test")
     extra = list(extra)
     if test_src is None and not self_influence and not extra:
         raise ValidationError("nothing to compute: give test data (influence), self_influence=True or extra "
@@ -437,7 +432,7 @@ def _run_parts(an: InfluenceAnalyzer, test: Any, out: str | Path, *, self_influe
             if len(failures) > 1 else ""
         raise ValidationError(f"{exc}{more}; {len(failures)} of {len(parts)} parts were not written (first: "
                               f"{part.name}), the others are complete in {pdir.path}: fix the input and rerun "
-                              f"with --resume") from exc
+                              f"with resume=True", parameters=("resume=True",)) from exc
     names = list(pq.read_schema(pdir.part_path(parts[0])).names) if parts else []
     pdir.finish({"columns": names})
     return PartsResult(path=pdir.path, n_parts=len(parts), written=len(todo), skipped=len(parts) - len(todo),
@@ -468,7 +463,7 @@ def write_influence_parts(head: Head, train: Any, out: str | Path, *, test: Any 
     """
     an = InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress, workers=workers,
                            scheduler=scheduler, partition_rows=partition_rows, device=device, timeout=timeout)
-    an.train_ = check_head_data(an.head, train, "train")
+    an.train_ = open_for_head(an.head, train, "train")
     an.n_train_ = len(an.train_)
     if curvature is not None and (hessian_rows is not None or hessian_weights is not None):
         raise ValidationError("pass either curvature= or hessian_rows=/hessian_weights=, not both")
@@ -484,9 +479,6 @@ def write_influence_parts(head: Head, train: Any, out: str | Path, *, test: Any 
         from .memorization import MemorizationColumns
 
         extra.insert(0, MemorizationColumns(score_only=True))
-    if resume and overwrite:
-        raise ValidationError("pass either --resume (keep finished parts) or --overwrite (start over), not both")
-
     def fit() -> None:
         an.fit(an.train_, curvature=curvature, rows=rows, row_weights=w, normalizer=normalizer)
 

@@ -27,7 +27,7 @@ import torch
 from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, as_tensor
 from ..engine.columns import ScoreColumns
-from ..engine.passes import check_head_data, fit_curvature, map_columns, test_gradients
+from ..engine.passes import fit_curvature, map_columns, open_for_head, test_gradients
 from ..errors import ValidationError
 from ..io.sources import open_source
 
@@ -108,7 +108,7 @@ def choose_threshold(scores: np.ndarray, quantile: float) -> float:
 def memorization_scores(head: Head, curvature: Curvature, data: Any, chunk_size: int = 65536,
                         progress: bool = False, *, engine: Any = None) -> np.ndarray:
     """Memorization score ‖Λ⁻¹Qᵀg_p‖₁ of every row of ``data`` (one engine pass), shape (n,)."""
-    source = check_head_data(head, data, "data")
+    source = open_for_head(head, data, "data")
     if len(source) == 0:
         return np.zeros(0)
     Q, inv = eigenbasis(curvature)
@@ -187,7 +187,7 @@ def sign_statistics(head: Head, curvature: Curvature, train: Any, test: Any, *, 
                     progress: bool = False, engine: Any = None) -> dict[str, np.ndarray]:
     """Per training point, over all T test points: ``helps_fraction`` (I_loss < 0) and ``hurts_fraction``
     (I_loss > 0), each (n,). Cost n·T·P; the test gradients (T, P) are held in memory."""
-    src = check_head_data(head, train, "train")
+    src = open_for_head(head, train, "train")
     Gt, _, _ = test_gradients(head, test, chunk_size=chunk_size, engine=engine)
     factors = curvature.solve(Gt.T)  # (P, T)
     return map_columns(head, src, sign_statistics_chunk, chunk_size=chunk_size, progress=progress, engine=engine,

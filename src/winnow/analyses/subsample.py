@@ -29,6 +29,12 @@ same way, first, at the proportional ratio. All choices use VALID only. For ``in
 (stratified, half and half by default): the influence is computed on one part and the choices are judged
 on the other, since a subset chosen to lower the loss of given validation points looks better on those
 points than it is.
+
+Layout: the sampling designs (systematic sampling, class allocation, the budget) are in
+``winnow.analyses.sampling``; retraining and its metrics in ``winnow.evaluation.subset``; SUBSET files in
+``winnow.io.subsets``; the report section in ``winnow.report.subsample``. This module keeps the policies,
+the scores and the ``Subsampler``, and re-exports the rest so that ``winnow.analyses.subsample`` exposes
+every name it did.
 """
 
 from __future__ import annotations
@@ -36,32 +42,25 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
 from scipy.optimize import brentq
 from scipy.special import expit
 
-from ..core.heads import Head, SoftmaxHead, as_tensor
-from ..errors import ConvergenceError, ValidationError, WinnowError
+from .. import validation as V
+from ..core.heads import Head
+from ..errors import ConvergenceError, ValidationError
+from ..evaluation.subset import classification_metrics, fit_subset
 from ..io.outputs import ParquetStreamWriter, check_output_path, write_json
-from ..io.sources import ArraySource, Chunk, DataSource, open_source
+from ..io.sources import DataSource
+from ..io.subsets import SUBSET_METADATA, subset_source
 from ..progress import track_rows
-
-__all__ = [
-    "POLICIES", "TUNE_METRICS", "CURVE_FRACTIONS", "budget_size", "allocate", "ratio_candidates",
-    "sigmoid_inclusion", "paper_inclusion", "systematic_sample", "policy_inclusion", "classification_metrics",
-    "SubsetSource", "subset_source", "fit_subset", "SubsampleScores", "compute_scores", "split_validation",
-    "Subsampler",
-    "LoadedSubset", "load_subset", "load_subset_weights", "SubsetEvaluation", "evaluate_subset",
-    "curve_figure", "report_section",
-]
+from .sampling import allocate, budget_size, systematic_sample
 
 POLICIES = ("paper", "influence", "random")
 TUNE_METRICS = ("auc", "logloss")
@@ -71,87 +70,9 @@ DEFAULT_SHARPNESS = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 #: sizes of the memorize set tried on VALID, as shares of the budget m: D is the quantile
 #: Q = 1 − share · keep of the scores, so that the top share · m points memorize
 DEFAULT_MEMORIZE_SHARES = (0.1, 0.25, 0.5, 0.75)
-#: a subset of at most this many feature values (m · D) is gathered in memory for retraining
-MATERIALIZE_LIMIT = 1 << 26
-
-SUBSET_METADATA = {
-    "winnow.weight": "1/pi (Horvitz-Thompson) for weighted subsets, fitted with normaliser n_train; 1.0 "
-                     "otherwise (fitted on the subset mean)",
-    "winnow.inclusion_probability": "pi: probability that the point is kept under the sampling design "
-                                    "(randomised systematic sampling within each class, fixed size)",
-    "winnow.influence": "-g_valid^T H^-1 g_p on the validation loss; > 0 harmful",
-    "winnow.memorization": "||Lambda^-1 Q^T g_p||_1 (paper Definition 6); memorize = score > D",
-}
 
 
-# =========================================================================================== sampling maths
-def budget_size(keep: float, n: int) -> int:
-    """m = round(keep · n) for keep in (0, 1]; raises when keep is outside (0, 1] or m would be 0."""
-    try:
-        f = float(keep)
-    except (TypeError, ValueError):
-        raise ValidationError(f"keep (--keep) must be a fraction in (0, 1], got {keep!r}") from None
-    if not (math.isfinite(f) and 0.0 < f <= 1.0):
-        raise ValidationError(f"keep (--keep) must be a fraction in (0, 1], got {keep!r}")
-    m = int(round(f * n))
-    if m < 1:
-        raise ValidationError(f"keep (--keep) = {f:g} of n = {n} rows keeps no point (round({f:g}·{n}) = 0); "
-                              "use a larger fraction")
-    return m
-
-
-def allocate(m: int, sizes: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """Integer class budgets m_c with Σ m_c = m, 0 ≤ m_c ≤ n_c, close to m · share_c.
-
-    Water-filling (shares rescaled so that the capped budgets sum to m) and largest-remainder rounding.
-    Every nonempty class gets at least one point when m ≥ the number of nonempty classes, so that a
-    retrained head sees every class. ``sizes`` (K,) class sizes, ``shares`` (K,) ≥ 0. Returns (K,) int64.
-    """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    shares = np.asarray(shares, dtype=np.float64)
-    if sizes.shape != shares.shape or sizes.ndim != 1:
-        raise ValidationError(f"sizes and shares must be 1-D of equal length, got {sizes.shape} and {shares.shape}")
-    if not np.all(np.isfinite(shares)) or np.any(shares < 0) or shares[sizes > 0].sum() <= 0:
-        raise ValidationError(f"class shares must be finite, >= 0 and not all 0 on nonempty classes; got {shares}")
-    total = int(sizes.sum())
-    if not 0 <= m <= total:
-        raise ValidationError(f"budget m = {m} must be in [0, {total}] (the number of rows)")
-    present = sizes > 0
-    lo = np.where(present & (m >= present.sum()), 1.0, 0.0)
-    sh = np.where(present, shares, 0.0)
-
-    def filled(s: float) -> np.ndarray:
-        return np.minimum(sizes, np.maximum(lo, s * sh))
-
-    a, b = 0.0, 1.0
-    while filled(b).sum() < m and b < 1e300:
-        b *= 2.0
-    for _ in range(200):  # bisection on the monotone, piecewise-linear Σ filled(s)
-        mid = 0.5 * (a + b)
-        if filled(mid).sum() < m:
-            a = mid
-        else:
-            b = mid
-    x = filled(b)
-    base = np.minimum(np.floor(x + 1e-9), sizes).astype(np.int64)
-    if base.sum() > m:  # float slack in the bisection: take back from the largest overshoots
-        for c in np.argsort(-(base - x), kind="stable")[: base.sum() - m]:
-            base[c] -= 1
-    rem = m - int(base.sum())
-    order = np.argsort(-(x - base), kind="stable")
-    for c in order:
-        if rem == 0:
-            break
-        if base[c] < sizes[c]:
-            base[c] += 1
-            rem -= 1
-    for c in range(len(sizes)):  # any remainder left (ties at full classes): first classes with room
-        while rem > 0 and base[c] < sizes[c]:
-            base[c] += 1
-            rem -= 1
-    return base
-
-
+# ============================================================================================== policies
 def ratio_candidates(m: int, sizes: np.ndarray, grid: Sequence[float] | None = None) -> list[np.ndarray]:
     """Candidate class budgets for ratio tuning (each (K,) int64 summing to m), the proportional one first.
 
@@ -173,7 +94,8 @@ def ratio_candidates(m: int, sizes: np.ndarray, grid: Sequence[float] | None = N
         else:
             shares = [float(s) for s in grid]
             if any(not (0.0 <= s <= 1.0) for s in shares):
-                raise ValidationError(f"ratio_grid holds positive shares of the budget, each in [0, 1]; got {grid}")
+                raise V.fail(f"ratio_grid holds positive shares of the budget, each in [0, 1]; got {grid}",
+                             "ratio_grid")
         for s in shares:
             out.append(allocate(m, sizes, np.array([1.0 - s, s])))
     else:
@@ -200,8 +122,7 @@ def sigmoid_inclusion(phi: np.ndarray, m: int, sharpness: float) -> np.ndarray:
     n = phi.shape[0]
     if not 0 <= m <= n:
         raise ValidationError(f"budget {m} must be in [0, {n}]")
-    if not (math.isfinite(sharpness) and sharpness >= 0):
-        raise ValidationError(f"sharpness must be a finite number >= 0, got {sharpness!r}")
+    V.check_number(sharpness, "sharpness", minimum=0.0)
     if m == 0:
         return np.zeros(n)
     if m == n:
@@ -242,40 +163,6 @@ def paper_inclusion(scores: np.ndarray, memorize: np.ndarray, m: int) -> tuple[n
     return pi, False
 
 
-def systematic_sample(pi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Randomised systematic sampling: sorted positions of exactly Σπ points with P(i ∈ S) = π_i.
-
-    ``pi`` (n,) in [0, 1] with an integer sum. Points with π = 1 are always kept; the others are put in a
-    random order, their π laid end to end on [0, k) and the points u + j (u ~ U[0, 1), j = 0..k−1) select
-    the intervals they fall in: an interval of length π_i ≤ 1 holds one of them with probability π_i.
-    """
-    pi = np.asarray(pi, dtype=np.float64)
-    if pi.ndim != 1 or not np.all(np.isfinite(pi)) or np.any(pi < -1e-12) or np.any(pi > 1 + 1e-9):
-        raise ValidationError("inclusion probabilities must be a 1-D array of numbers in [0, 1]")
-    total = float(pi.sum())
-    k = int(round(total))
-    if abs(total - k) > 1e-6 * max(1.0, total):
-        raise ValidationError(f"inclusion probabilities must sum to an integer sample size, got {total:.9g}")
-    certain = np.flatnonzero(pi >= 1 - 1e-12)
-    rest = np.flatnonzero((pi < 1 - 1e-12) & (pi > 0))
-    k_rest = k - certain.shape[0]
-    if k_rest < 0:
-        raise ValidationError(f"{certain.shape[0]} points have π = 1 but the sample size is {k}")
-    if k_rest == 0 or rest.shape[0] == 0:
-        return np.sort(certain)
-    p = pi[rest] * (k_rest / pi[rest].sum())
-    perm = rng.permutation(rest.shape[0])
-    c = np.cumsum(np.minimum(p[perm], 1.0))
-    c[-1] = k_rest
-    points = rng.random() + np.arange(k_rest)
-    j = np.minimum(np.searchsorted(c, points, side="right"), rest.shape[0] - 1)
-    chosen = rest[perm[j]]
-    out = np.sort(np.concatenate([certain, chosen]))
-    if np.unique(out).shape[0] != k:  # cannot happen with interval lengths ≤ 1
-        raise WinnowError("systematic sampling drew a point twice (inclusion probabilities above 1?)")
-    return out
-
-
 def policy_inclusion(policy: str, labels: np.ndarray, class_budget: np.ndarray, *,
                      influence: np.ndarray | None = None, sharpness: float = 0.0,
                      memorization: np.ndarray | None = None,
@@ -297,11 +184,11 @@ def policy_inclusion(policy: str, labels: np.ndarray, class_budget: np.ndarray, 
             pi[idx] = m_c / idx.shape[0]
         elif policy == "influence":
             if influence is None:
-                raise ValidationError("policy 'influence' needs the influence scores (give a validation set)")
+                raise V.fail("policy 'influence' needs the influence scores (give a validation set)", "policy")
             pi[idx] = sigmoid_inclusion(influence[idx], int(m_c), sharpness)
         elif policy == "paper":
             if memorization is None or threshold is None:
-                raise ValidationError("policy 'paper' needs memorization scores and a threshold D")
+                raise V.fail("policy 'paper' needs memorization scores and a threshold D", "policy")
             s = memorization[idx]
             p, short = paper_inclusion(s, s > threshold, int(m_c))
             pi[idx] = p
@@ -311,50 +198,8 @@ def policy_inclusion(policy: str, labels: np.ndarray, class_budget: np.ndarray, 
                              "memorization scores (π = 1, the other points are never kept, so weights cannot "
                              "make this class's subset unbiased)")
         else:
-            raise ValidationError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+            V.check_choice(policy, "policy", POLICIES)
     return pi, notes
-
-
-# ================================================================================================ metrics
-def classification_metrics(head: Head, data: Any, *, chunk_size: int = 65536, require_auc: bool = False,
-                           argument: str = "valid") -> dict[str, float]:
-    """Mean log-loss, AUC (binary; macro one-vs-rest for K classes) and accuracy of ``head`` on ``data``.
-
-    AUC is NaN when a class is missing from ``data``, or raises ValidationError with ``require_auc``.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    src = open_source(data, argument=argument)
-    head.check_features(np.empty((0, src.n_features)), argument=argument)
-    loss, correct, n = 0.0, 0, 0
-    probs, ys = [], []
-    for ch in src.chunks(chunk_size):
-        head.check_labels(ch.y, argument=argument)
-        X = as_tensor(ch.X, head.device)
-        y = torch.as_tensor(ch.y, device=head.device)
-        loss += float(head.losses(X, y).sum())
-        P = head.predict_proba(X)
-        pred = (P > 0.5).astype(np.int64) if P.ndim == 1 else P.argmax(1)
-        correct += int((pred == ch.y).sum())
-        n += len(ch)
-        probs.append(P)
-        ys.append(ch.y)
-    if n == 0:
-        raise ValidationError(f"{argument} is empty")
-    y_all, P_all = np.concatenate(ys), np.concatenate(probs)
-    K = 2 if P_all.ndim == 1 else P_all.shape[1]
-    missing = sorted(set(range(K)) - set(np.unique(y_all).tolist()))
-    if missing:
-        if require_auc:
-            raise ValidationError(f"{argument} has no examples of class {missing[0]} (classes missing: {missing}); "
-                                  f"AUC needs every one of the {K} classes: use a larger or stratified "
-                                  "validation set, or tune for logloss")
-        auc = float("nan")
-    elif K == 2:
-        auc = float(roc_auc_score(y_all, P_all))
-    else:
-        auc = float(roc_auc_score(y_all, P_all, multi_class="ovr", average="macro", labels=list(range(K))))
-    return {"logloss": loss / n, "auc": auc, "accuracy": correct / n}
 
 
 def _better(metric: str, a: float, b: float) -> bool:
@@ -364,77 +209,6 @@ def _better(metric: str, a: float, b: float) -> bool:
     if not math.isfinite(b):
         return True
     return a > b if metric == "auc" else a < b
-
-
-# ============================================================================================= retraining
-class SubsetSource(DataSource):
-    """The rows ``rows`` (sorted unique positions) of another source, streamed from it (bounded memory)."""
-
-    def __init__(self, source: DataSource, rows: np.ndarray, labels: np.ndarray | None = None) -> None:
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.ndim != 1 or (rows.size and (rows[0] < 0 or rows[-1] >= len(source)
-                                             or np.any(np.diff(rows) <= 0))):
-            raise ValidationError(f"rows must be sorted unique positions in [0, {len(source)})")
-        self.source = source
-        self.rows = rows
-        self.name = f"{source.name}[{rows.shape[0]} rows]"
-        self._labels = None if labels is None else np.asarray(labels)[rows]
-
-    @property
-    def n_features(self) -> int:
-        return self.source.n_features
-
-    def __len__(self) -> int:
-        return int(self.rows.shape[0])
-
-    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None) -> Iterator[Chunk]:
-        chunk_size, sel = self._check_args(chunk_size, rows)
-        return self.source.chunks(chunk_size, rows=self.rows if sel is None else self.rows[sel])
-
-    def labels(self) -> np.ndarray:
-        if self._labels is None:
-            self._labels = super().labels()
-        return self._labels
-
-
-def subset_source(source: DataSource, rows: np.ndarray, labels: np.ndarray | None = None) -> DataSource:
-    """``rows`` of ``source``: gathered in memory when m · D ≤ MATERIALIZE_LIMIT, else streamed."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.shape[0] * source.n_features > MATERIALIZE_LIMIT or rows.shape[0] == 0:
-        return SubsetSource(source, rows, labels)
-    if isinstance(source, ArraySource):
-        X = source.X[rows]
-        ids = source.id[rows] if source.id is not None else rows
-        return ArraySource(X, source.y[rows], ids, name=f"{source.name}[{rows.shape[0]} rows]")
-    parts = list(source.chunks(1 << 16, rows=rows))
-    return ArraySource(np.concatenate([p.X for p in parts]), np.concatenate([p.y for p in parts]),
-                       np.concatenate([p.ids for p in parts]), name=f"{source.name}[{rows.shape[0]} rows]")
-
-
-def _blank_head(head: Head, tol: float = 1e-8) -> Head:
-    """An unfitted head of the same kind, λ, device (and K) as ``head``."""
-    kw: dict[str, Any] = dict(tol=tol, max_iter=max(head.max_iter, 100), device=head.device)
-    if isinstance(head, SoftmaxHead):
-        return SoftmaxHead(head.l2, n_classes=head.n_outputs, **kw)
-    return type(head)(head.l2, **kw)
-
-
-def fit_subset(head: Head, train: Any, rows: np.ndarray, weights: np.ndarray | None = None,
-               normalizer: float | None = None, *, labels: np.ndarray | None = None,
-               warm_start: bool = True) -> Head:
-    """Retrain a head like ``head`` (kind, λ) on ``rows`` of ``train`` and return it.
-
-    ``weights`` (m,) aligned with ``rows``; ``normalizer`` N of (1/N)Σwℓ (n_train for Horvitz–Thompson
-    weights, None for Σw). Warm-started from ``head``'s θ. Raises ConvergenceError if Newton fails.
-    """
-    src = open_source(train)
-    sub = subset_source(src, np.asarray(rows, dtype=np.int64), labels)
-    new = _blank_head(head)
-    init = head.theta_ if (warm_start and head.is_fitted) else None
-    kw: dict[str, Any] = {}
-    if isinstance(new, SoftmaxHead):
-        kw["n_classes"] = head.n_outputs
-    return new.fit(sub, sample_weight=weights, normalizer=normalizer, init=init, **kw)
 
 
 # ================================================================================================ scores
@@ -454,14 +228,14 @@ def compute_scores(head: Head, train: Any, valid: Any = None, *, influence: bool
     from ..core.curvature import fit_curvature
     from ..core.influence import InfluenceAnalyzer
 
-    src = open_source(train, argument="train")
+    src = V.open_data(train, "train")
     out = SubsampleScores()
     if not (influence or memorization):
         return out
     curv = fit_curvature(head, src, damping=damping, chunk_size=chunk_size, progress=progress)
     if influence:
         if valid is None:
-            raise ValidationError("influence scores need a validation set (valid / --valid)")
+            raise V.fail("influence scores need a validation set (valid)", "valid")
         an = InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress)
         table = an.fit(src, curvature=curv).score(valid, self_influence=False)
         out.influence = table.column("influence").to_numpy()
@@ -479,7 +253,7 @@ def split_validation(valid: Any, score_fraction: float, seed: int = 0) -> tuple[
     round(score_fraction · n_c) rows of every class c go to the first part (a permutation drawn with
     ``seed``); both parts must be nonempty.
     """
-    src = open_source(valid, argument="valid")
+    src = V.open_data(valid, "valid")
     labels = src.labels()
     rng = np.random.default_rng([seed, 31337])
     first = []
@@ -489,9 +263,9 @@ def split_validation(valid: Any, score_fraction: float, seed: int = 0) -> tuple[
     a = np.sort(np.concatenate(first))
     b = np.setdiff1d(np.arange(len(src)), a)
     if a.shape[0] == 0 or b.shape[0] == 0:
-        raise ValidationError(f"valid has {len(src)} rows: too few to split into a part that scores influence "
-                              f"({score_fraction:g}) and a part that judges the choices; use score_fraction=0 "
-                              "(--score-fraction 0) or a larger validation set")
+        raise V.fail(f"valid has {len(src)} rows: too few to split into a part that scores influence "
+                     f"({score_fraction:g}) and a part that judges the choices; use score_fraction 0 or a larger "
+                     "validation set", "valid", "score_fraction")
     return subset_source(src, a, labels), subset_source(src, b, labels)
 
 
@@ -523,32 +297,27 @@ class Subsampler:
                  score_fraction: float | None = 0.5, damping: float = 0.0, chunk_size: int = 65536,
                  progress: bool = False) -> None:
         budget_size(keep, 1 << 30)  # validates the fraction
-        if policy not in POLICIES:
-            raise ValidationError(f"policy (--policy) must be one of {', '.join(POLICIES)}; got {policy!r}")
-        if tune_ratio is not None and tune_ratio not in TUNE_METRICS:
-            raise ValidationError(f"tune_ratio (--tune-ratio) must be one of {', '.join(TUNE_METRICS)} or None; "
-                                  f"got {tune_ratio!r}")
-        if memorize_threshold is not None and memorize_quantile is not None:
-            raise ValidationError("give at most one of memorize_threshold (--memorize-threshold) and "
-                                  "memorize_quantile (--memorize-quantile)")
+        V.check_choice(policy, "policy", POLICIES)
+        if tune_ratio is not None:
+            V.check_choice(tune_ratio, "tune_ratio", TUNE_METRICS)
+        V.check_exclusive(memorize_threshold=memorize_threshold, memorize_quantile=memorize_quantile)
         if policy != "paper" and (memorize_threshold is not None or memorize_quantile is not None):
-            raise ValidationError("--memorize-threshold / --memorize-quantile apply to --policy paper only; "
-                                  f"got policy {policy!r}")
-        if memorize_threshold is not None and not (math.isfinite(memorize_threshold) and memorize_threshold >= 0):
-            raise ValidationError(f"memorize_threshold (--memorize-threshold) D must be a finite number >= 0 "
-                                  f"(scores are L1 norms); got {memorize_threshold!r}")
-        if memorize_quantile is not None and not (0.0 <= memorize_quantile <= 1.0):
-            raise ValidationError(f"memorize_quantile (--memorize-quantile) must be in [0, 1]; got "
-                                  f"{memorize_quantile!r}")
+            name = "memorize_threshold" if memorize_threshold is not None else "memorize_quantile"
+            raise V.fail(f"{name} applies to policy 'paper' only; got policy {policy!r}", name, "policy")
+        if memorize_threshold is not None:
+            V.check_number(memorize_threshold, "memorize_threshold", minimum=0.0)  # scores are L1 norms
+        if memorize_quantile is not None:
+            V.check_probability(memorize_quantile, "memorize_quantile")
         if sharpness is not None and policy != "influence":
-            raise ValidationError(f"sharpness (--sharpness) applies to --policy influence only; got policy {policy!r}")
-        if sharpness is not None and not (math.isfinite(sharpness) and sharpness >= 0):
-            raise ValidationError(f"sharpness (--sharpness) must be a finite number >= 0; got {sharpness!r}")
-        if score_fraction is not None and not (0.0 <= score_fraction < 1.0):
-            raise ValidationError(f"score_fraction (--score-fraction) must be in [0, 1) or None; got "
-                                  f"{score_fraction!r}")
-        if int(tune_draws) < 1:
-            raise ValidationError(f"tune_draws must be >= 1; got {tune_draws!r}")
+            raise V.fail(f"sharpness applies to policy 'influence' only; got policy {policy!r}", "sharpness",
+                         "policy")
+        if sharpness is not None:
+            V.check_number(sharpness, "sharpness", minimum=0.0)
+        if score_fraction is not None:
+            V.check_fraction(score_fraction, "score_fraction", low_open=False, high_open=True)
+        V.check_integer(tune_draws, "tune_draws", minimum=1)
+        V.check_integer(seed, "seed")
+        damping, chunk_size = V.check_damping(damping), V.check_chunk_size(chunk_size)
         self.keep = float(keep)
         self.policy = policy
         self.weighted = bool(weighted)
@@ -571,15 +340,11 @@ class Subsampler:
 
         ``scores`` reuses scores computed earlier (e.g. for several keep fractions).
         """
-        if not isinstance(head, Head) or not head.is_fitted:
-            raise ValidationError("head (--head) must be a fitted winnow head (fit it on TRAIN first)")
-        src = open_source(train, argument="train")
-        head.check_features(np.empty((0, src.n_features)), argument="train")
+        (src,) = V.check_head_data(head, train=train)
         self.train_ = src
         n = len(src)
         self.n_ = n
         self.labels_ = src.labels()
-        head.check_labels(self.labels_, argument="train")
         self.ids_ = src.ids()
         self.budget_ = budget_size(self.keep, n)
         K = 2 if head.n_outputs == 1 else head.n_outputs
@@ -597,13 +362,12 @@ class Subsampler:
         if valid is None and (need_infl or tune_policy or self.tune_ratio):
             what = ("the influence policy scores points by their influence on it" if need_infl else
                     "the ratio is tuned on it" if self.tune_ratio else
-                    "D (--memorize-threshold/--memorize-quantile) is not given and is chosen on it")
-            raise ValidationError(f"a validation set (valid / --valid) is required: {what}")
+                    "D (memorize_threshold or memorize_quantile) is not given and is chosen on it")
+            raise V.fail(f"a validation set (valid) is required: {what}", "valid", "memorize_threshold",
+                         "memorize_quantile")
         score_valid = None
         if valid is not None:
-            valid = open_source(valid, argument="valid")
-            head.check_features(np.empty((0, valid.n_features)), argument="valid")
-            head.check_labels(valid.labels(), argument="valid")
+            (valid,) = V.check_head_data(head, valid=valid)
             score_valid = valid
             if need_infl and self.score_fraction:
                 score_valid, valid = split_validation(valid, self.score_fraction, self.seed)
@@ -756,8 +520,7 @@ class Subsampler:
 
     # ----------------------------------------------------------------------------------- after fit
     def _check(self) -> None:
-        if not hasattr(self, "inclusion_"):
-            raise ValidationError("call fit(train, head, valid) first")
+        V.check_fitted(self, "inclusion_", call="fit(train, head, valid)")
 
     def resample(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Another subset with the fitted choices (π unchanged): (sorted rows (m,), weights (m,))."""
@@ -831,16 +594,16 @@ class Subsampler:
     def write(self, out: str | Path, *, json_out: str | Path | None = None, overwrite: bool = False) -> Path:
         """Write the SUBSET Parquet (summary in its metadata) and optionally the JSON summary, atomically."""
         self._check()
-        check_output_path(out, overwrite, argument="--out")
+        check_output_path(out, overwrite, argument="out")
         if json_out is not None:
-            check_output_path(json_out, overwrite, argument="--json")
+            check_output_path(json_out, overwrite, argument="json_out")
         table = self.table()
         summary = self.summary()
         meta = {**SUBSET_METADATA, "winnow.subsample": json.dumps(_jsonable_summary(summary))}
-        with ParquetStreamWriter(out, table.schema, overwrite=overwrite, argument="--out", metadata=meta) as w:
+        with ParquetStreamWriter(out, table.schema, overwrite=overwrite, argument="out", metadata=meta) as w:
             w.write_table(table)
         if json_out is not None:
-            write_json(json_out, summary, overwrite=overwrite, argument="--json")
+            write_json(json_out, summary, overwrite=overwrite, argument="json_out")
         return Path(out)
 
 
@@ -849,296 +612,24 @@ def _jsonable_summary(summary: dict[str, Any]) -> Any:
     return json.loads(json.dumps(summary, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-# ======================================================================================== reading subsets
-@dataclass
-class LoadedSubset:
-    """A SUBSET file mapped onto a training source: kept ``rows`` (sorted positions), their ``weights``,
-    the ``normalizer`` to fit with (None: Σw) and the ``summary`` stored by ``winnow subsample`` (or {})."""
+# re-exported: ``winnow.analyses.subsample`` exposes every name it did before the split
+from ..evaluation.subset import (  # noqa: E402
+    SubsetEvaluation,
+    _agg,
+    _blank_head,
+    _stratified_random,
+    evaluate_subset,
+)
+from ..io.subsets import MATERIALIZE_LIMIT, LoadedSubset, SubsetSource, load_subset, load_subset_weights  # noqa: E402
+from ..report.subsample import curve_figure, report_section  # noqa: E402
 
-    rows: np.ndarray
-    weights: np.ndarray
-    normalizer: float | None
-    summary: dict[str, Any]
-    weighted: bool
-
-
-def load_subset(subset: str | Path, train: Any) -> LoadedSubset:
-    """Read a SUBSET Parquet (columns ``id``, ``weight``) and map its ids onto ``train``'s rows.
-
-    Raises ValidationError for ids not in TRAIN, duplicate ids, or weights that are not finite and > 0.
-    """
-    p = Path(subset)
-    if not p.exists():
-        raise ValidationError(f"--subset {p} does not exist")
-    try:
-        pf = pq.ParquetFile(p)
-        table = pf.read(columns=[c for c in ("id", "weight") if c in pf.schema_arrow.names])
-        meta = pf.schema_arrow.metadata or {}
-    except (pa.ArrowException, OSError) as e:
-        raise ValidationError(f"--subset {p} is not a readable Parquet file ({e})") from None
-    if "id" not in table.column_names:
-        raise ValidationError(f"--subset {p} has no 'id' column (expected id and weight, as written by "
-                              "`winnow subsample`)")
-    ids = table.column("id").to_numpy()
-    if ids.dtype.kind not in "iu":
-        raise ValidationError(f"--subset {p}: column 'id' must hold integer ids, got {ids.dtype}")
-    ids = ids.astype(np.int64)
-    if "weight" in table.column_names:
-        w = table.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
-    else:
-        w = np.ones(ids.shape[0])
-    if ids.shape[0] == 0:
-        raise ValidationError(f"--subset {p} is empty")
-    bad = ~np.isfinite(w) | (w <= 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValidationError(f"--subset {p}: weights must be finite and > 0; id {int(ids[i])} has weight "
-                              f"{w[i]!r} ({int(bad.sum())} bad weights)")
-    uniq, counts = np.unique(ids, return_counts=True)
-    if uniq.shape[0] != ids.shape[0]:
-        raise ValidationError(f"--subset {p}: ids must be unique; id {int(uniq[np.argmax(counts > 1)])} appears "
-                              "more than once")
-    src = open_source(train, argument="train")
-    train_ids = src.ids()
-    order = np.argsort(train_ids, kind="stable")
-    sorted_ids = train_ids[order]
-    pos = np.searchsorted(sorted_ids, ids)
-    pos_c = np.minimum(pos, sorted_ids.shape[0] - 1)
-    found = sorted_ids[pos_c] == ids
-    if not found.all():
-        missing = ids[~found]
-        raise ValidationError(f"--subset {p}: {missing.shape[0]} ids are not in TRAIN ({src.name}), e.g. "
-                              f"{missing[:5].tolist()}; was the subset made from another training set?")
-    rows = order[pos_c]
-    srt = np.argsort(rows, kind="stable")
-    rows, w = rows[srt], w[srt]
-    summary: dict[str, Any] = {}
-    raw = meta.get(b"winnow.subsample")
-    if raw:
-        try:
-            summary = json.loads(raw.decode())
-        except (ValueError, UnicodeDecodeError):
-            summary = {}
-    weighted = bool(summary.get("weighted", not np.allclose(w, 1.0)))
-    if summary and summary.get("n_train") not in (None, len(src)):
-        raise ValidationError(f"--subset {p} was made from a training set of {summary['n_train']} rows but TRAIN "
-                              f"({src.name}) has {len(src)}")
-    normalizer = float(summary["normalizer"]) if (weighted and "normalizer" in summary) else None
-    return LoadedSubset(rows=rows, weights=w, normalizer=normalizer, summary=summary, weighted=weighted)
-
-
-def load_subset_weights(subset: str | Path, train: Any, *,
-                        return_normalizer: bool = False) -> np.ndarray | tuple[np.ndarray, float | None]:
-    """Per-row sample weights (n,) for ``Head.fit(train, sample_weight=...)``: the subset's weight on kept
-    rows, 0 elsewhere. With ``return_normalizer`` also N for ``fit(normalizer=N)`` (n_train for weighted
-    subsets, None = Σw otherwise)."""
-    sub = load_subset(subset, train)
-    w = np.zeros(len(open_source(train, argument="train")))
-    w[sub.rows] = sub.weights
-    return (w, sub.normalizer) if return_normalizer else w
-
-
-# ============================================================================================= evaluation
-def _agg(values: list[dict[str, float]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k in ("logloss", "auc", "accuracy"):
-        arr = np.asarray([v[k] for v in values], dtype=np.float64)
-        out[f"{k}_mean"] = float(arr.mean())
-        out[f"{k}_std"] = float(arr.std(ddof=1)) if arr.shape[0] > 1 else 0.0
-    out["n_runs"] = len(values)
-    return out
-
-
-@dataclass
-class SubsetEvaluation:
-    """Test metrics of heads retrained on the subset, the full data and random subsets (``rows``), and of
-    every policy over keep fractions (``curve``); each entry holds ``*_mean``/``*_std`` over runs."""
-
-    rows: list[dict[str, Any]]
-    curve: list[dict[str, Any]] = field(default_factory=list)
-    subset_summary: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {"results": self.rows, "curve": self.curve, "subset": self.subset_summary}
-
-
-def _stratified_random(labels: np.ndarray, counts: np.ndarray, weighted: bool,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform random rows with exactly ``counts`` per class; weights n_c/m_c (weighted) or 1."""
-    rows, ws = [], []
-    for c, m_c in enumerate(counts):
-        idx = np.flatnonzero(labels == c)
-        if m_c == 0:
-            continue
-        rows.append(rng.choice(idx, size=int(m_c), replace=False))
-        ws.append(np.full(int(m_c), idx.shape[0] / m_c if weighted else 1.0))
-    r, w = np.concatenate(rows), np.concatenate(ws)
-    o = np.argsort(r)
-    return r[o], w[o]
-
-
-def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = None, head: Head | None = None,
-                    l2: float | None = None, seeds: int = 5, curve: bool = False,
-                    fractions: Sequence[float] = CURVE_FRACTIONS, policies: Sequence[str] = POLICIES,
-                    weightings: Sequence[bool] | None = None, chunk_size: int = 65536,
-                    progress: bool = False) -> SubsetEvaluation:
-    """Retrain on the SUBSET (weighted if it has weights), on the full TRAIN and on ``seeds`` random subsets
-    of the same size and class counts; report TEST log-loss, AUC and accuracy (mean ± std).
-
-    ``head``: the full-data head (its λ and kind; also the one that scores points for ``curve``); else
-    one is fitted on TRAIN with λ = ``l2`` or the λ stored in the subset. ``curve``: for every policy and
-    weighting (default: the subset's; both for paper/influence) and keep fraction, the choices are made
-    on ``valid`` once and ``seeds`` subsets are drawn and retrained.
-    """
-    from ..api import fit_head
-
-    if int(seeds) < 1:
-        raise ValidationError(f"seeds (--seeds) must be >= 1; got {seeds!r}")
-    src = open_source(train, argument="train")
-    sub = load_subset(subset, src)
-    meta = sub.summary
-    labels = src.labels()
-    if head is None:
-        lam = l2 if l2 is not None else meta.get("head", {}).get("l2", 1e-3)
-        kind = meta.get("head", {}).get("kind", "auto")
-        head = fit_head(src, kind=kind, l2=float(lam), tol=1e-9)
-    full = fit_subset(head, src, np.arange(len(src)), labels=labels)
-    K = 2 if head.n_outputs == 1 else head.n_outputs
-    counts = np.bincount(labels[sub.rows], minlength=K)
-    rows: list[dict[str, Any]] = []
-
-    def test_metrics(h: Head) -> dict[str, float]:
-        return classification_metrics(h, test, chunk_size=chunk_size, argument="test")
-
-    rows.append({"method": "full", "weighted": False, "n_kept": len(src),
-                 **_agg([test_metrics(full)])})
-    h_sub = fit_subset(head, src, sub.rows, sub.weights if sub.weighted else None,
-                       sub.normalizer if sub.weighted else None, labels=labels)
-    name = f"subset ({meta.get('policy', 'given')})"
-    rows.append({"method": name, "weighted": sub.weighted, "n_kept": int(sub.rows.shape[0]),
-                 **_agg([test_metrics(h_sub)])})
-    res = []
-    for s in range(int(seeds)):
-        r, w = _stratified_random(labels, counts, sub.weighted, np.random.default_rng([s, 104729]))
-        res.append(test_metrics(fit_subset(head, src, r, w if sub.weighted else None,
-                                           float(len(src)) if sub.weighted else None, labels=labels)))
-    rows.append({"method": "random (same size and class counts)", "weighted": sub.weighted,
-                 "n_kept": int(sub.rows.shape[0]), **_agg(res)})
-
-    points: list[dict[str, Any]] = []
-    if curve:
-        if valid is None:
-            raise ValidationError("--curve needs a validation set (--valid): every policy makes its choices on it")
-        for f in fractions:
-            budget_size(f, len(src))
-        policies = list(policies)
-        for p in policies:
-            if p not in POLICIES:
-                raise ValidationError(f"policies must be among {', '.join(POLICIES)}; got {p!r}")
-        score_fraction = meta.get("score_fraction", 0.5)
-        score_valid = split_validation(valid, score_fraction, 0)[0] if score_fraction else valid
-        scores = compute_scores(head, src, score_valid, influence="influence" in policies,
-                                memorization="paper" in policies, chunk_size=chunk_size, progress=progress)
-        combos = []
-        for p in policies:
-            ws = weightings if weightings is not None else ((sub.weighted,) if p == "random" else (False, True))
-            for wt in ws:
-                for f in fractions:
-                    combos.append((p, bool(wt), float(f)))
-        for ((p, wt, f),) in track_rows([(c,) for c in combos], len(combos), "curve", progress):
-            # every choice (k, D, ratio) is made afresh on VALID at each fraction: a D that suits one budget
-            # can exceed a smaller one
-            sampler = Subsampler(f, policy=p, weighted=wt, tune_ratio=meta.get("tune_ratio"), seed=0,
-                                 score_fraction=score_fraction, chunk_size=chunk_size)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                sampler.fit(src, head, valid, scores=scores)
-            res = []
-            for s in range(int(seeds)):
-                r, w = sampler.resample(s)
-                res.append(test_metrics(sampler.fit_head(r, w)))
-            points.append({"policy": p, "weighted": wt, "keep": f, "n_kept": sampler.budget_,
-                           "sharpness": getattr(sampler, "sharpness_", None),
-                           "memorize_quantile": getattr(sampler, "memorize_quantile_", None),
-                           "class_budget": sampler.class_budget_.tolist(), **_agg(res)})
-        full_row = rows[0]
-        for f in fractions:
-            points.append({"policy": "full", "weighted": False, "keep": float(f), "n_kept": len(src),
-                           **{k: v for k, v in full_row.items() if k.endswith(("_mean", "_std")) or k == "n_runs"}})
-    return SubsetEvaluation(rows=rows, curve=points, subset_summary=meta)
-
-
-def curve_figure(evaluation: SubsetEvaluation, metrics: Sequence[str] = ("logloss", "auc", "accuracy")) -> Any:
-    """Test metric (mean ± std) vs keep fraction, one line per policy × weighting; full data dashed."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullLocator
-
-    if not evaluation.curve:
-        raise ValidationError("the evaluation has no curve (run evaluate_subset with curve=True)")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8))
-    axes = np.atleast_1d(axes)
-    groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
-    for pt in evaluation.curve:
-        groups.setdefault((pt["policy"], pt["weighted"]), []).append(pt)
-    for ax, met in zip(axes, metrics):
-        for (pol, wt), pts in groups.items():
-            pts = sorted(pts, key=lambda q: q["keep"])
-            x = [q["keep"] for q in pts]
-            y = np.array([q[f"{met}_mean"] for q in pts])
-            e = np.array([q[f"{met}_std"] for q in pts])
-            if pol == "full":
-                ax.plot(x, y, "k--", lw=1, label="full data")
-                continue
-            ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2,
-                        label=f"{pol}{' (weighted)' if wt else ''}")
-        ax.set_xlabel("keep fraction")
-        ax.set_ylabel(f"test {met}")
-        ax.set_xscale("log")
-        ticks = sorted({pt["keep"] for pt in evaluation.curve})
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def report_section(report: Any, evaluation: SubsetEvaluation) -> Any:
-    """Add the subsampling section to a ``winnow.report.Report``: results table, the curve, the chosen
-    ratio and the memorize/generalize counts kept by class. Returns the report."""
-    meta = evaluation.subset_summary
-    text = (f"policy {meta.get('policy', '?')}, {'weighted (1/π)' if meta.get('weighted') else 'unweighted'}, "
-            f"kept {meta.get('budget', '?')} of {meta.get('n_train', '?')} rows; class ratio "
-            f"{meta.get('ratio', '?')}") if meta else "subset without winnow metadata"
-    report.section("Influence-guided subsampling", text)
-
-    def fmt(r: dict[str, Any], k: str) -> str:
-        return f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}"
-
-    report.table(["training set", "weighted", "rows", "runs", "test log-loss", "test AUC", "test accuracy"],
-                 [[r["method"], r["weighted"], r["n_kept"], r["n_runs"], fmt(r, "logloss"), fmt(r, "auc"),
-                   fmt(r, "accuracy")] for r in evaluation.rows])
-    if meta:
-        K = len(meta.get("class_sizes", []))
-        header = ["class", "rows in TRAIN", "budget", "keep rate"]
-        has_mem = "memorize_kept_by_class" in meta
-        if has_mem:
-            header += ["memorizable in TRAIN", "memorize kept", "generalize kept"]
-        body = []
-        for c in range(K):
-            row = [c, meta["class_sizes"][c], meta["class_budget"][c], meta["class_keep_rate"][c]]
-            if has_mem:
-                row += [meta["memorize_by_class"][c], meta["memorize_kept_by_class"][c],
-                        meta["generalize_kept_by_class"][c]]
-            body.append(row)
-        report.section("Class ratio and memorize/generalize counts",
-                       f"ratio {meta.get('ratio')}" + (f"; positive share {meta['positive_share']:.4f} "
-                                                       f"(full data {meta['positive_share_full']:.4f})"
-                                                       if "positive_share" in meta else ""))
-        report.table(header, body)
-        for note in meta.get("warnings", []):
-            report.section("Warning", note)
-    if evaluation.curve:
-        report.section("Test metrics vs keep fraction", "each point: choices made on VALID, then the mean ± std "
-                       "over seeds of heads retrained on the drawn subsets")
-        report.figure(curve_figure(evaluation))
-    return report
+__all__ = [
+    "POLICIES", "TUNE_METRICS", "CURVE_FRACTIONS", "budget_size", "allocate", "ratio_candidates",
+    "sigmoid_inclusion", "paper_inclusion", "systematic_sample", "policy_inclusion", "classification_metrics",
+    "SubsetSource", "subset_source", "fit_subset", "SubsampleScores", "compute_scores", "split_validation",
+    "Subsampler",
+    "LoadedSubset", "load_subset", "load_subset_weights", "SubsetEvaluation", "evaluate_subset",
+    "curve_figure", "report_section",
+]
+_REEXPORTED = (MATERIALIZE_LIMIT, SubsetSource, LoadedSubset, load_subset, load_subset_weights, SubsetEvaluation,
+               _agg, _blank_head, _stratified_random, evaluate_subset, curve_figure, report_section)

@@ -39,14 +39,15 @@ from ..engine.columns import ColumnFunction, ScoreKernel
 from ..engine.engine import Engine
 from ..engine.passes import (
     FeatureSignKernel,
-    check_head_data,
     default_engine,
     fit_curvature,
     gradient_sum,
     load_rows,
+    open_for_head,
 )
 from ..errors import ValidationError
 from ..io.sources import open_source
+from ..validation import check_head_data
 from .memorization import MemorizationResult, choose_threshold, eigenbasis, memorization_scores
 from .memorization import sign_statistics as memorization_sign_statistics
 
@@ -137,7 +138,7 @@ def theorem3(head: Head, curvature: Curvature, train: Any, test: Any, *, test_po
              engine: Engine | None = None) -> list[Theorem3Result]:
     """Theorem 3 for ``test_points`` test points (a count drawn with ``seed``, or row positions of ``test``),
     one streaming pass over ``train``. Works for any head (softmax: null direction dropped)."""
-    tr, te = check_head_data(head, train, "train"), check_head_data(head, test, "test")
+    tr, te = open_for_head(head, train, "train"), open_for_head(head, test, "test")
     rows = _select_rows(len(te), test_points, seed, "test_points")
     Xt, yt, idt = load_rows(te, rows, engine=engine)
     head.check_labels(yt, argument=te.name)
@@ -514,7 +515,7 @@ def check_theorems(head: Head, train: Any, test: Any, *, pairs: int = 100_000, s
     skip) and the section-8 removal experiment with ``removal_fraction`` (None: skip)."""
     if sign_rule_check:
         _require_sigmoid(head, "the sign rule")
-    tr, te = open_source(train, argument="train"), open_source(test, argument="test")
+    tr, te = check_head_data(head, train=train, test=test)
     if sign_rule_check:  # fail early, before the expensive passes
         _require_both_classes(te.labels(), f"test set {te.name}")
     engine = default_engine(engine, chunk_size=chunk_size, progress=progress)

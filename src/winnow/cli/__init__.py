@@ -1,5 +1,6 @@
 """The ``winnow`` command line. Each command parses its arguments and calls the Python API; errors that a
-user can cause are printed as one clear line and exit with status 2."""
+user can cause are printed as one clear line, ``error: ...``, with the API's parameter names written as this
+command line's flags (``winnow.cli.options.FLAGS``), and exit with status 2."""
 
 from __future__ import annotations
 
@@ -23,12 +24,27 @@ app = typer.Typer(
 from . import core, fidelity, models, relative, subsample, theorems  # noqa: E402,F401  (each module registers its commands)
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning winnow's own errors into a message and exit status 2."""
+    """Entry point: run the app, turning winnow's own errors and usage errors into one line and status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    import warnings
+
+    def one_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        typer.secho(f"warning: {' '.join(str(message).split())}", fg="yellow", err=True)
+
     try:
-        rv = app(args=argv, standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line  # a warning is one line too, without the source line
+            rv = app(args=args, standalone_mode=False)
     except WinnowError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
+        from .options import cli_message
+
+        typer.secho(f"error: {cli_message(exc, _command(args))}", fg="red", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("interrupted", fg="red", err=True)
@@ -38,6 +54,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         # click usage errors; typer vendors click (typer._click), so match by shape, not by class
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        names = {c.__name__ for c in type(exc).__mro__}
+        if "UsageError" in names and "NoArgsIsHelpError" not in names and callable(getattr(exc, "format_message",
+                                                                                        None)):
+            cmd = _command(args)
+            hint = f"winnow {cmd} --help" if cmd else "winnow --help"
+            text = " ".join(str(exc.format_message()).split())
+            typer.secho(f"error: {text} (see `{hint}`)", fg="red", err=True)
+            sys.exit(code if isinstance(code, int) else 2)
         if callable(show) and isinstance(code, int):
             show()
             sys.exit(code)

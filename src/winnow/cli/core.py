@@ -56,11 +56,11 @@ def fit_head(
     from ..api import fit_head as api_fit_head
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="--out")
+    check_output_path(out, overwrite, argument="out")
     src = source_from(train, label_column, id_column, features_column, feature_columns)
     sample_weight = normalizer = None
     if weights is not None:
-        from ..analyses.subsample import load_subset_weights
+        from ..io.subsets import load_subset_weights
 
         sample_weight, normalizer = load_subset_weights(weights, src, return_normalizer=True)
     head = api_fit_head(src, kind=kind.value, l2=l2, sample_weight=sample_weight, normalizer=normalizer)
@@ -114,12 +114,12 @@ def influence(
     partitioned = wants_parts(out, parts=parts, workers=workers, scheduler=scheduler, resume=resume,
                               partition_rows=partition_rows)
     if not partitioned:
-        check_output_path(out, overwrite, argument="--out")
+        check_output_path(out, overwrite, argument="out")
         if pairs is not None:
-            check_output_path(pairs, overwrite, argument="--pairs")
+            check_output_path(pairs, overwrite, argument="pairs_out")
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns)
+    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
     extra = []
     if newton or newton_exact:
         from ..analyses.fidelity import NewtonColumns
@@ -167,10 +167,10 @@ def validate_loo(
     from ..io.outputs import check_output_path, write_json
 
     if json_out is not None:
-        check_output_path(json_out, overwrite, argument="--json")
+        check_output_path(json_out, overwrite, argument="json_out")
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns)
+    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
     res = leave_one_out(h, tr, te, points=points, seed=seed, damping=damping, progress=not quiet)
     typer.echo(f"leave-one-out over {len(res.ids)} points (n = {res.n_train}): "
                f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}")

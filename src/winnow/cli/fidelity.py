@@ -41,7 +41,7 @@ def _check_outputs(overwrite: bool, **paths: Path | None) -> None:
 
     for arg, p in paths.items():
         if p is not None:
-            check_output_path(p, overwrite, argument=f"--{arg}")
+            check_output_path(p, overwrite, argument=arg)
 
 
 def _print_table(header: list[str], rows: list[list]) -> None:
@@ -96,10 +96,10 @@ def validate_group(
 
     if (subset is None) == (not sweep):
         raise ValidationError("give exactly one of --subset FILE (one group) or --sweep (groups of several sizes)")
-    _check_outputs(overwrite, json=json_out, report=report)
+    _check_outputs(overwrite, json_out=json_out, report=report)
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns)
+    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
     if subset is not None:
         ids = read_subset_ids(subset, subset_column)
         g = group_effect(h, tr, te, ids, retrain=retrain, renormalize=renormalize, damping=damping)
@@ -154,9 +154,10 @@ def evaluate_mislabel_cmd(
     from ..io.outputs import write_json
     from ..report.html import Report
 
-    _check_outputs(overwrite, json=json_out, report=report)
+    _check_outputs(overwrite, json_out=json_out, report=report)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    va = source_from(valid, label_column, id_column, features_column, feature_columns) if valid else None
+    opts = (label_column, id_column, features_column, feature_columns)
+    va = source_from(valid, *opts, parameter="valid") if valid else None
     res = evaluate_mislabel(tr, head_kind=head_kind.value, l2=l2, flip=flip, seeds=seeds, valid=va,
                             valid_fraction=valid_fraction, seed=seed, damping=damping, progress=not quiet)
     typer.echo(f"{res.n_flipped} of {res.n_train} labels flipped, {res.head_kind} head, {seeds} seed(s); "
@@ -192,10 +193,10 @@ def evaluate_lds(
     from ..io.outputs import write_json
     from ..report.html import Report
 
-    _check_outputs(overwrite, json=json_out, report=report)
+    _check_outputs(overwrite, json_out=json_out, report=report)
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns)
+    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
     res = linear_datamodeling_score(h, tr, te, subsets=subsets, fraction=fraction, seed=seed,
                                     renormalize=renormalize, damping=damping, progress=not quiet)
     typer.echo(f"LDS over {subsets} subsets ({fraction:g} of n = {res.n_train}): {res.score:.4f} "

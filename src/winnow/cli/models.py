@@ -60,7 +60,7 @@ def load_model(path: Path, device: str | None = None) -> Any:
                               f"module with torch.save(model, path)")
     if not isinstance(obj, torch.nn.Module):
         raise ValidationError(f"MODEL: {path} holds a {type(obj).__name__}, expected a torch.nn.Module")
-    return obj
+    return obj.eval()  # a model read from a file is analysed as it predicts
 
 
 @app.command("extract-features")
@@ -80,9 +80,9 @@ def extract_features_cmd(
     from ..errors import ValidationError
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="--out")
+    check_output_path(out, overwrite, argument="out")
     if head_out is not None:
-        check_output_path(head_out, overwrite, argument="--head-out")
+        check_output_path(head_out, overwrite, argument="head_out")
     m = load_model(model, device)
     name, mod = find_module(m, head)
     h = None
@@ -93,12 +93,13 @@ def extract_features_cmd(
             raise ValidationError(f"--head-out: head {name!r} is a {type(mod).__name__}, not an nn.Linear; only "
                                   f"linear heads are saved as winnow head files")
         h = head_from_module(mod, l2=l2)
+        from ..core.models import ModelData
+
+        # before the features are written: a head that does not fit the labels leaves no output behind
+        check_head_labels(h, ModelData(data, argument="data").labels(), "labels", name)
     feats = extract_features(m, name, data, out=out, batch_size=batch_size, overwrite=overwrite,
                              progress=not quiet)
     if h is not None:
-        from ..io.sources import open_source
-
-        check_head_labels(h, open_source(feats.path).labels(), "labels", name)
         h.save(head_out, overwrite=overwrite)
         say(quiet, f"wrote {head_out} ({h!r})")
     import numpy as np
@@ -126,9 +127,9 @@ def model_influence_cmd(
     from ..core.models import ModelInfluence
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="--out")
+    check_output_path(out, overwrite, argument="out")
     if pairs is not None:
-        check_output_path(pairs, overwrite, argument="--pairs")
+        check_output_path(pairs, overwrite, argument="pairs_out")
     m = load_model(model, device)
     plist = [p.strip() for p in params.split(",") if p.strip()] if params else None
     mi = ModelInfluence(m, params=plist, l2=l2, regularize=regularize.value, damping=damping,
@@ -159,7 +160,7 @@ def check_head_cmd(
     from ..evaluation.theorem1 import report_section, theorem1_check
     from ..io.outputs import check_output_path, write_json
 
-    for p, arg in ((json_out, "--json"), (report, "--report")):
+    for p, arg in ((json_out, "json_out"), (report, "report")):
         if p is not None:
             check_output_path(p, overwrite, argument=arg)
     m = load_model(model, device)
@@ -179,7 +180,7 @@ def check_head_cmd(
         typer.echo(f"note: {note}")
     typer.echo(f"verdict: {res.verdict}")
     if json_out is not None:
-        write_json(json_out, res.summary(), overwrite=overwrite, argument="--json")
+        write_json(json_out, res.summary(), overwrite=overwrite, argument="json_out")
         say(quiet, f"wrote {json_out}")
     if report is not None:
         from ..report.html import Report

@@ -75,11 +75,11 @@ def lep(
                                        "Hessian pass) instead of with a second independent sample.")] = False,
     sampler: SamplerOpt = SamplerChoice.uniform,
     seed: SeedOpt = 0,
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+    threshold: Annotated[float, typer.Option("--threshold",
                                              help="Stop at the first m whose Spearman correlation of the "
                                                   "two influence vectors reaches this. Two samples differ "
                                                   "about twice as much as one sample from the full Hessian: "
-                                                  "0.98 here targets ~0.99 vs full.")] = 0.99,
+                                                  "0.98 here targets ~0.99 vs full. In (0, 1].")] = 0.99,
     start: Annotated[int | None, typer.Option("--start", min=1, help="First m (default max(2P, 256)).")] = None,
     max_size: Annotated[int | None, typer.Option("--max-size", min=1, help="Largest m tried (default n).")]
     = None,
@@ -105,22 +105,20 @@ def lep(
     from rich.console import Console
     from rich.table import Table
 
-    from ..analyses.relative import SearchResult, two_sample_search
+    from ..analyses.lep import SearchResult, two_sample_search
     from ..core.heads import load_head
     from ..errors import ValidationError
     from ..io.outputs import atomic_path, check_output_path, write_json
 
     if json_out is not None:
-        check_output_path(json_out, overwrite, argument="--json")
+        check_output_path(json_out, overwrite, argument="json_out")
     if plot is not None:
-        check_output_path(plot, overwrite, argument="--plot")
+        check_output_path(plot, overwrite, argument="plot")
         if plot.suffix.lower() != ".png":
             raise ValidationError(f"--plot {plot}: expected a .png path")
-    if threshold <= 0:
-        raise ValidationError(f"--threshold must be in (0, 1], got {threshold}")
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns)
+    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
     res = two_sample_search(h, tr, te, sampler=sampler.value, start=start, threshold=threshold, seed=seed,
                             max_size=max_size, full=full, growth=growth, damping=damping, pilot_size=pilot_size,
                             chunk_size=chunk_size, progress=not quiet)
@@ -159,7 +157,7 @@ def lep(
         fig = res.figure()
         import matplotlib.pyplot as plt
 
-        with atomic_path(plot, overwrite=overwrite, argument="--plot") as tmp:
+        with atomic_path(plot, overwrite=overwrite, argument="plot") as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
         say(quiet, f"wrote {plot}")

@@ -56,27 +56,24 @@ def influence_parts_command(head: Any, train: Any, test: Any, out: Path, *, damp
     (``hessian='relative'`` draws the seeded sample of ``winnow.analyses.relative`` and builds H⁽ᵐ⁾ per partition).
     Returns the PartsResult."""
     from ..engine.backends import ScoreColumnsFactory, write_influence_parts
-    from ..io.sources import open_source
 
     if pairs is not None:
         raise ValidationError("--pairs writes one long-format file and cannot be combined with partitioned "
                               "output (--parts, --workers, --scheduler, --resume, --partition-rows or a directory "
                               "--out); run the pairs separately")
+    from ..analyses.relative import check_hessian_options
+    from ..validation import check_chunk_size, check_damping, check_head_data
+
+    hessian = check_hessian_options(hessian, sample_size)
+    damping, chunk_size = check_damping(damping), check_chunk_size(chunk_size)
+    (train,) = check_head_data(head, train=train)
     rows = weights = normalizer = None
     if hessian == "relative":
-        if sample_size is None:
-            raise ValidationError("--hessian relative needs --sample-size M (e.g. the recommended_sample_size "
-                                  "that `winnow lep` writes)")
         from ..analyses.relative import RelativeHessian
 
-        source = open_source(train, argument="train")
         sample, _ = RelativeHessian(sample_size, sampler=sampler, seed=seed, damping=damping,
-                                    chunk_size=chunk_size, progress=not quiet).draw(head, source)
-        rows, weights, normalizer, train = sample.rows, sample.weights, sample.normalizer, source
-    elif hessian != "full":
-        raise ValidationError(f"hessian (--hessian) must be 'full' or 'relative', got {hessian!r}")
-    elif sample_size is not None:
-        raise ValidationError("--sample-size applies only with --hessian relative (got --hessian full)")
+                                    chunk_size=chunk_size, progress=not quiet).draw(head, train)
+        rows, weights, normalizer = sample.rows, sample.weights, sample.normalizer
     res = write_influence_parts(
         head, train, out, test=test, columns=[ScoreColumnsFactory(e) for e in extra], damping=damping,
         hessian_rows=rows, hessian_weights=weights, normalizer=normalizer, workers=workers, scheduler=scheduler,

@@ -83,12 +83,13 @@ def subsample(
     from ..core.heads import load_head
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="--out")
+    check_output_path(out, overwrite, argument="out")
     if json_out is not None:
-        check_output_path(json_out, overwrite, argument="--json")
+        check_output_path(json_out, overwrite, argument="json_out")
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    va = source_from(valid, label_column, id_column, features_column, feature_columns) if valid else None
+    opts = (label_column, id_column, features_column, feature_columns)
+    va = source_from(valid, *opts, parameter="valid") if valid else None
     sampler = Subsampler(keep, policy=policy.value, weighted=weighted, memorize_threshold=memorize_threshold,
                          memorize_quantile=memorize_quantile, sharpness=sharpness,
                          tune_ratio=tune_ratio.value if tune_ratio else None, tune_draws=tune_draws, seed=seed,
@@ -133,19 +134,19 @@ def evaluate_subset(
 ) -> None:
     """Retrain the head on SUBSET (weighted if it has weights), on all of TRAIN and on random subsets of the
     same size and class counts; print test log-loss, AUC and accuracy as mean ± std."""
-    from ..analyses.subsample import evaluate_subset as api_evaluate
-    from ..analyses.subsample import report_section
     from ..core.heads import load_head
+    from ..evaluation.subset import evaluate_subset as api_evaluate
     from ..io.outputs import check_output_path, write_json
     from ..report.html import Report
+    from ..report.subsample import report_section
 
-    for path, arg in ((json_out, "--json"), (report, "--report")):
+    for path, arg in ((json_out, "json_out"), (report, "report")):
         if path is not None:
             check_output_path(path, overwrite, argument=arg)
     opts = (label_column, id_column, features_column, feature_columns)
     tr = source_from(train, *opts)
-    te = source_from(test, *opts)
-    va = source_from(valid, *opts) if valid else None
+    te = source_from(test, *opts, parameter="test")
+    va = source_from(valid, *opts, parameter="valid") if valid else None
     h = load_head(head) if head else None
     ev = api_evaluate(tr, subset, te, valid=va, head=h, l2=l2, seeds=seeds, curve=curve, chunk_size=chunk_size,
                       progress=not quiet)
@@ -159,7 +160,7 @@ def evaluate_subset(
                                                                                         "accuracy")))
     typer.echo("\n".join(lines))
     if json_out is not None:
-        write_json(json_out, ev.summary(), overwrite=overwrite, argument="--json")
+        write_json(json_out, ev.summary(), overwrite=overwrite, argument="json_out")
         say(quiet, f"wrote {json_out}")
     if report is not None:
         rep = report_section(Report("winnow: subset evaluation"), ev)

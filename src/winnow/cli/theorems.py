@@ -163,12 +163,12 @@ def check_theorems_cmd(
     from ..core.heads import load_head
     from ..io.outputs import check_output_path, write_json
 
-    for p, arg in ((json_out, "--json"), (report, "--report"), (points_out, "--points-out")):
+    for p, arg in ((json_out, "json_out"), (report, "report"), (points_out, "points_out")):
         if p is not None:
             check_output_path(p, overwrite, argument=arg)
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns)
+    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
     grid = _parse_grid(l2_grid) if l2_grid.strip() else None
     check = check_theorems(h, tr, te, pairs=pairs, seed=seed, test_points=test_points, sign_rule_check=sign_rule,
                            l2_grid=grid, removal_fraction=removal_fraction or None,

@@ -49,8 +49,9 @@ def curvature_from_sum(head: Head, S: torch.Tensor | np.ndarray, total: float, *
                        normalizer: float | None = None) -> Curvature:
     """The one place a sum becomes H: H = S/N + λ·mask + damping·I (paper eq. 4; eq. 52 for a sample),
     with N = ``normalizer`` or ``total`` (Σ w_i over the rows summed), factorised."""
-    if not np.isfinite(damping) or damping < 0:
-        raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
+    from ..validation import check_damping
+
+    damping = check_damping(damping)
     S = torch.as_tensor(S, dtype=DTYPE, device=head.device)
     N = float(normalizer) if normalizer is not None else float(total)
     if not N > 0:

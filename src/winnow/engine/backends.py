@@ -148,9 +148,10 @@ class DaskBackend:
             try:
                 self.client = distributed.Client(addr, timeout=self.timeout, set_as_default=False)
             except (OSError, TimeoutError, ValueError) as e:
-                raise ClusterError(f"--scheduler {addr}: cannot connect to a Dask scheduler within "
+                raise ClusterError(f"scheduler {addr}: cannot connect to a Dask scheduler within "
                                    f"{self.timeout:g} s ({type(e).__name__}: {e}); check the address "
-                                   f"(e.g. tcp://host:8786) and that the scheduler is running") from None
+                                   f"(e.g. tcp://host:8786) and that the scheduler is running",
+                                   parameters=("scheduler",)) from None
             self._own.append(self.client)
         else:
             cluster = distributed.LocalCluster(n_workers=int(self.workers), threads_per_worker=self.threads_per_worker,
@@ -191,7 +192,7 @@ class DaskBackend:
             return self._cluster_error(part, exc) if self._killed(exc) else exc
         return ClusterError(f"the Dask task for partition {part.name} ({part.where()}) ended with status "
                             f"{f.status!r} (the cluster lost it, or it was cancelled); finished parts are kept: "
-                            f"rerun with --resume")
+                            f"rerun with resume=True", parameters=("resume=True",))
 
     def _killed(self, exc: BaseException) -> bool:
         from distributed import KilledWorker
@@ -202,7 +203,7 @@ class DaskBackend:
         return ClusterError(f"the Dask workers running partition {part.name} ({part.where()}) died while running "
                             f"it, on every retry ({type(exc).__name__}: {exc}); the job is stopped. Finished "
                             f"parts are kept: fix the cause (often a worker's memory limit) and rerun with "
-                            f"--resume")
+                            f"resume=True", parameters=("resume=True",))
 
     def _submit(self, job: Job, tasks: Sequence[Task]) -> list[Any]:
         shared = self._broadcast(job)
@@ -265,8 +266,8 @@ def make_backend(workers: int | None = None, scheduler: Any = None, *, timeout: 
     if workers is None and scheduler is None:
         return LocalBackend()
     if workers is not None and scheduler is not None:
-        raise ValidationError("pass either --workers (start a local Dask cluster) or --scheduler (use an "
-                              "existing one), not both")
+        raise ValidationError("pass either workers (start a local Dask cluster) or scheduler (use an "
+                              "existing one), not both", parameters=("workers", "scheduler"))
     return DaskBackend(workers, scheduler, timeout=timeout, processes=processes)
 
 

@@ -258,10 +258,10 @@ class Engine:
     def __init__(self, backend: Any = None, *, workers: int | None = None, scheduler: Any = None,
                  chunk_size: int = 65536, partition_rows: int | None = None, progress: bool = False,
                  timeout: float = 30.0) -> None:
+        from ..validation import check_chunk_size
         from .backends import make_backend
 
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValidationError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+        chunk_size = check_chunk_size(chunk_size)
         if backend is not None and (workers is not None or scheduler is not None):
             raise ValidationError("pass either backend= or workers=/scheduler=, not both")
         self.backend = backend if backend is not None else make_backend(workers, scheduler, timeout=timeout)

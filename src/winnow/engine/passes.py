@@ -23,10 +23,11 @@ from ..core.curvature import Curvature, HessianKernel, curvature_from_sum
 from ..core.heads import DTYPE, Head, as_tensor
 from ..errors import ValidationError
 from ..io.sources import DataSource, open_source
+from ..validation import check_damping, check_features, open_data
 from .columns import ColumnFunction, ScoreKernel
 from .engine import Engine
 
-__all__ = ["default_engine", "check_head_data", "hessian_pass", "fit_curvature", "gradient_sum",
+__all__ = ["default_engine", "open_for_head", "hessian_pass", "fit_curvature", "gradient_sum",
            "mean_test_gradient", "test_gradients", "map_columns", "objective_pass", "stationarity", "load_rows",
            "FeatureSignKernel"]
 
@@ -36,11 +37,11 @@ def default_engine(engine: Engine | None = None, *, chunk_size: int = 65536, pro
     return engine if engine is not None else Engine(chunk_size=chunk_size, progress=progress)
 
 
-def check_head_data(head: Head, data: Any, argument: str = "data") -> DataSource:
-    """Open ``data`` and check that its rows have the head's feature dimension D (labels are checked chunk
-    by chunk by the engine)."""
-    source = open_source(data, argument=argument)
-    head.check_features(np.empty((0, source.n_features)), argument=f"{argument} ({source.name})")
+def open_for_head(head: Head, data: Any, parameter: str = "data") -> DataSource:
+    """Open ``data`` and check that its rows have the head's feature dimension D (the labels are checked
+    chunk by chunk by the engine, in the pass itself)."""
+    source = open_data(data, parameter)
+    check_features(head, source, parameter)
     return source
 
 
@@ -49,7 +50,7 @@ def hessian_pass(head: Head, data: Any, *, rows: Any = None, row_weights: Any = 
                  progress: bool = False, engine: Engine | None = None) -> tuple[torch.Tensor, float]:
     """(Σ w_i ∇²ℓ_i (P, P) float64 on the head's device, Σ w_i) over ``data`` (or only ``rows``, with
     ``row_weights`` aligned with them)."""
-    source = check_head_data(head, data, "train")
+    source = open_for_head(head, data, "train")
     eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
     S, total = eng.sum(source, HessianKernel(head), rows=rows, weights=row_weights, description="Hessian pass")
     return torch.as_tensor(S, dtype=DTYPE, device=head.device), float(total)
@@ -62,8 +63,7 @@ def fit_curvature(head: Head, train: Any, *, damping: float = 0.0, rows: Any = N
     with optional ``row_weights``; paper eq. 4, or eq. 52 for a sample). ``normalizer`` N defaults to Σ w_i
     over the rows used. Works for every head (an autodiff head's Hessian uses the labels). Raises
     NotPositiveDefiniteError with a hint to add damping."""
-    if not np.isfinite(damping) or damping < 0:
-        raise ValidationError(f"damping must be a finite number >= 0, got {damping!r}")
+    damping = check_damping(damping)
     S, total = hessian_pass(head, train, rows=rows, row_weights=row_weights, chunk_size=chunk_size,
                             progress=progress, engine=engine)
     return curvature_from_sum(head, S, total, damping=damping, normalizer=normalizer)
@@ -85,7 +85,7 @@ def gradient_sum(head: Head, data: Any, *, rows: Any = None, engine: Engine | No
                  chunk_size: int = 65536, progress: bool = False,
                  description: str = "gradient pass") -> tuple[torch.Tensor, int]:
     """(Σ_i g_i (P,) on the head's device, n) over ``data`` (or only its sorted ``rows``)."""
-    source = check_head_data(head, data, "data")
+    source = open_for_head(head, data, "data")
     if len(source) == 0:
         raise ValidationError(f"{source.name} is empty")
     eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
@@ -96,7 +96,7 @@ def gradient_sum(head: Head, data: Any, *, rows: Any = None, engine: Engine | No
 def mean_test_gradient(head: Head, test: Any, *, chunk_size: int = 65536, progress: bool = False,
                        engine: Engine | None = None) -> tuple[torch.Tensor, int]:
     """(ḡ_t = (1/T) Σ_t g_t of shape (P,), T), streaming over ``test``."""
-    source = check_head_data(head, test, "test")
+    source = open_for_head(head, test, "test")
     if len(source) == 0:
         raise ValidationError(f"test data {source.name} is empty")
     g, T = gradient_sum(head, source, engine=engine, chunk_size=chunk_size, progress=progress,
@@ -111,7 +111,7 @@ def _gradient_rows(head: Head, X: np.ndarray, y: np.ndarray) -> torch.Tensor:
 def test_gradients(head: Head, test: Any, *, chunk_size: int = 65536,
                    engine: Engine | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """All test gradients G_t (T, P) with their ids (T,) and labels (T,) (for pairwise scores; T moderate)."""
-    source = check_head_data(head, test, "test")
+    source = open_for_head(head, test, "test")
     if len(source) == 0:
         raise ValidationError(f"test data {source.name} is empty")
     cols = map_columns(head, source, _gradient_rows, label="g", ids=True, chunk_size=chunk_size, engine=engine)

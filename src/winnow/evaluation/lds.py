@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from scipy import stats
 
+from .. import validation as V
 from ..analyses.fidelity import _check_head, loss_from_logits, predict_group_removal, prepare_newton, refit_tight
 from ..core.heads import Head, as_tensor
-from ..errors import ValidationError
 from ..progress import track_rows
 
 MIN_SUBSETS = 10
@@ -88,20 +88,20 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
     from ..core.influence import InfluenceAnalyzer
     from .loo import load_arrays, retrain_without
 
+    V.check_head_data(head, train=train, test=test)
     _check_head(head)
-    if subsets < MIN_SUBSETS:
-        raise ValidationError(f"subsets must be >= {MIN_SUBSETS}, got {subsets}: the LDS is a Spearman correlation "
-                              f"across subsets for each test point, and with so few subsets it is too coarse and "
-                              f"noisy to mean anything (with 2 subsets every correlation is ±1)")
-    if not (0 < fraction < 1):
-        raise ValidationError(f"fraction must be in (0, 1) (the share of training rows each subset keeps), "
-                              f"got {fraction!r}")
-    X, y, ids = load_arrays(train)
-    Xte, yte, _ = load_arrays(test)
+    if not (isinstance(subsets, (int, np.integer)) and subsets >= MIN_SUBSETS):
+        raise V.fail(f"subsets must be an integer >= {MIN_SUBSETS}, got {subsets!r}: the LDS is a Spearman "
+                     "correlation across subsets for each test point, and with so few subsets it is too coarse and "
+                     "noisy to mean anything (with 2 subsets every correlation is ±1)", "subsets")
+    fraction = V.check_fraction(fraction, "fraction", high_open=True)  # the share of rows each subset keeps
+    seed, damping = V.check_seed(seed), V.check_damping(damping)
+    X, y, ids = load_arrays(train, parameter="train")
+    Xte, yte, _ = load_arrays(test, parameter="test")
     n = len(y)
     k = int(round(fraction * n))
     if k < 1 or k >= n:
-        raise ValidationError(f"fraction {fraction:g} of n = {n} rows keeps {k}: need between 1 and n − 1")
+        raise V.fail(f"fraction {fraction:g} of n = {n} rows keeps {k}: need between 1 and n − 1", "fraction")
     base = refit_tight(head, X, y, tol)
     an = InfluenceAnalyzer(base, damping=damping).fit((X, y, ids))
     I = an.pairwise((Xte, yte))                       # (T, n), I_loss(t, p)

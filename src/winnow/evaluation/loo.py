@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from scipy import stats
 
+from .. import validation as V
 from ..core.heads import Head, as_tensor
 from ..core.influence import InfluenceAnalyzer
 from ..errors import ValidationError
-from ..io.sources import open_source
 from ..progress import track_rows
 
 
@@ -42,18 +42,21 @@ class LeaveOneOutResult:
         return d
 
 
-def load_arrays(data: Any, rows: np.ndarray | None = None,
-                chunk_size: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_arrays(data: Any, rows: np.ndarray | None = None, chunk_size: int = 1 << 20, *,
+                parameter: str = "data") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X float64 (n, D), y (n,), ids (n,)) of ``data`` — or only its sorted ``rows`` — in memory, for the
-    validation-sized retraining experiments."""
-    src = open_source(data)
+    validation-sized retraining experiments; errors name ``parameter``."""
+    src = V.open_data(data, parameter)
     Xs, ys, ids = [], [], []
-    for ch in src.chunks(chunk_size, rows=rows):
-        Xs.append(np.asarray(ch.X, dtype=np.float64))
-        ys.append(ch.y)
-        ids.append(ch.ids)
+    try:
+        for ch in src.chunks(chunk_size, rows=rows):
+            Xs.append(np.asarray(ch.X, dtype=np.float64))
+            ys.append(ch.y)
+            ids.append(ch.ids)
+    except ValidationError as e:  # bad data found while reading (labels, NaN features)
+        raise V.data_error(e, parameter) from None
     if not Xs:
-        raise ValidationError(f"{src.name} is empty")
+        raise V.fail(f"{parameter} ({src.name}) is empty", parameter)
     return np.concatenate(Xs), np.concatenate(ys), np.concatenate(ids)
 
 
@@ -65,16 +68,12 @@ def mean_loss(head: Head, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor)
 def choose_rows(points: int | np.ndarray, n: int, seed: int, minimum: int = 2) -> np.ndarray:
     """Row positions to remove: ``points`` sampled without replacement with ``seed`` when it is a count
     (at least ``minimum`` for a correlation, at most n), else the given positions (checked against n)."""
-    if isinstance(points, (int, np.integer)):
-        if points < minimum:
-            raise ValidationError(f"points must be >= {minimum} for a correlation, got {points}")
-        if points > n:
-            raise ValidationError(f"points = {points} exceeds the number of training rows n = {n}")
+    seed = V.check_seed(seed)
+    if isinstance(points, (int, np.integer)) and not isinstance(points, (bool, np.bool_)):
+        V.check_integer(points, "points", minimum=minimum)  # a correlation needs at least ``minimum``
+        points = V.check_size(points, n, "points")
         return np.sort(np.random.default_rng(seed).choice(n, size=int(points), replace=False))
-    rows = np.asarray(points, dtype=np.int64)
-    if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
-        raise ValidationError(f"points must be row positions in 0..{n - 1}")
-    return rows
+    return V.check_rows(points, n, "points", sort=False)
 
 
 def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray = 50, seed: int = 0,
@@ -86,8 +85,10 @@ def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray
     sides of every difference are optima of the same solver (a loosely fitted head would otherwise add
     its own drift to every "actual" change). Keeps the data in memory: meant for validation-sized sets.
     """
-    X, y, ids = load_arrays(train)
-    Xte, yte, _ = load_arrays(test)
+    V.check_head_data(head, train=train, test=test)
+    damping = V.check_damping(damping)
+    X, y, ids = load_arrays(train, parameter="train")
+    Xte, yte, _ = load_arrays(test, parameter="test")
     n = X.shape[0]
     rows = choose_rows(points, n, seed, minimum=2)
     base = copy.deepcopy(head)

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import validation as V
 from ..core.heads import Head, LogisticHead, SoftmaxHead, as_tensor
 from ..core.influence import InfluenceAnalyzer
-from ..errors import ValidationError
 from ..progress import track_rows
 
 RANKINGS = ("self_influence", "loss", "valid_influence", "random")
@@ -51,9 +51,10 @@ def flip_labels(y: np.ndarray, fraction: float, n_classes: int, rng: np.random.G
 
 
 def check_flip(fraction: float) -> None:
-    if not (np.isfinite(fraction) and 0 < fraction < 0.5):
-        raise ValidationError(f"flip must be strictly between 0 and 0.5 (the fraction of training labels to flip; "
-                              f"at 0.5 or more the flipped labels are no longer the minority), got {fraction!r}")
+    ok = isinstance(fraction, (int, float, np.integer, np.floating)) and np.isfinite(fraction)
+    if not (ok and 0 < fraction < 0.5):
+        raise V.fail(f"flip must be strictly between 0 and 0.5 (the fraction of training labels to flip; at 0.5 or "
+                     f"more the flipped labels are no longer the minority), got {fraction!r}", "flip")
 
 
 def found_curve(order: np.ndarray, flipped: np.ndarray, n: int, fractions: np.ndarray) -> np.ndarray:
@@ -117,29 +118,35 @@ def evaluate_mislabel(train: Any, *, head_kind: str = "auto", l2: float = 1e-3, 
     from .loo import load_arrays
 
     check_flip(flip)
-    if seeds < 1:
-        raise ValidationError(f"seeds must be >= 1, got {seeds}")
+    seeds = V.check_integer(seeds, "seeds", minimum=1)
+    seed, damping = V.check_seed(seed), V.check_damping(damping)
+    l2 = V.check_number(l2, "l2", minimum=0.0)
+    V.check_choice(head_kind, "head_kind", ("auto", "logistic", "softmax"))
     cf = np.asarray(check_fractions, dtype=np.float64)
     if cf.ndim != 1 or cf.size == 0 or np.any(cf <= 0) or np.any(cf > 1):
-        raise ValidationError(f"check_fractions must be fractions in (0, 1], got {list(check_fractions)}")
-    X, y, _ = load_arrays(train)
+        raise V.fail(f"check_fractions must be fractions in (0, 1], got {list(check_fractions)}", "check_fractions")
+    if valid is None:
+        V.check_fraction(valid_fraction, "valid_fraction", high=0.9)
+    data = {"train": V.open_data(train, "train")}
     if valid is not None:
-        Xv, yv, _ = load_arrays(valid)
+        data["valid"] = V.open_data(valid, "valid")
+    if head_kind == "logistic":  # softmax takes K from the labels; auto picks the kind that fits them
+        for name, src in data.items():
+            V.check_labels(LogisticHead(l2=l2), src, name)
+    X, y, _ = load_arrays(data["train"], parameter="train")
+    if valid is not None:
+        Xv, yv, _ = load_arrays(data["valid"], parameter="valid")
         valid_desc = "given validation set"
     else:
-        if not (0 < valid_fraction <= 0.9):
-            raise ValidationError(f"valid_fraction must be in (0, 0.9], got {valid_fraction!r}")
         perm = np.random.default_rng(seed).permutation(len(y))
         m = max(1, int(round(valid_fraction * len(y))))
         Xv, yv, X, y = X[perm[:m]], y[perm[:m]], X[perm[m:]], y[perm[m:]]
         valid_desc = f"held-out {valid_fraction:g} of TRAIN (seed {seed}), labels not flipped"
     if len(y) < 4:
-        raise ValidationError(f"too few training rows ({len(y)}) to flip labels")
+        raise V.fail(f"too few training rows ({len(y)}) in train to flip labels", "train")
     labels = np.concatenate([y, yv])
     if head_kind == "auto":
         head_kind = "logistic" if labels.max() <= 1 and labels.min() >= 0 else "softmax"
-    if head_kind not in ("logistic", "softmax"):
-        raise ValidationError(f"head_kind must be auto, logistic or softmax, got {head_kind!r}")
     K = 2 if head_kind == "logistic" else max(int(labels.max()) + 1, 2)
     _new_head(head_kind, l2, K, tol).check_labels(labels, argument="labels")
     n = len(y)

@@ -35,6 +35,7 @@ from ..core.heads import DTYPE
 from ..core.models import HeadSpec, ModelData, ModelHessian, eval_mode, find_module, model_device, select_params
 from ..core.solvers import LanczosSolver
 from ..errors import ValidationError
+from ..validation import check_damping
 
 
 @dataclass
@@ -128,6 +129,7 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
     cheap, from the same eigendecomposition) — how much the verdict depends on the damping. Returns a
     :class:`Theorem1Result`.
     """
+    damping = check_damping(damping)
     head_name, _ = find_module(model, head)
     head_names = select_params(model, head_name)
     names = select_params(model, params)

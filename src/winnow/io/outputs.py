@@ -34,14 +34,15 @@ def check_output_path(path: str | os.PathLike[str], overwrite: bool, argument: s
     """
     p = Path(path)
     if p.is_dir():
-        raise OutputExistsError(f"{argument} {p} is an existing directory; expected a file path")
+        raise OutputExistsError(f"{argument} {p} is an existing directory; expected a file path",
+                                parameters=(argument,))
     if (p.exists() or p.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{argument} {p} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{argument} {p} exists; pass --overwrite to replace it", parameters=(argument,))
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ValidationError(f"{argument} {p}: cannot create the parent directory {p.parent} "
-                              f"(a file of that name is in the way)") from None
+                              f"(a file of that name is in the way)", parameters=(argument,)) from None
     return p
 
 
@@ -63,7 +64,7 @@ def _commit(tmp: Path, p: Path, overwrite: bool, argument: str) -> None:
     if not overwrite and (p.exists() or p.is_symlink()):
         _remove(tmp)
         raise OutputExistsError(f"{argument} {p} exists (created while writing); pass --overwrite to "
-                                f"replace it")
+                                f"replace it", parameters=(argument,))
     os.replace(tmp, p)
 
 

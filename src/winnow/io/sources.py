@@ -15,7 +15,6 @@ source, the column or argument and the first offending row id.
 
 from __future__ import annotations
 
-import operator
 import struct
 import zipfile
 from abc import ABC, abstractmethod
@@ -98,15 +97,9 @@ def _rechunk(chunks: Iterable[Chunk], chunk_size: int) -> Iterator[Chunk]:
 
 # ----------------------------------------------------------------------------------------- validation
 def _check_chunk_size(chunk_size: Any) -> int:
-    if isinstance(chunk_size, (bool, np.bool_)):
-        raise ValidationError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
-    try:
-        c = operator.index(chunk_size)
-    except TypeError:
-        raise ValidationError(f"chunk_size must be an integer >= 1; got {chunk_size!r}") from None
-    if c < 1:
-        raise ValidationError(f"chunk_size must be an integer >= 1; got {c}")
-    return c
+    from ..validation import check_chunk_size
+
+    return check_chunk_size(chunk_size)
 
 
 def _check_rows(rows: Any, n: int, name: str) -> np.ndarray:
@@ -235,6 +228,14 @@ class DataSource(ABC):
         """All row ids, (n,) int64."""
         parts = [ch.ids for ch in self.chunks()]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def label_blocks(self, block_size: int = 1 << 20) -> Iterator[np.ndarray]:
+        """The labels in row order, as int64 blocks of at most ``block_size`` rows (bounded memory where the
+        source can read its label column alone; the default reads ``labels()`` once)."""
+        block_size = _check_chunk_size(block_size)
+        y = self.labels()
+        for s in range(0, y.shape[0], block_size):
+            yield y[s:s + block_size]
 
     def _check_args(self, chunk_size: Any, rows: Any) -> tuple[int, np.ndarray | None]:
         """Validate ``chunks`` arguments (for subclasses)."""
@@ -626,6 +627,10 @@ class ParquetSource(DataSource):
     def labels(self) -> np.ndarray:
         return self._read_column(self.label_column, "labels")
 
+    def label_blocks(self, block_size: int = 1 << 20) -> Iterator[np.ndarray]:
+        block_size = _check_chunk_size(block_size)
+        return self._column_blocks(self.label_column, "labels", block_size)
+
     def ids(self) -> np.ndarray:
         if self.id_column is None:
             return np.arange(self._n, dtype=np.int64)
@@ -709,7 +714,10 @@ class ParquetSource(DataSource):
         return values.to_numpy(zero_copy_only=False, writable=True).reshape(n, D)
 
     def _read_column(self, column: str, kind: str) -> np.ndarray:
-        out = []
+        return np.concatenate(list(self._column_blocks(column, kind, 1 << 20)))
+
+    def _column_blocks(self, column: str, kind: str, block_size: int) -> Iterator[np.ndarray]:
+        """One integer column (labels or ids) in row order, in blocks of at most ``block_size`` rows."""
         what = f"{'label' if kind == 'labels' else 'id'} column '{column}'"
         for i in range(len(self._files)):
             if self._meta[i].num_rows == 0:
@@ -717,14 +725,13 @@ class ParquetSource(DataSource):
             where = str(self._files[i])
             pos = int(self._offsets[i])
             with self._open(i) as pf:
-                for batch in _iter_batches(pf, 1 << 20, [column]):
+                for batch in _iter_batches(pf, block_size, [column]):
                     m = batch.num_rows
                     positions = np.arange(pos, pos + m, dtype=np.int64)
                     vals = _scalar_numpy(batch.column(0), where, what, None)
-                    out.append(_to_int64(vals, where, what, None if self.id_column else positions, kind=kind,
-                                         allow_bool=kind == "labels"))
+                    yield _to_int64(vals, where, what, None if self.id_column else positions, kind=kind,
+                                    allow_bool=kind == "labels")
                     pos += m
-        return np.concatenate(out)
 
 
 # ---------------------------------------------------------------------------------------- open_source
