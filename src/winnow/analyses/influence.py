@@ -29,7 +29,7 @@ from ..core.heads import DTYPE, Head, as_tensor
 from ..core.influence import SIGN_METADATA
 from ..engine.columns import ColumnFunction, ScoreColumns, ScoreKernel
 from ..engine.engine import Engine, check_rows
-from ..engine.passes import fit_curvature, mean_test_gradient, open_for_head, test_gradients
+from ..engine.passes import fit_curvature, load_rows, mean_test_gradient, open_for_head, test_gradients
 from ..errors import NotFittedError, ValidationError
 from ..io.outputs import ParquetStreamWriter, check_output_path
 from ..io.parts import PartsDirectory, digest_array, head_fingerprint, source_fingerprint
@@ -339,20 +339,14 @@ class InfluenceAnalyzer:
         if y is not None:
             X = (np.atleast_2d(np.asarray(X)), np.atleast_1d(np.asarray(y)))
         src = open_for_head(self.head, X, "X")
-        G = torch.cat([self.head.gradients(as_tensor(ch.X, self.head.device),
-                                           torch.as_tensor(ch.y, device=self.head.device))
-                       for ch in _checked_chunks(self.head, src)])
+        Xa, ya, _ = load_rows(src, engine=self.engine)
+        self.head.check_labels(ya, argument="X")
+        G = self.head.gradients(as_tensor(Xa, self.head.device), torch.as_tensor(ya, device=self.head.device))
         return (-self.curvature_.solve(G.T).T).cpu().numpy()
 
     def parameter_change_if_removed(self, X: Any, y: Any = None) -> np.ndarray:
         """Predicted θ̂₋ₚ − θ̂ ≈ +(1/n) H⁻¹g_p for chosen points, shape (k, P) (paper eq. 20)."""
         return -self.influence_up(X, y) / self.n_train_
-
-
-def _checked_chunks(head: Head, source: Any) -> Iterator[Any]:
-    for ch in source.chunks():
-        head.check_labels(ch.y, argument=source.name)
-        yield ch
 
 
 def _pairs_chunk(head: Head, X: np.ndarray, y: np.ndarray, *, direction: torch.Tensor,

@@ -17,12 +17,11 @@ import torch
 from scipy import stats as sps
 
 from .. import validation as V
-from ..core.curvature import Curvature, fit_curvature
+from ..core.curvature import Curvature
 from ..core.heads import Head, as_tensor
-from ..core.influence import mean_test_gradient
+from ..engine.passes import fit_curvature, load_rows, map_columns, mean_test_gradient
 from ..errors import ValidationError
 from ..io.sources import DataSource, open_source
-from ..progress import track_rows
 from .relative import RelativeHessian, _row_blocks, leverage_scores
 from .sampling import SAMPLERS, _check_size
 
@@ -108,16 +107,13 @@ def influence_chunk(head: Head, X: np.ndarray, y: np.ndarray, directions: torch.
 
 
 def influence_columns(head: Head, train: Any, directions: torch.Tensor, *, chunk_size: int = 65536,
-                      progress: bool = False, description: str = "scoring pass") -> np.ndarray:
-    """−g_pᵀ V for every training row, (n, k): one streaming pass, memory n·k floats."""
+                      progress: bool = False, description: str = "scoring pass", engine: Any = None) -> np.ndarray:
+    """−g_pᵀ V for every training row, (n, k): one engine pass, memory n·k floats."""
     src = open_source(train)
-    out = np.empty((len(src), directions.shape[1]))
-    start = 0
-    for ch in track_rows(src.chunks(chunk_size), len(src), description, progress):
-        head.check_labels(ch.y, argument=src.name)
-        out[start:start + len(ch)] = influence_chunk(head, ch.X, ch.y, directions)
-        start += len(ch)
-    return out
+    if len(src) == 0:
+        return np.empty((0, directions.shape[1]))
+    return map_columns(head, src, influence_chunk, label="influence", chunk_size=chunk_size, progress=progress,
+                       engine=engine, description=description, directions=directions)["influence"]
 
 
 @dataclass
@@ -192,10 +188,7 @@ def lep_check(head: Head, train: Any, test: Any, relative: Curvature, full: Curv
     meta: list[dict[str, Any]] = []
     if test_points is not None:
         uniq = V.check_rows(test_points, T, "test_points")
-        parts = list(te.chunks(chunk_size, rows=uniq))
-        X = np.concatenate([p.X for p in parts])
-        y = np.concatenate([p.y for p in parts])
-        ids = np.concatenate([p.ids for p in parts])
+        X, y, ids = load_rows(te, uniq, chunk_size=chunk_size)
         Gt = head.gradients(as_tensor(X, head.device), torch.as_tensor(y, device=head.device))
         cols.extend(Gt[j] for j in range(Gt.shape[0]))
         meta = [{"test_row": int(r), "test_id": int(i), "test_label": int(lab)}

@@ -45,11 +45,11 @@ import numpy as np
 import torch
 
 from .. import validation as V
-from ..core.curvature import Curvature, fit_curvature
-from ..core.heads import Head, LogisticHead, SoftmaxHead, as_tensor, augment
+from ..core.curvature import Curvature
+from ..core.heads import Head, as_tensor
+from ..engine.passes import fit_curvature, map_columns
 from ..errors import ValidationError
 from ..io.sources import DataSource, open_source
-from ..progress import track_rows
 from .sampling import (
     LEVERAGE_MIX,
     SAMPLERS,
@@ -74,12 +74,12 @@ def _row_blocks(c: int, width: int) -> range:
 
 
 def leverage_chunk(head: Head, X: np.ndarray, hessian_inverse: torch.Tensor) -> np.ndarray:
-    """Ridge leverage ℓev_i = tr(H⁻¹∇²ℓ_i) for one chunk (pure), shape (c,), ≥ 0.
+    """Ridge leverage ℓev_i = tr(H⁻¹∇²ℓ_i) for one chunk (pure), shape (c,), ≥ 0 (``Head.leverage``).
 
     Logistic: s(1−s)·ũᵀH⁻¹ũ. Softmax: Σ_k p_k ũᵀ(H⁻¹)_kk ũ − (p⊗ũ)ᵀH⁻¹(p⊗ũ) (the trace analogue; the
     softmax null-direction fix in ``Curvature.inverse`` cancels between the two terms).
     """
-    if not isinstance(head, (LogisticHead, SoftmaxHead)):
+    if not head.closed_form:
         raise V.fail(f"sampler 'leverage' supports LogisticHead and SoftmaxHead, got {type(head).__name__}; "
                      "use the uniform or stratified sampler", "sampler")
     Hi = hessian_inverse
@@ -87,21 +87,12 @@ def leverage_chunk(head: Head, X: np.ndarray, hessian_inverse: torch.Tensor) -> 
     out = np.empty(c)
     step = _row_blocks(c, Hi.shape[0]).step
     for s in range(0, c, step):
-        Xt = as_tensor(X[s:s + step], head.device)
-        Xa = augment(Xt)
-        if isinstance(head, LogisticHead):
-            lev = head.curvature_weights(Xt) * ((Xa @ Hi) * Xa).sum(1)
-        else:
-            p = torch.softmax(head.logits(Xt), dim=1)
-            K, D1 = p.shape[1], Xa.shape[1]
-            lev = torch.zeros(Xa.shape[0], dtype=Xa.dtype, device=Xa.device)
-            for k in range(K):
-                B = Hi[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1]
-                lev += p[:, k] * ((Xa @ B) * Xa).sum(1)
-            A = (p[:, :, None] * Xa[:, None, :]).reshape(Xa.shape[0], -1)
-            lev -= ((A @ Hi) * A).sum(1)
-        out[s:s + step] = lev.clamp_min(0.0).cpu().numpy()
+        out[s:s + step] = head.leverage(as_tensor(X[s:s + step], head.device), Hi).cpu().numpy()
     return out
+
+
+def _leverage_column(head: Head, X: np.ndarray, y: np.ndarray, hessian_inverse: torch.Tensor) -> np.ndarray:
+    return leverage_chunk(head, X, hessian_inverse)
 
 
 @dataclass
@@ -152,7 +143,8 @@ def _rng(seed: int, stream: int = 0) -> np.random.Generator:
 
 
 def leverage_scores(head: Head, train: Any, *, pilot_size: int | None = None, seed: int = 0,
-                    damping: float = 0.0, chunk_size: int = 65536, progress: bool = False) -> LeverageScores:
+                    damping: float = 0.0, chunk_size: int = 65536, progress: bool = False,
+                    engine: Any = None) -> LeverageScores:
     """Ridge leverage of every training row under a uniform pilot Hessian (same λ and damping).
 
     Reads ``pilot_size`` rows for H_pilot (default ``default_pilot_size``), then makes **one pass over all
@@ -165,15 +157,11 @@ def leverage_scores(head: Head, train: Any, *, pilot_size: int | None = None, se
     t0 = time.perf_counter()
     pilot = sample_uniform(n, p, _rng(seed, 2))
     H_pilot = fit_curvature(head, src, damping=damping, rows=pilot.rows, normalizer=pilot.normalizer,
-                            chunk_size=chunk_size)
+                            chunk_size=chunk_size, engine=engine)
     Hi = H_pilot.inverse()
     t1 = time.perf_counter()
-    out = np.empty(n)
-    start = 0
-    for ch in track_rows(src.chunks(chunk_size), n, "leverage pass", progress):
-        head.check_labels(ch.y, argument=src.name)
-        out[start:start + len(ch)] = leverage_chunk(head, ch.X, Hi)
-        start += len(ch)
+    out = map_columns(head, src, _leverage_column, label="leverage", chunk_size=chunk_size, progress=progress,
+                      engine=engine, description="leverage pass", hessian_inverse=Hi)["leverage"]
     t2 = time.perf_counter()
     return LeverageScores(out, pilot.rows, p + n, t1 - t0, t2 - t1)
 

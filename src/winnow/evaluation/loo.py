@@ -46,18 +46,15 @@ def load_arrays(data: Any, rows: np.ndarray | None = None, chunk_size: int = 1 <
                 parameter: str = "data") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X float64 (n, D), y (n,), ids (n,)) of ``data`` — or only its sorted ``rows`` — in memory, for the
     validation-sized retraining experiments; errors name ``parameter``."""
+    from ..engine.passes import load_rows
+
     src = V.open_data(data, parameter)
-    Xs, ys, ids = [], [], []
+    if len(src) == 0:
+        raise V.fail(f"{parameter} ({src.name}) is empty", parameter)
     try:
-        for ch in src.chunks(chunk_size, rows=rows):
-            Xs.append(np.asarray(ch.X, dtype=np.float64))
-            ys.append(ch.y)
-            ids.append(ch.ids)
+        return load_rows(src, rows, chunk_size=chunk_size)
     except ValidationError as e:  # bad data found while reading (labels, NaN features)
         raise V.data_error(e, parameter) from None
-    if not Xs:
-        raise V.fail(f"{parameter} ({src.name}) is empty", parameter)
-    return np.concatenate(Xs), np.concatenate(ys), np.concatenate(ids)
 
 
 def mean_loss(head: Head, X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> float:

@@ -36,22 +36,14 @@ def classification_metrics(head: Head, data: Any, *, chunk_size: int = 65536, re
 
     argument = parameter
     (src,) = V.check_head_data(head, **{parameter: data}, labels=False)
-    loss, correct, n = 0.0, 0, 0
-    probs, ys = [], []
-    for ch in src.chunks(chunk_size):
-        V.check_labels(head, ch.y, parameter)
-        X = as_tensor(ch.X, head.device)
-        y = torch.as_tensor(ch.y, device=head.device)
-        loss += float(head.losses(X, y).sum())
-        P = head.predict_proba(X)
-        pred = (P > 0.5).astype(np.int64) if P.ndim == 1 else P.argmax(1)
-        correct += int((pred == ch.y).sum())
-        n += len(ch)
-        probs.append(P)
-        ys.append(ch.y)
+    from ..engine.passes import map_columns
+
+    n = len(src)
     if n == 0:
         raise V.fail(f"{argument} is empty", argument)
-    y_all, P_all = np.concatenate(ys), np.concatenate(probs)
+    cols = map_columns(head, src, _metric_columns, chunk_size=chunk_size, description="metrics")
+    loss, correct = float(cols["loss"].sum()), int(cols["correct"].sum())
+    y_all, P_all = cols["y"], cols["proba"]
     K = 2 if P_all.ndim == 1 else P_all.shape[1]
     missing = sorted(set(range(K)) - set(np.unique(y_all).tolist()))
     if missing:
@@ -67,13 +59,19 @@ def classification_metrics(head: Head, data: Any, *, chunk_size: int = 65536, re
     return {"logloss": loss / n, "auc": auc, "accuracy": correct / n}
 
 
+def _metric_columns(head: Head, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row: loss, predicted probabilities ((c,) or (c, K)), whether the prediction is right, the label."""
+    Xt = as_tensor(X, head.device)
+    P = head.predict_proba(Xt)
+    pred = (P > 0.5).astype(np.int64) if P.ndim == 1 else P.argmax(1)
+    return {"loss": head.losses(Xt, torch.as_tensor(y, device=head.device)).cpu().numpy(), "proba": P,
+            "correct": pred == y, "y": y}
+
+
 # ============================================================================================= retraining
 def _blank_head(head: Head, tol: float = 1e-8) -> Head:
     """An unfitted head of the same kind, λ, device (and K) as ``head``."""
-    kw: dict[str, Any] = dict(tol=tol, max_iter=max(head.max_iter, 100), device=head.device)
-    if isinstance(head, SoftmaxHead):
-        return SoftmaxHead(head.l2, n_classes=head.n_outputs, **kw)
-    return type(head)(head.l2, **kw)
+    return head.blank(tol)
 
 
 def fit_subset(head: Head, train: Any, rows: np.ndarray, weights: np.ndarray | None = None,
