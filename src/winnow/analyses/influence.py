@@ -28,7 +28,7 @@ from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, as_tensor
 from ..core.influence import SIGN_METADATA
 from ..engine.columns import ColumnFunction, ScoreColumns, ScoreKernel
-from ..engine.engine import Engine, check_rows
+from ..engine.engine import Engine, check_rows, current_engine
 from ..engine.passes import fit_curvature, load_rows, mean_test_gradient, open_for_head, test_gradients
 from ..errors import NotFittedError, ValidationError
 from ..io.outputs import ParquetStreamWriter, check_output_path
@@ -203,6 +203,8 @@ class InfluenceAnalyzer:
         self.damping = float(damping)
         self.chunk_size = int(chunk_size)
         self.progress = progress
+        if engine is None and workers is None and scheduler is None and partition_rows is None:
+            engine = current_engine()  # inside a ``with Engine(...)`` block: its passes run there
         self.engine = engine if engine is not None else Engine(
             workers=workers, scheduler=scheduler, chunk_size=int(chunk_size), partition_rows=partition_rows,
             progress=progress, timeout=timeout)

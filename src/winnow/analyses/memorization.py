@@ -315,12 +315,12 @@ class MemorizationAnalyzer:
     def iter_columns(self, chunk_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield ``id``, ``label``, ``memorization``, ``memorize`` per chunk (for Parquet writers)."""
         from ..engine.columns import ColumnFunction, ScoreKernel
-        from ..engine.engine import Engine
+        from ..engine.passes import default_engine
 
         Q, inv = eigenbasis(self.curvature_)
         col = ColumnFunction(memorization_columns, {"Q": Q, "inv_eigvals": inv, "threshold": self.threshold_},
                              head=self.head_)
-        engine = Engine(chunk_size=chunk_size or self.chunk_size)
+        engine = default_engine(chunk_size=chunk_size or self.chunk_size)
         yield from engine.iter(self.train_, ScoreKernel(self.head_, [col]), description="memorization")
 
 

@@ -286,32 +286,30 @@ def make_curvature(head: Head, train: Any, *, hessian: str = "full", sample_size
 
 
 # re-exported for ``winnow.analyses.relative`` users: the LEP check and search, the report section
-from ..report.relative import report_section  # noqa: E402
-from .lep import (  # noqa: E402
-    METRICS,
-    LEPResult,
-    SearchResult,
-    SearchStep,
-    _compare,
-    _open_train_test,
-    _progress_printer,
-    influence_chunk,
-    influence_columns,
-    lep_check,
-    lep_statistics,
-    sample_sizes,
-    top_k,
-    two_sample_search,
-)
+# names that moved to winnow.analyses.lep and winnow.report.relative, importable from here (lazily: lep imports
+# this module)
+_LEP_NAMES = ("METRICS", "LEPResult", "SearchResult", "SearchStep", "_compare", "_open_train_test",
+              "_progress_printer", "influence_chunk", "influence_columns", "lep_check", "lep_statistics",
+              "sample_sizes", "top_k", "two_sample_search")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LEP_NAMES:
+        from . import lep
+
+        return getattr(lep, name)
+    if name == "report_section":
+        from ..report.relative import report_section
+
+        return report_section
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SAMPLERS", "LEVERAGE_MIX", "RowSample", "sample_uniform", "stratified_allocation", "sample_stratified",
     "leverage_probabilities", "inclusion_probabilities", "systematic_sample", "sample_leverage", "leverage_chunk",
     "LeverageScores", "default_pilot_size", "leverage_scores", "RelativeHessian", "relative_curvature",
-    "check_hessian_options", "make_curvature", "METRICS", "top_k", "lep_statistics", "influence_chunk",
-    "influence_columns", "LEPResult", "lep_check", "SearchStep", "SearchResult", "sample_sizes",
-    "two_sample_search", "report_section",
+    "check_hessian_options", "make_curvature",
 ]
 _REEXPORTED = (Curvature, DataSource, RowSample, inclusion_probabilities, leverage_probabilities, sample_leverage,
-               sample_stratified, stratified_allocation, systematic_sample, _compare, _open_train_test,
-               _progress_printer)
+               sample_stratified, stratified_allocation, systematic_sample)

@@ -12,12 +12,15 @@ from . import app
 from .options import (
     ChunkSize,
     Damping,
+    EngineScheduler,
+    EngineWorkers,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
     Quiet,
+    engine_for,
     say,
     source_from,
 )
@@ -50,6 +53,7 @@ def fit_head(
     = None,
     label_column: LabelColumn = "label", id_column: IdColumn = "id",
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Fit a linear head on TRAIN's features to a tight optimum (damped Newton, float64)."""
@@ -63,7 +67,8 @@ def fit_head(
         from ..io.subsets import load_subset_weights
 
         sample_weight, normalizer = load_subset_weights(weights, src, return_normalizer=True)
-    head = api_fit_head(src, kind=kind.value, l2=l2, sample_weight=sample_weight, normalizer=normalizer)
+    with engine_for(workers, scheduler, quiet=True):
+        head = api_fit_head(src, kind=kind.value, l2=l2, sample_weight=sample_weight, normalizer=normalizer)
     head.save(out, overwrite=overwrite)
     say(quiet, f"fitted {head!r} in {head.n_iter_} Newton iterations, final ‖∇R‖∞ = {head.grad_norm_:.2e}")
     say(quiet, f"wrote {out}")

@@ -130,3 +130,19 @@ def source_from(path: Path, label_column: str = "label", id_column: str = "id",
 def say(quiet: bool, message: str) -> None:
     if not quiet:
         typer.echo(message, err=True)
+
+
+EngineWorkers = Annotated[int | None, typer.Option(
+    "--workers", help="Run every pass over the data on a local Dask cluster of N single-threaded worker "
+                      "processes (the same numbers as in this process).")]
+EngineScheduler = Annotated[str | None, typer.Option(
+    "--scheduler", help="Run every pass over the data on an existing Dask cluster at ADDRESS (e.g. "
+                        "tcp://host:8786); its workers must see the input files at the same paths.")]
+
+
+def engine_for(workers: int | None, scheduler: str | None, *, chunk_size: int = 65536, quiet: bool = False) -> Any:
+    """The engine a command's passes run on (``with engine_for(...):``): in-process, or Dask for
+    ``--workers`` / ``--scheduler``."""
+    from ..engine.engine import Engine
+
+    return Engine(workers=workers, scheduler=scheduler, chunk_size=chunk_size, progress=not quiet)

@@ -17,12 +17,15 @@ from . import app
 from .options import (
     ChunkSize,
     Damping,
+    EngineScheduler,
+    EngineWorkers,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
     Quiet,
+    engine_for,
     say,
     source_from,
 )
@@ -93,6 +96,7 @@ def lep(
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
     label_column: LabelColumn = "label", id_column: IdColumn = "id",
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Find the smallest Hessian sample m that preserves the influence ranking (LEP, paper Theorem 2).
@@ -119,9 +123,10 @@ def lep(
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
     te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
-    res = two_sample_search(h, tr, te, sampler=sampler.value, start=start, threshold=threshold, seed=seed,
-                            max_size=max_size, full=full, growth=growth, damping=damping, pilot_size=pilot_size,
-                            chunk_size=chunk_size, progress=not quiet)
+    with engine_for(workers, scheduler, chunk_size=chunk_size, quiet=quiet):
+        res = two_sample_search(h, tr, te, sampler=sampler.value, start=start, threshold=threshold, seed=seed,
+                                max_size=max_size, full=full, growth=growth, damping=damping,
+                                pilot_size=pilot_size, chunk_size=chunk_size, progress=not quiet)
 
     console = Console(width=max(140, Console().width)) if not sys.stdout.isatty() else Console()
     vs = "vs the full Hessian" if full else "two independent samples"

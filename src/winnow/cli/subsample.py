@@ -13,12 +13,15 @@ from . import app
 from .options import (
     ChunkSize,
     Damping,
+    EngineScheduler,
+    EngineWorkers,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
     Quiet,
+    engine_for,
     say,
     source_from,
 )
@@ -75,6 +78,7 @@ def subsample(
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
     label_column: LabelColumn = "label", id_column: IdColumn = "id",
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Keep exactly round(keep·n) training points chosen by influence (or memorization), with the class
@@ -94,7 +98,7 @@ def subsample(
                          memorize_quantile=memorize_quantile, sharpness=sharpness,
                          tune_ratio=tune_ratio.value if tune_ratio else None, tune_draws=tune_draws, seed=seed,
                          score_fraction=score_fraction, damping=damping, chunk_size=chunk_size, progress=not quiet)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), engine_for(workers, scheduler, chunk_size=chunk_size, quiet=quiet):
         warnings.simplefilter("ignore", UserWarning)  # reported below, once, as plain lines
         sampler.fit(tr, h, va)
     for note in sampler.warnings_:

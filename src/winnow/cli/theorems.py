@@ -12,12 +12,15 @@ from . import app
 from .options import (
     ChunkSize,
     Damping,
+    EngineScheduler,
+    EngineWorkers,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
     Quiet,
+    engine_for,
     say,
     source_from,
 )
@@ -155,6 +158,7 @@ def check_theorems_cmd(
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
     label_column: LabelColumn = "label", id_column: IdColumn = "id",
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Check the paper's Theorem 3 (memorization thresholds) and Theorem 4 (sign of influence vs labels)
@@ -170,10 +174,11 @@ def check_theorems_cmd(
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
     te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
     grid = _parse_grid(l2_grid) if l2_grid.strip() else None
-    check = check_theorems(h, tr, te, pairs=pairs, seed=seed, test_points=test_points, sign_rule_check=sign_rule,
-                           l2_grid=grid, removal_fraction=removal_fraction or None,
-                           memorize_quantile=memorize_quantile, sign_statistics=sign_statistics,
-                           damping=damping, chunk_size=chunk_size, progress=not quiet)
+    with engine_for(workers, scheduler, chunk_size=chunk_size, quiet=quiet) as eng:
+        check = check_theorems(h, tr, te, pairs=pairs, seed=seed, test_points=test_points,
+                               sign_rule_check=sign_rule, l2_grid=grid, removal_fraction=removal_fraction or None,
+                               memorize_quantile=memorize_quantile, sign_statistics=sign_statistics,
+                               damping=damping, chunk_size=chunk_size, progress=not quiet, engine=eng)
     print_check(check)
     if json_out is not None:
         write_json(json_out, check.summary(), overwrite=overwrite)

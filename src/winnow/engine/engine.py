@@ -21,6 +21,7 @@ Backends (:mod:`winnow.engine.backends`): ``LocalBackend`` runs the tasks one af
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +35,15 @@ from ..errors import ValidationError
 from ..io.parts import Partition, open_part, plan_partitions, read_partition, split_rows
 from ..io.sources import Chunk, DataSource, NpzSource, open_source
 
-__all__ = ["Kernel", "Engine", "Task", "tree_sum", "add_results", "check_rows"]
+__all__ = ["Kernel", "Engine", "Task", "tree_sum", "add_results", "check_rows", "current_engine"]
+
+# the engine of the innermost ``with Engine(...)`` block: passes that are given no engine run on it
+_CURRENT: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("winnow_engine", default=None)
+
+
+def current_engine() -> Engine | None:
+    """The engine of the innermost active ``with Engine(...):`` block, or None."""
+    return _CURRENT.get()
 
 
 class Kernel(Protocol):
@@ -251,8 +260,10 @@ class Engine:
     ``chunk_size`` rows per chunk (bounds memory); ``partition_rows`` most rows per partition (default 2²⁰;
     a Parquet file is one partition, split at row-group boundaries when larger); ``progress`` shows bars.
 
-    Used as a context manager the backend (a Dask cluster) stays up for every pass inside the block;
-    otherwise each pass starts and stops it.
+    Used as a context manager the backend (a Dask cluster) stays up for every pass inside the block, and
+    every pass inside it that is given no engine of its own runs on this one (``current_engine()``) — so
+    ``with Engine(workers=4): check_theorems(head, train, test)`` runs all of its passes on Dask.
+    Otherwise each pass starts and stops the backend.
     """
 
     def __init__(self, backend: Any = None, *, workers: int | None = None, scheduler: Any = None,
@@ -279,9 +290,11 @@ class Engine:
         if self._depth == 0:
             self.backend.__enter__()
         self._depth += 1
+        self._tokens = [*getattr(self, "_tokens", []), _CURRENT.set(self)]
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        _CURRENT.reset(self._tokens.pop())
         self._depth -= 1
         if self._depth == 0:
             self.backend.__exit__(*exc)

@@ -25,7 +25,7 @@ from ..errors import ValidationError
 from ..io.sources import DataSource, open_source
 from ..validation import check_damping, check_features, open_data
 from .columns import ColumnFunction, ScoreKernel
-from .engine import Engine
+from .engine import Engine, current_engine
 
 __all__ = ["default_engine", "open_for_head", "hessian_pass", "fit_curvature", "gradient_sum",
            "mean_test_gradient", "test_gradients", "map_columns", "objective_pass", "stationarity", "load_rows",
@@ -33,8 +33,14 @@ __all__ = ["default_engine", "open_for_head", "hessian_pass", "fit_curvature", "
 
 
 def default_engine(engine: Engine | None = None, *, chunk_size: int = 65536, progress: bool = False) -> Engine:
-    """``engine`` itself, or an in-process engine with these settings."""
-    return engine if engine is not None else Engine(chunk_size=chunk_size, progress=progress)
+    """``engine`` itself; else the engine of the active ``with Engine(...)`` block (with this chunk size);
+    else an in-process engine with these settings."""
+    if engine is not None:
+        return engine
+    active = current_engine()
+    if active is not None:
+        return active.with_chunk_size(chunk_size)
+    return Engine(chunk_size=chunk_size, progress=progress)
 
 
 def open_for_head(head: Head, data: Any, parameter: str = "data") -> DataSource:
