@@ -295,3 +295,13 @@ def _preview(a: np.ndarray) -> str:
         return f"an array of shape {a.shape}"
     head = a[:5].tolist()
     return f"{head}{' ...' if a.size > 5 else ''} (dtype {a.dtype})"
+
+
+def head_from(estimator: Any, head: Any = None) -> Head:
+    """The head an estimator works on: the one given to ``fit`` (the older form ``fit(head, train)``), or
+    the one given to the constructor (``head=``), checked."""
+    if head is None:
+        head = getattr(estimator, "head", None)
+        if head is None:
+            raise fail(f"{type(estimator).__name__} has no head: pass head= to the constructor", "head")
+    return check_head(head)

@@ -49,3 +49,23 @@ def test_both_implement_the_protocol_and_agree_on_a_linear_model(tmp_path):
     np.testing.assert_allclose(mi.influence_up(torch.as_tensor(X[:3]), torch.as_tensor(y[:3])),
                                an.influence_up(X[:3], y[:3]), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(mi.self_influence(), an.self_influence(), rtol=1e-8)
+
+
+def test_head_in_the_constructor_everywhere_and_the_older_fit_form_still_works():
+    from winnow import MemorizationAnalyzer, RelativeHessian, Subsampler, ValidationError
+
+    X, y = relu_embeddings(300, d=4, seed=13)
+    Xv, yv = relu_embeddings(100, d=4, seed=14)
+    head = LogisticHead(l2=1e-2).fit(X, y)
+    a = MemorizationAnalyzer(head, quantile=0.8).fit((X, y))
+    b = MemorizationAnalyzer(quantile=0.8).fit(head, (X, y))
+    np.testing.assert_array_equal(a.scores_, b.scores_)
+    a = RelativeHessian(100, head=head, seed=3).fit((X, y))
+    b = RelativeHessian(100, seed=3).fit(head, (X, y))
+    np.testing.assert_array_equal(a.curvature_.hessian.numpy(), b.curvature_.hessian.numpy())
+    a = Subsampler(0.5, head=head, sharpness=1.0, seed=1).fit((X, y), (Xv, yv))
+    b = Subsampler(0.5, sharpness=1.0, seed=1).fit((X, y), head, (Xv, yv))
+    np.testing.assert_array_equal(a.table()["id"].to_numpy(), b.table()["id"].to_numpy())
+    for est in (MemorizationAnalyzer(), RelativeHessian(100)):
+        with pytest.raises(ValidationError, match="head="):
+            est.fit((X, y))

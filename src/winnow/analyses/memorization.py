@@ -266,8 +266,9 @@ class MemorizationAnalyzer:
     ``curvature_``, ``scores_`` (n,), ``threshold_``, ``memorize_`` (n,) bool, ``ids_``, ``labels_``.
     """
 
-    def __init__(self, *, threshold: float | None = None, quantile: float | None = None, damping: float = 0.0,
-                 chunk_size: int = 65536, progress: bool = False) -> None:
+    def __init__(self, head: Head | None = None, *, threshold: float | None = None, quantile: float | None = None,
+                 damping: float = 0.0, chunk_size: int = 65536, progress: bool = False) -> None:
+        self.head = head
         if threshold is not None and quantile is not None:
             raise ValidationError("give threshold (D) or quantile, not both")
         if threshold is not None:
@@ -280,7 +281,12 @@ class MemorizationAnalyzer:
         self.chunk_size = chunk_size
         self.progress = progress
 
-    def fit(self, head: Head, train: Any, *, curvature: Curvature | None = None) -> MemorizationAnalyzer:
+    def fit(self, *data: Any, curvature: Curvature | None = None) -> MemorizationAnalyzer:
+        """``fit(train)`` with the constructor's head (or ``fit(head, train)``): H (or the given
+        ``curvature``), every training point's score, the threshold and the verdicts."""
+        from .relative import _head_and_train
+
+        head, train = _head_and_train(self, data)
         src = open_source(train)
         self.curvature_ = curvature if curvature is not None else fit_curvature(
             head, src, damping=self.damping, chunk_size=self.chunk_size, progress=self.progress)

@@ -174,14 +174,17 @@ class RelativeHessian:
     added to the diagonal; ``pilot_size`` for the leverage pilot (default min(n, max(5P, 500)));
     ``chunk_size``; ``progress``.
 
-    ``fit(head, train)`` sets ``curvature_`` (a Curvature), ``sample_`` (RowSample), ``leverage_``
+    ``head`` the fitted head (or give it to ``fit``). ``fit(train)`` sets ``curvature_`` (a Curvature),
+    ``sample_`` (RowSample), ``leverage_``
     (LeverageScores or None) and ``cost_``: rows read by the curvature pass (only the sampled rows),
     its seconds, and the rows/seconds spent choosing the sample (leverage: pilot + one full pass;
     stratified: the label column).
     """
 
-    def __init__(self, sample_size: int, *, sampler: str = "uniform", seed: int = 0, damping: float = 0.0,
-                 pilot_size: int | None = None, chunk_size: int = 65536, progress: bool = False) -> None:
+    def __init__(self, sample_size: int, *, head: Head | None = None, sampler: str = "uniform", seed: int = 0,
+                 damping: float = 0.0, pilot_size: int | None = None, chunk_size: int = 65536,
+                 progress: bool = False) -> None:
+        self.head = head
         self.sampler = V.check_choice(sampler, "sampler", SAMPLERS)
         self.damping = V.check_damping(damping)
         self.chunk_size = V.check_chunk_size(chunk_size)
@@ -225,10 +228,11 @@ class RelativeHessian:
         cost["selection_seconds"] = time.perf_counter() - t0
         return sample, cost
 
-    def fit(self, head: Head, train: Any, *, leverage: LeverageScores | None = None,
-            stream: int = 0) -> RelativeHessian:
-        """Draw the sample and build H⁽ᵐ⁾ reading only the sampled rows. ``leverage`` reuses precomputed
-        scores (the leverage pass is then not repeated; its cost stays in ``leverage.seconds``)."""
+    def fit(self, *data: Any, leverage: LeverageScores | None = None, stream: int = 0) -> RelativeHessian:
+        """``fit(train)`` with the constructor's ``head`` (or ``fit(head, train)``): draw the sample and build
+        H⁽ᵐ⁾ reading only the sampled rows. ``leverage`` reuses precomputed scores (the leverage pass is then
+        not repeated; its cost stays in ``leverage.seconds``)."""
+        head, train = _head_and_train(self, data)
         (source,) = V.check_head_data(head, train=train, labels=False)  # the curvature pass checks its rows
         self.leverage_ = leverage
         sample, cost = self.draw(head, source, stream=stream, leverage=leverage)
@@ -242,6 +246,16 @@ class RelativeHessian:
         self.cost_ = cost
         self.n_train_ = len(source)
         return self
+
+
+def _head_and_train(estimator: Any, data: tuple[Any, ...]) -> tuple[Head, Any]:
+    """(head, train) from ``fit(train)`` (head from the constructor) or the older ``fit(head, train)``."""
+    if len(data) == 2:
+        return V.head_from(estimator, data[0]), data[1]
+    if len(data) == 1:
+        return V.head_from(estimator), data[0]
+    raise V.fail(f"{type(estimator).__name__}.fit takes the training data (train), got {len(data)} "
+                 "positional arguments", "train")
 
 
 def relative_curvature(head: Head, train: Any, sample_size: int, *, sampler: str = "uniform", seed: int = 0,

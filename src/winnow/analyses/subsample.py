@@ -290,7 +290,7 @@ class Subsampler:
     ``warnings_``, ``valid_`` (where choices are made), ``score_valid_`` (where influence is computed).
     """
 
-    def __init__(self, keep: float, *, policy: str = "influence", weighted: bool = False,
+    def __init__(self, keep: float, *, head: Head | None = None, policy: str = "influence", weighted: bool = False,
                  memorize_threshold: float | None = None, memorize_quantile: float | None = None,
                  sharpness: float | None = None, tune_ratio: str | None = None,
                  ratio_grid: Sequence[float] | None = None, tune_draws: int = 3, seed: int = 0,
@@ -318,6 +318,7 @@ class Subsampler:
         V.check_integer(tune_draws, "tune_draws", minimum=1)
         V.check_integer(seed, "seed")
         damping, chunk_size = V.check_damping(damping), V.check_chunk_size(chunk_size)
+        self.head = head
         self.keep = float(keep)
         self.policy = policy
         self.weighted = bool(weighted)
@@ -334,12 +335,16 @@ class Subsampler:
         self.progress = progress
 
     # ------------------------------------------------------------------------------------------- fit
-    def fit(self, train: Any, head: Head, valid: Any = None, *,
-            scores: SubsampleScores | None = None) -> Subsampler:
-        """Score ``train`` with ``head`` (fitted on it), make the choices on ``valid`` and draw the subset.
+    def fit(self, train: Any, *args: Any, scores: SubsampleScores | None = None) -> Subsampler:
+        """``fit(train, valid)`` with the constructor's ``head`` (or ``fit(train, head, valid)``): score
+        ``train`` with the head (fitted on it), make the choices on ``valid`` and draw the subset.
 
         ``scores`` reuses scores computed earlier (e.g. for several keep fractions).
         """
+        if args and isinstance(args[0], Head):
+            head, valid = V.head_from(self, args[0]), (args[1] if len(args) > 1 else None)
+        else:
+            head, valid = V.head_from(self), (args[0] if args else None)
         (src,) = V.check_head_data(head, train=train)
         self.train_ = src
         n = len(src)
