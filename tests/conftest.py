@@ -32,3 +32,15 @@ def binary_data():
 @pytest.fixture
 def multiclass_data():
     return relu_embeddings(500, seed=2, k=4, d=8)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A Dask client: a LocalCluster of 2 single-threaded workers in this process (fast to start)."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                       dashboard_address=None, silence_logs=40)
+    c = distributed.Client(cluster, set_as_default=False)
+    yield c
+    c.close()
+    cluster.close()

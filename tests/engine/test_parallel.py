@@ -66,17 +66,6 @@ def explicit_influence(head: LogisticHead, X, y, Xt, yt):
             "self_influence": np.einsum("ip,pi->i", G, np.linalg.solve(H, G.T))}
 
 
-@pytest.fixture(scope="module")
-def client():
-    """A LocalCluster of 2 single-threaded workers in this process (fast to start on a 2-core box)."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                       dashboard_address=None, silence_logs=40)
-    c = distributed.Client(cluster, set_as_default=False)
-    yield c
-    c.close()
-    cluster.close()
-
-
 @pytest.fixture
 def setup(tmp_path):
     X, y = relu_embeddings(1500, d_in=5, d=6, seed=0)

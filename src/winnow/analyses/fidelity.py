@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .._moved import moved_names
 from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, as_tensor, augment
 from ..engine.columns import ScoreColumns
@@ -556,12 +557,8 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
     return GroupDivergenceResult(groups=groups, n_train=n, renormalize=renormalize)
 
 
-def __getattr__(name: str) -> Any:
-    # figures and report sections live in winnow.report.fidelity
-    if name in ('removal_methods_section', 'group_section'):
-        from ..report import fidelity as _report
-
-        moved = {'removal_methods_section': 'removal_methods_section',
-                 'group_section': 'group_section'}
-        return getattr(_report, moved[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# figures and report sections live in winnow.report.fidelity
+__getattr__ = moved_names(__name__, __package__, {
+    "removal_methods_section": "..report.fidelity:removal_methods_section",
+    "group_section": "..report.fidelity:group_section",
+})

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .._moved import moved_names
 from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, as_tensor
 from ..engine.columns import ScoreColumns
@@ -330,12 +331,8 @@ class MemorizationAnalyzer:
         yield from engine.iter(self.train_, ScoreKernel(self.head_, [col]), description="memorization")
 
 
-def __getattr__(name: str) -> Any:
-    # figures and report sections live in winnow.report.memorization
-    if name in ('memorization_figure', 'report_section'):
-        from ..report import memorization as _report
-
-        moved = {'memorization_figure': 'memorization_figure',
-                 'report_section': 'memorization_section'}
-        return getattr(_report, moved[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# figures and report sections live in winnow.report.memorization
+__getattr__ = moved_names(__name__, __package__, {
+    "memorization_figure": "..report.memorization:memorization_figure",
+    "report_section": "..report.memorization:memorization_section",
+})

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .. import validation as V
+from .._moved import moved_names
 from ..core.curvature import Curvature
 from ..core.heads import Head, as_tensor
 from ..engine.passes import fit_curvature, map_columns
@@ -302,21 +303,12 @@ def make_curvature(head: Head, train: Any, *, hessian: str = "full", sample_size
 # re-exported for ``winnow.analyses.relative`` users: the LEP check and search, the report section
 # names that moved to winnow.analyses.lep and winnow.report.relative, importable from here (lazily: lep imports
 # this module)
-_LEP_NAMES = ("METRICS", "LEPResult", "SearchResult", "SearchStep", "_compare", "_open_train_test",
-              "_progress_printer", "influence_chunk", "influence_columns", "lep_check", "lep_statistics",
-              "sample_sizes", "top_k", "two_sample_search")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LEP_NAMES:
-        from . import lep
-
-        return getattr(lep, name)
-    if name == "report_section":
-        from ..report.relative import report_section
-
-        return report_section
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, __package__, {
+    **{name: ".lep" for name in ("METRICS", "LEPResult", "SearchResult", "SearchStep", "_compare",
+                                 "_open_train_test", "_progress_printer", "influence_chunk", "influence_columns",
+                                 "lep_check", "lep_statistics", "sample_sizes", "top_k", "two_sample_search")},
+    "report_section": "..report.relative:report_section",
+})
 
 
 __all__ = [

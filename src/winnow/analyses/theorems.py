@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._moved import moved_names
 from ..core.curvature import Curvature
 from ..core.heads import Head, LogisticHead, as_tensor, augment
 from ..engine.columns import ColumnFunction, ScoreKernel
@@ -555,12 +556,8 @@ def _check_theorems(head: Head, tr: Any, te: Any, engine: Engine, *, pairs: int,
     return check
 
 
-def __getattr__(name: str) -> Any:
-    # figures and report sections live in winnow.report.theorems
-    if name in ('influence_pairs_figure', 'report_section'):
-        from ..report import theorems as _report
-
-        moved = {'influence_pairs_figure': 'influence_pairs_figure',
-                 'report_section': 'theorems_section'}
-        return getattr(_report, moved[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# figures and report sections live in winnow.report.theorems
+__getattr__ = moved_names(__name__, __package__, {
+    "influence_pairs_figure": "..report.theorems:influence_pairs_figure",
+    "report_section": "..report.theorems:theorems_section",
+})

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._moved import moved_names
 from ..errors import NotPositiveDefiniteError, ValidationError
 from .blocks import BLOCK_BYTES, DEVICE_BLOCK_BYTES, float64_blocks, row_block  # noqa: F401
 from .heads import DTYPE, Head, as_tensor
@@ -135,10 +136,8 @@ class Curvature:
         return self._eig
 
 
-def __getattr__(name: str) -> Any:
-    # the passes that build H over a data source live in the engine (winnow.engine.passes)
-    if name in ("fit_curvature", "hessian_pass"):
-        from ..engine import passes
-
-        return getattr(passes, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the passes that build H over a data source live in the engine (winnow.engine.passes)
+__getattr__ = moved_names(__name__, __package__, {
+    "fit_curvature": "..engine.passes",
+    "hessian_pass": "..engine.passes",
+})

@@ -15,11 +15,10 @@ ours point.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
+from .._moved import moved_names
 from .curvature import Curvature
 from .heads import Head
 
@@ -47,19 +46,11 @@ def score_chunk(head: Head, X: np.ndarray, y: np.ndarray, *, direction: torch.Te
                             pair_factors=pair_factors)
 
 
-_MOVED = {
-    # the passes live in the engine, the analyzer and its outputs in the analyses layer
+# the passes live in the engine, the analyzer and its outputs in the analyses layer
+__getattr__ = moved_names(__name__, __package__, {
     "mean_test_gradient": "..engine.passes", "test_gradients": "..engine.passes",
     "ScoreColumns": "..engine.columns",
     "InfluenceAnalyzer": "..analyses.influence", "compute_influence": "..analyses.influence",
     "write_score_stream": "..analyses.influence", "SCORE_FIELDS": "..analyses.influence",
     "PAIR_SCHEMA": "..analyses.influence", "PAIR_METADATA": "..analyses.influence",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name], __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._moved import moved_names
 from ..core.heads import Head
 from ..errors import ClusterError, ValidationError, WinnowError
 from ..io.parts import Partition
@@ -315,10 +316,8 @@ def ScoreColumnsFactory(columns: Any) -> Any:  # noqa: N802 - kept for the old i
     return columns
 
 
-def __getattr__(name: str) -> Any:
-    # the partitioned influence job is the analyzer's (winnow.analyses.influence); re-exported here
-    if name in ("write_influence_parts", "PartsResult"):
-        from ..analyses import influence
-
-        return getattr(influence, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the partitioned influence job is the analyzer's (winnow.analyses.influence)
+__getattr__ = moved_names(__name__, __package__, {
+    "write_influence_parts": "..analyses.influence",
+    "PartsResult": "..analyses.influence",
+})

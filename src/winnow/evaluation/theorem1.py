@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from .._moved import moved_names
 from ..core.autodiff import ModelFunction, check_labels_for, resolve_loss
 from ..core.heads import DTYPE
 from ..core.models import HeadSpec, ModelData, ModelHessian, eval_mode, find_module, model_device, select_params
@@ -327,11 +328,7 @@ def _lanczos(op: ModelHessian, fn: ModelFunction, C: np.ndarray, Gt: torch.Tenso
             "damping_added": 0.0, "eigenvalues": th.cpu().numpy(), "head_mass": mass.cpu().numpy(), "notes": notes}
 
 
-def __getattr__(name: str) -> Any:
-    # figures and report sections live in winnow.report.theorem1
-    if name in ('report_section',):
-        from ..report import theorem1 as _report
-
-        moved = {'report_section': 'theorem1_section'}
-        return getattr(_report, moved[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# figures and report sections live in winnow.report.theorem1
+__getattr__ = moved_names(__name__, __package__, {
+    "report_section": "..report.theorem1:theorem1_section",
+})
