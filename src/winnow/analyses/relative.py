@@ -300,7 +300,6 @@ def make_curvature(head: Head, train: Any, *, hessian: str = "full", sample_size
                            chunk_size=chunk_size, progress=progress).fit(head, train).curvature_
 
 
-# re-exported for ``winnow.analyses.relative`` users: the LEP check and search, the report section
 # names that moved to winnow.analyses.lep and winnow.report.relative, importable from here (lazily: lep imports
 # this module)
 __getattr__ = moved_names(__name__, __package__, {

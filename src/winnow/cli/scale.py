@@ -55,7 +55,7 @@ def influence_parts_command(head: Any, train: Any, test: Any, out: Path, *, damp
     command's ScoreColumns, e.g. MemorizationColumns / NewtonColumns), same Hessian choices
     (``hessian='relative'`` draws the seeded sample of ``winnow.analyses.relative`` and builds H⁽ᵐ⁾ per partition).
     Returns the PartsResult."""
-    from ..engine.backends import ScoreColumnsFactory, write_influence_parts
+    from ..analyses.influence import write_influence_parts
 
     if pairs is not None:
         raise ValidationError("--pairs writes one long-format file and cannot be combined with partitioned "
@@ -75,7 +75,7 @@ def influence_parts_command(head: Any, train: Any, test: Any, out: Path, *, damp
                                     chunk_size=chunk_size, progress=not quiet).draw(head, train)
         rows, weights, normalizer = sample.rows, sample.weights, sample.normalizer
     res = write_influence_parts(
-        head, train, out, test=test, columns=[ScoreColumnsFactory(e) for e in extra], damping=damping,
+        head, train, out, test=test, columns=list(extra), damping=damping,
         hessian_rows=rows, hessian_weights=weights, normalizer=normalizer, workers=workers, scheduler=scheduler,
         resume=resume, overwrite=overwrite, chunk_size=chunk_size, partition_rows=partition_rows,
         progress=not quiet, timeout=cluster_timeout)
