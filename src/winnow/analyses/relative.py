@@ -306,7 +306,7 @@ __getattr__ = moved_names(__name__, __package__, {
     **{name: ".lep" for name in ("METRICS", "LEPResult", "SearchResult", "SearchStep", "_compare",
                                  "_open_train_test", "_progress_printer", "influence_chunk", "influence_columns",
                                  "lep_check", "lep_statistics", "sample_sizes", "top_k", "two_sample_search")},
-    "report_section": "..report.relative:report_section",
+    "report_section": "..report.relative:lep_section",
 })
 
 

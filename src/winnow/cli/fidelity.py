@@ -87,11 +87,11 @@ def validate_group(
         SUMMARY_HEADER,
         group_divergence,
         group_effect,
-        group_section,
         read_subset_ids,
     )
     from ..core.heads import load_head
     from ..io.outputs import write_json
+    from ..report import group_section
     from ..report.html import Report
 
     if (subset is None) == (not sweep):
@@ -150,8 +150,9 @@ def evaluate_mislabel_cmd(
     """Koh & Liang's mislabel experiment: flip labels, refit, check training points in the order of
     self-influence, training loss, influence on clean validation data, or at random; print the fraction of
     flips found at 5/10/20/30 % checked. Data are held in memory."""
-    from ..evaluation.mislabel import evaluate_mislabel, mislabel_section
+    from ..evaluation.mislabel import evaluate_mislabel
     from ..io.outputs import write_json
+    from ..report import mislabel_section
     from ..report.html import Report
 
     _check_outputs(overwrite, json_out=json_out, report=report)
@@ -189,8 +190,9 @@ def evaluate_lds(
     """Linear datamodeling score: per test point, Spearman over M random subsets between the retrained test
     loss and (1/n) Σ_(p kept) I_loss(t, p), averaged over test points. Holds the (T, n) influence matrix."""
     from ..core.heads import load_head
-    from ..evaluation.lds import lds_section, linear_datamodeling_score
+    from ..evaluation.lds import linear_datamodeling_score
     from ..io.outputs import write_json
+    from ..report import lds_section
     from ..report.html import Report
 
     _check_outputs(overwrite, json_out=json_out, report=report)

@@ -157,8 +157,9 @@ def check_head_cmd(
     batch_size: BatchSize = 256, device: Device = None, overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Theorem 1 check: is influence on the head's parameters a good stand-in for influence on all of them?"""
-    from ..evaluation.theorem1 import report_section, theorem1_check
+    from ..evaluation.theorem1 import theorem1_check
     from ..io.outputs import check_output_path, write_json
+    from ..report import theorem1_section as report_section
 
     for p, arg in ((json_out, "json_out"), (report, "report")):
         if p is not None:

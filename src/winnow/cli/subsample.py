@@ -141,8 +141,8 @@ def evaluate_subset(
     from ..core.heads import load_head
     from ..evaluation.subset import evaluate_subset as api_evaluate
     from ..io.outputs import check_output_path, write_json
+    from ..report import subsample_section as report_section
     from ..report.html import Report
-    from ..report.subsample import report_section
 
     for path, arg in ((json_out, "json_out"), (report, "report")):
         if path is not None:

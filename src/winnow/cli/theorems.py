@@ -189,7 +189,7 @@ def check_theorems_cmd(
         write_points(check.memorization, points_out, overwrite=overwrite)
         say(quiet, f"wrote {points_out}")
     if report is not None:
-        from ..analyses.theorems import report_section
+        from ..report import theorems_section as report_section
         from ..report.html import Report
 
         rep = Report("winnow: the paper's theorems on this head")

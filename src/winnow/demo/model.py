@@ -20,7 +20,8 @@ from scipy import stats
 
 from ..core.influence import InfluenceAnalyzer
 from ..core.models import ModelInfluence, extract_features, head_from_module, refine_model
-from ..evaluation.theorem1 import Theorem1Result, report_section, theorem1_check
+from ..evaluation.theorem1 import Theorem1Result, theorem1_check
+from ..report.theorem1 import theorem1_section as report_section
 
 DEMO_MODEL_L2 = 1e-3
 # the loss is flat along the incoming biases of hidden units the L2 has switched off: H is singular there

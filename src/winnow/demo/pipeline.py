@@ -37,13 +37,12 @@ def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = True, progres
 
     ``report`` lets a caller put its own sections first; ``model`` adds the PyTorch part: a small MLP
     featurizer + head trained on the digit images, head-only vs full-model influence (Theorem 1)."""
-    from ..analyses.fidelity import NewtonColumns, compare_removal_methods, removal_methods_section
+    from ..analyses.fidelity import NewtonColumns, compare_removal_methods
+    from ..analyses.lep import two_sample_search
     from ..analyses.memorization import MemorizationColumns
-    from ..analyses.relative import report_section as lep_section
-    from ..analyses.relative import two_sample_search
     from ..analyses.theorems import check_theorems
-    from ..analyses.theorems import report_section as theorems_section
-    from ..evaluation.lds import lds_section, linear_datamodeling_score
+    from ..evaluation.lds import linear_datamodeling_score
+    from ..report import lds_section, lep_section, removal_methods_section, theorems_section
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

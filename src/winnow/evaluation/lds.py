@@ -32,6 +32,7 @@ import torch
 from scipy import stats
 
 from .. import validation as V
+from .._moved import moved_names
 from ..analyses.fidelity import _check_head, loss_from_logits, predict_group_removal, prepare_newton, refit_tight
 from ..core.heads import Head, as_tensor
 from ..progress import track_rows
@@ -136,29 +137,5 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
                      extra={"seed": seed, "kept_per_subset": k})
 
 
-def lds_section(report: Any, result: LdsResult) -> Any:
-    """LDS value, the per-test-point distribution, and one test point's predicted vs actual losses."""
-    import matplotlib.pyplot as plt
-
-    obj = "usual fit on the kept rows" if result.renormalize else "ε = −1/n objective"
-    report.section("Linear datamodeling score (LDS)",
-                   f"{result.subsets} random subsets keeping {result.fraction:g} of n = {result.n_train} rows, "
-                   f"head retrained on each ({obj}). Per test point: Spearman over subsets between the actual "
-                   f"test loss and (1/n) Σ_(p kept) I_loss(t, p); averaged over test points.")
-    report.table(["quantity", "value"], [["LDS (first-order influence)", result.score],
-                                         ["LDS (Newton group step, reference)", result.score_newton],
-                                         ["test points left out (constant)", int(np.isnan(result.per_test).sum())]])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    v = result.per_test[np.isfinite(result.per_test)]
-    axes[0].hist(v, bins=30)
-    axes[0].axvline(result.score, color="k", lw=1)
-    axes[0].set_xlabel("Spearman per test point")
-    axes[0].set_ylabel("test points")
-    if v.size:
-        t = int(np.nanargmin(np.abs(result.per_test - np.nanmedian(result.per_test))))
-        axes[1].scatter(result.predicted[:, t], result.actual[:, t], s=12)
-        axes[1].set_title(f"median test point: Spearman {result.per_test[t]:.3f}", fontsize=9)
-    axes[1].set_xlabel("predicted τ(S) = (1/n) Σ_(p∈S) I_loss")
-    axes[1].set_ylabel("actual test loss after retraining")
-    report.figure(fig, "Left: distribution of the per-test-point correlation; right: one test point's subsets.")
-    return report
+# the report section lives in winnow.report.lds
+__getattr__ = moved_names(__name__, __package__, {"lds_section": "..report.lds:lds_section"})

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import validation as V
+from .._moved import moved_names
 from ..core.heads import Head, LogisticHead, SoftmaxHead, as_tensor
 from ..core.influence import InfluenceAnalyzer
 from ..progress import track_rows
@@ -178,26 +179,5 @@ def evaluate_mislabel(train: Any, *, head_kind: str = "auto", l2: float = 1e-3, 
                           extra={"seeds": seeds, "valid_accuracy_noisy_head": accs, "n_valid": len(yv)})
 
 
-def mislabel_section(report: Any, result: MislabelResult) -> Any:
-    """The found-vs-checked curve (mean over seeds) and the table at the check fractions."""
-    import matplotlib.pyplot as plt
-
-    seeds = next(iter(result.curves.values())).shape[0]
-    report.section("Mislabel detection",
-                   f"{result.n_flipped} of {result.n_train} training labels flipped ({result.flip:g}), "
-                   f"{result.head_kind} head, λ = {result.l2:g}, {seeds} seed(s); clean validation: "
-                   f"{result.valid}. Check the top of each ranking; curve: fraction of the flips found.")
-    report.table(result.header(), result.table())
-    fig, ax = plt.subplots(figsize=(6, 4.4))
-    for r, c in result.curves.items():
-        m = c.mean(0)
-        ax.plot(100 * result.grid, m, label=RANKING_LABELS[r])
-        if c.shape[0] > 1:
-            ax.fill_between(100 * result.grid, c.min(0), c.max(0), alpha=0.15)
-    ax.set_xlabel("training points checked (%)")
-    ax.set_ylabel("fraction of flipped labels found")
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 1.01)
-    ax.legend(loc="lower right")
-    report.figure(fig, "Mean over seeds (band: min to max).")
-    return report
+# the report section lives in winnow.report.mislabel
+__getattr__ = moved_names(__name__, __package__, {"mislabel_section": "..report.mislabel:mislabel_section"})

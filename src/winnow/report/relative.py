@@ -52,7 +52,7 @@ def search_figure(result: SearchResult) -> Any:
     return fig
 
 
-def report_section(report: Any, result: SearchResult | LEPResult, *, title: str = "Relative influence (LEP)") -> Any:
+def lep_section(report: Any, result: SearchResult | LEPResult, *, title: str = "Relative influence (LEP)") -> Any:
     """Add the LEP curve (a SearchResult) or a single LEP check (an LEPResult) to a ``winnow.report.Report``."""
     if isinstance(result, SearchResult):
         vs = ("two independent samples of size m" if result.mode == "two-sample"
@@ -76,3 +76,6 @@ def report_section(report: Any, result: SearchResult | LEPResult, *, title: str 
         report.table(["statistic", "value"], [[k, v] for k, v in s.items()])
         return report
     raise ValidationError(f"report_section expects a SearchResult or LEPResult, got {type(result).__name__}")
+
+
+report_section = lep_section  # the name this section had before

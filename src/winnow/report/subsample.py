@@ -47,7 +47,7 @@ def curve_figure(evaluation: SubsetEvaluation, metrics: Sequence[str] = ("loglos
     return fig
 
 
-def report_section(report: Any, evaluation: SubsetEvaluation) -> Any:
+def subsample_section(report: Any, evaluation: SubsetEvaluation) -> Any:
     """Add the subsampling section to a ``winnow.report.Report``: results table, the curve, the chosen
     ratio and the memorize/generalize counts kept by class. Returns the report."""
     meta = evaluation.subset_summary
@@ -87,3 +87,6 @@ def report_section(report: Any, evaluation: SubsetEvaluation) -> Any:
                        "over seeds of heads retrained on the drawn subsets")
         report.figure(curve_figure(evaluation))
     return report
+
+
+report_section = subsample_section  # the name this section had before
