@@ -292,3 +292,29 @@ def test_rewriting_touches_whole_names_only():
     # an error that lists no parameters is taken to name the one its message starts with
     assert cli_message(ValidationError("damping must be >= 0"), "lep") == "--damping must be >= 0"
     assert cli_message(ValidationError("the damping is too small"), "lep") == "the damping is too small"
+
+
+def test_a_test_set_with_the_wrong_dimension_gets_one_message_in_every_command(files, tmp_path, capsys):
+    """The head fits TRAIN but the test (or validation) set has one feature too few: every command that
+    reads one says so in the same words, naming its own flag."""
+    rng = np.random.default_rng(0)
+    bad = tmp_path / "test5.npz"
+    np.savez(bad, X=rng.random((30, 5)), y=rng.integers(0, 2, 30))
+    common = [files["train"], "--head", files["head"]]
+    commands = {
+        "influence": ["--test", bad, "--out", tmp_path / "s.parquet"],
+        "validate-loo": ["--test", bad, "--points", "3"],
+        "lep": ["--test", bad],
+        "check-theorems": ["--test", bad],
+        "evaluate-lds": ["--test", bad, "--subsets", "3"],
+        "subsample": ["--valid", bad, "--keep", "0.5", "--out", tmp_path / "sub.parquet"],
+    }
+    seen = set()
+    for command, opts in commands.items():
+        flag = opts[0]
+        msg = check_one_line_error([command, *common, *opts, "-q"], capsys, tmp_path / "s.parquet")
+        expected = (f"error: {flag} ({bad}) has 5 features per row but the head expects D = 6 (feature dimension "
+                    "mismatch between head and data)")
+        assert msg == expected, (command, msg)
+        seen.add(msg.replace(flag, "FLAG"))
+    assert len(seen) == 1
