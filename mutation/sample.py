@@ -32,9 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "mutation" / ".work"
 
-# key -> (module file, its test file)
+# key -> (module file, its test files). The heads' scoring fast path and leverage are tested where they are used
+# (influence scores, Hessians), so the heads run with all three core test files.
 MODULES = {
-    "heads": ("src/winnow/core/heads.py", "tests/core/test_heads.py"),
+    "heads": ("src/winnow/core/heads.py",
+              "tests/core/test_heads.py tests/core/test_curvature.py tests/core/test_influence.py"),
     "curvature": ("src/winnow/core/curvature.py", "tests/core/test_curvature.py"),
     "influence": ("src/winnow/core/influence.py", "tests/core/test_influence.py"),
     "memorization": ("src/winnow/analyses/memorization.py", "tests/analyses/test_memorization.py"),
@@ -61,8 +63,9 @@ def mutmut_table(module: str, test: str) -> str:
     """The `[tool.mutmut]` table of the main pyproject.toml with only `module` mutated and only `test` run."""
     text = (ROOT / "pyproject.toml").read_text()
     text = re.sub(r"only_mutate = \[[^\]]*\]", f'only_mutate = ["{module}"]', text)
+    tests = ", ".join(f'"{t}"' for t in test.split())
     return re.sub(r"pytest_add_cli_args_test_selection = \[[^\]]*\]",
-                  f'pytest_add_cli_args_test_selection = ["{test}"]', text)
+                  f"pytest_add_cli_args_test_selection = [{tests}]", text)
 
 
 def mutmut(work: Path, *args: str, log: Path | None = None) -> str:
@@ -144,12 +147,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="mutmut --max-children")
     parser.add_argument("--report", action="store_true", help="only print the table of the last runs")
     parser.add_argument("--diff", action="store_true", help="with --report: the diff of every survivor")
+    parser.add_argument("--collect", action="store_true", help="re-read mutmut's results of the work folders")
     args = parser.parse_args()
     keys = args.modules or list(MODULES)
     unknown = sorted(set(keys) - set(MODULES))
     if unknown:
         parser.error(f"unknown module keys {unknown}; known: {', '.join(MODULES)}")
-    if not args.report:
+    if args.collect:
+        for key in keys:
+            old = json.loads((WORK / key / "sample.json").read_text()) if (WORK / key / "sample.json").exists() \
+                else {"mutants": 0, "sample": {}}
+            collect(key, [""] * old["mutants"], list(old["sample"]))
+    elif not args.report:
         for key in keys:
             run_module(key, args.per_module, args.seed, args.jobs)
     report(keys, args.diff)
