@@ -115,7 +115,7 @@ def collect(key: str, names: list[str], sample: list[str]) -> dict:
 
 
 def report(keys: list[str], diff: bool) -> None:
-    print(f"| module | mutants | sampled | killed | survived | not checked | score | 95 % interval |")
+    print("| module | mutants | sampled | killed | survived | not checked | score | 95 % interval |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     survivors = []
     for key in keys:

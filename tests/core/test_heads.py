@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import reference as ref  # tests/reference.py: independent maths
 import torch
+from conftest import relu_embeddings
 from sklearn.linear_model import LogisticRegression
 
 from winnow.core.heads import LogisticHead, SoftmaxHead, as_tensor, head_from_torch, load_head
@@ -315,3 +316,58 @@ def test_from_torch_and_save_load_keep_every_parameter(tmp_path):
         load_head(tmp_path / "kind.npz")
     with pytest.raises(ValidationError, match="features"):
         head.predict_proba(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_leverage_is_the_trace_of_hinv_times_each_example_hessian(kind, binary_data):
+    """ℓev_i = tr(H⁻¹ ∇²ℓ_i): per-example Hessians by autograd, H⁻¹ by numpy (the pseudo-inverse on the
+    gradients' span for softmax; `Curvature.inverse`'s null-direction fill must not change it)."""
+    from scipy.special import softmax
+
+    from winnow.core.curvature import fit_curvature
+    from winnow.core.heads import augment
+
+    X, y = binary_data[0][:60], binary_data[1][:60]
+    if kind == "softmax":
+        X, y = relu_embeddings(60, d=3, seed=5, k=3)
+    head = _fitted(kind, X, y, l2=0.05)
+    K, D = head.n_outputs, head.n_features_
+    th = head.theta_.numpy()
+    H = ref.risk_hessian(kind, X, y, th, K, head.l2)
+    Hinv = ref.pinv_on_gradients(H, ref.bias_shift_direction(K, D) if kind == "softmax" else None)
+    rows = range(0, 60, 7)
+    lev_ref = np.array([np.trace(Hinv @ ref.loss_hessian_sum(kind, X[i:i + 1], y[i:i + 1], th, K)) for i in rows])
+    Xr = torch.as_tensor(X[list(rows)])
+    np.testing.assert_allclose(head.leverage(Xr, torch.as_tensor(Hinv)).numpy(), lev_ref, rtol=1e-9, atol=1e-13)
+    curv = fit_curvature(head, (X, y))
+    np.testing.assert_allclose(head.leverage(Xr, curv.inverse()).numpy(), lev_ref, rtol=1e-8, atol=1e-12)
+    # the blocks M_p = U_pᵀH⁻¹U_p with the curvature factor A_p give the same trace: Σ_kl (A_p)_kl (M_p)_lk
+    M = head.leverage_blocks(augment(Xr), torch.as_tensor(Hinv)).numpy()
+    assert M.dtype == np.float64 and M.shape == (len(lev_ref), K, K)
+    W, b = ref.split(th, K, D)
+    Z = X[list(rows)] @ W.T + b
+    if kind == "logistic":
+        s = 1 / (1 + np.exp(-Z[:, 0]))
+        A = (s * (1 - s))[:, None, None]
+    else:
+        p = softmax(Z, axis=1)
+        A = np.einsum("ik,kl->ikl", p, np.eye(K)) - p[:, :, None] * p[:, None, :]
+    np.testing.assert_allclose(np.einsum("ikl,ilk->i", A, M), lev_ref, rtol=1e-9, atol=1e-13)
+    Ua = np.c_[X[list(rows)], np.ones(len(lev_ref))]
+    for k in range(K):
+        blk = Hinv[k * (D + 1):(k + 1) * (D + 1), (K - 1) * (D + 1):]
+        np.testing.assert_allclose(M[:, k, K - 1], np.einsum("id,de,ie->i", Ua, blk, Ua), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_blank_is_an_unfitted_copy_for_retraining(kind, binary_data):
+    X, y = binary_data if kind == "logistic" else relu_embeddings(50, d=3, seed=5, k=3)
+    head = _fitted(kind, X[:50], y[:50], l2=0.07)
+    b = head.blank()
+    assert type(b) is type(head) and not b.is_fitted
+    assert b.l2 == 0.07 and b.tol == head.tol and b.max_iter >= 100
+    assert head.blank(tol=1e-5).tol == 1e-5
+    refit = b.fit(X[:50], y[:50])
+    np.testing.assert_allclose(refit.theta_.numpy(), head.theta_.numpy(), rtol=1e-6, atol=1e-8)
+    if kind == "softmax":
+        assert b.n_outputs == head.n_outputs

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import reference as ref  # tests/reference.py: independent maths
+from conftest import relu_embeddings
 
 from winnow.core.curvature import fit_curvature
 from winnow.core.heads import LogisticHead, SoftmaxHead
@@ -184,14 +185,14 @@ def test_self_influence_write_scores_and_one_call_agree_with_reference(kind, bin
 
 
 @pytest.mark.parametrize("kind", ["logistic", "softmax"])
-def test_score_chunk_function_against_dense_reference(kind, binary_data, multiclass_data):
+def test_score_chunk_function_against_dense_reference(kind, binary_data):
     """`winnow.core.influence.score_chunk` (the pure per-chunk kernel): influence −g_pᵀH⁻¹ḡ_t, loss change
     +g_pᵀH⁻¹ḡ_t / n, self-influence g_pᵀH⁻¹g_p and the pair block −g_pᵀH⁻¹g_t, all from tests/reference.py."""
     import torch
 
     from winnow.core import influence
 
-    X, y = binary_data if kind == "logistic" else multiclass_data
+    X, y = binary_data if kind == "logistic" else relu_embeddings(90, d=3, seed=5, k=3)
     Xtr, ytr, Xte, yte = X[:80], y[:80], X[80:90], y[80:90]
     head = (LogisticHead(l2=1e-2) if kind == "logistic" else SoftmaxHead(l2=1e-2)).fit(Xtr, ytr)
     I_ref, self_ref, _ = dense_reference(head, Xtr, ytr, Xte, yte)
