@@ -9,12 +9,13 @@ killed / checked with a 95 % Wilson interval. Run from the repository root:
     python mutation/sample.py                       # all eight modules, 80 mutants each, seed 10
     python mutation/sample.py heads curvature       # some modules (keys below)
     python mutation/sample.py --per-module 0        # every mutant of the module (a full run, slow)
-    python mutation/sample.py --report              # table and survivors of the last runs, nothing rerun
+    python mutation/sample.py --recheck relative    # rerun only the last sample's survivors (after adding tests)
+    python mutation/sample.py --report [--diff]     # table and survivors of the last runs, nothing rerun
 
 Each module runs in its own work folder `mutation/.work/<key>/` (a copy of src/, tests/ and pyproject.toml whose
-`[tool.mutmut]` mutates only that module and selects only its test file), so the mutmut test mapping is rebuilt
+`[tool.mutmut]` mutates only that module and selects only its test files), so the mutmut test mapping is rebuilt
 from the current tests on every run. Results go to `mutation/.work/<key>/sample.json`; survivors are printed with
-their diffs (`--report --diff`).
+their diffs (`--report --diff`). The sample depends only on the seed, the module key and the module's mutants.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ for path in walk_mutatable_files():
     print("\\n".join(sorted(m.exit_code_by_key)))
 """
 
+# Functions that only present results (report sections, figures, printed progress, repr): their mutants are in the
+# sample and in the "all" score, and are left out of the "maths" score (a post-stratified subset of the same
+# uniform sample, so it is itself a uniform sample of the maths functions' mutants).
+PRESENTATION = re.compile(r"report_section|figure|_progress_printer|__repr__|render|markdown|_plot")
+
+
+def is_presentation(name: str) -> bool:
+    return bool(PRESENTATION.search(name.split("__mutmut_")[0].rsplit(".", 1)[-1]))
+
+
 def mutmut_table(module: str, test: str) -> str:
     """The `[tool.mutmut]` table of the main pyproject.toml with only `module` mutated and only `test` run."""
     text = (ROOT / "pyproject.toml").read_text()
@@ -86,55 +97,78 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def run_module(key: str, per_module: int, seed: int, jobs: int) -> None:
+def prepare(key: str) -> list[str]:
+    """A fresh work folder for ``key`` (current src/ and tests/); every mutant name of the module."""
     module, test = MODULES[key]
     work = WORK / key
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.rmtree(work / "mutants", ignore_errors=True)
+    for sub in ("src", "tests"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+        shutil.copytree(ROOT / sub, work / sub, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "pyproject.toml").write_text(mutmut_table(module, test))
     names = subprocess.run([sys.executable, "-c", GENERATE], cwd=work, capture_output=True, text=True,
                            check=True).stdout.split()
-    names = sorted(n for n in names if "__mutmut_" in n)
+    return sorted(n for n in names if "__mutmut_" in n)
+
+
+def statuses(key: str) -> dict[str, str]:
+    out = mutmut(WORK / key, "results", "--all", "true")
+    return dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+)$", out, flags=re.M))
+
+
+def run_module(key: str, per_module: int, seed: int, jobs: int) -> None:
+    """Draw the sample and run it."""
+    names = prepare(key)
     sample = names if per_module <= 0 or per_module >= len(names) else \
         sorted(random.Random(f"{seed}:{key}").sample(names, per_module))
     print(f"{key}: {len(names)} mutants, running {len(sample)}", flush=True)
-    mutmut(work, "run", "--max-children", str(jobs), *sample, log=work / "run.log")
-    collect(key, names, sample)
+    mutmut(WORK / key, "run", "--max-children", str(jobs), *sample, log=WORK / key / "run.log")
+    st = statuses(key)
+    save(key, len(names), {n: st.get(n, "not checked") for n in sample})
 
 
-def collect(key: str, names: list[str], sample: list[str]) -> dict:
-    work = WORK / key
-    out = mutmut(work, "results", "--all", "true")
-    status = dict(re.findall(r"^\s*(\S+__mutmut_\d+): (.+)$", out, flags=re.M))
-    result = {"module": MODULES[key][0], "mutants": len(names), "sample": {n: status.get(n, "not checked")
-                                                                          for n in sample}}
-    (work / "sample.json").write_text(json.dumps(result, indent=1))
-    return result
+def recheck(key: str, jobs: int) -> None:
+    """Rerun the sample's survivors against the current tests (after tests were added); keep the rest."""
+    old = json.loads((WORK / key / "sample.json").read_text())
+    todo = [n for n, s in old["sample"].items() if s in ("survived", "no tests", "not checked")]
+    names = prepare(key)
+    assert len(names) == old["mutants"], f"{key}: the module changed since the sample was drawn; run it again"
+    print(f"{key}: rechecking {len(todo)} survivors", flush=True)
+    if todo:
+        mutmut(WORK / key, "run", "--max-children", str(jobs), *todo, log=WORK / key / "recheck.log")
+        st = statuses(key)
+        old["sample"].update({n: st.get(n, "not checked") for n in todo})
+    save(key, old["mutants"], old["sample"])
+
+
+def save(key: str, n_mutants: int, sample: dict[str, str]) -> None:
+    result = {"module": MODULES[key][0], "mutants": n_mutants, "sample": sample}
+    (WORK / key / "sample.json").write_text(json.dumps(result, indent=1))
 
 
 def report(keys: list[str], diff: bool) -> None:
-    print("| module | mutants | sampled | killed | survived | not checked | score | 95 % interval |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| module | mutants | sampled | killed | survived | score (all) | 95 % interval | maths: killed / checked "
+          "| score (maths) | 95 % interval |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     survivors = []
     for key in keys:
         path = WORK / key / "sample.json"
         if not path.exists():
             continue
         r = json.loads(path.read_text())
-        st = list(r["sample"].values())
-        killed = sum(s in ("killed", "timeout") for s in st)
-        survived = [n for n, s in r["sample"].items() if s in ("survived", "no tests")]
-        checked = killed + len(survived)
-        lo, hi = wilson(killed, checked)
-        score = killed / checked if checked else float("nan")
-        print(f"| `{r['module']}` | {r['mutants']} | {len(st)} | {killed} | {len(survived)} | "
-              f"{len(st) - checked} | {score:.1%} | {lo:.0%}–{hi:.0%} |")
-        survivors += [(key, n, r["sample"][n]) for n in survived]
+        rows = []
+        for subset in (r["sample"], {n: s for n, s in r["sample"].items() if not is_presentation(n)}):
+            killed = sum(s in ("killed", "timeout") for s in subset.values())
+            checked = killed + sum(s in ("survived", "no tests") for s in subset.values())
+            lo, hi = wilson(killed, checked)
+            rows.append((killed, checked, killed / checked if checked else float("nan"), lo, hi))
+        (k, c, sc, lo, hi), (mk, mc, msc, mlo, mhi) = rows
+        print(f"| `{r['module']}` | {r['mutants']} | {len(r['sample'])} | {k} | {c - k} | {sc:.1%} | "
+              f"{lo:.0%}–{hi:.0%} | {mk} / {mc} | {msc:.1%} | {mlo:.0%}–{mhi:.0%} |")
+        survivors += [(key, n, s) for n, s in r["sample"].items() if s in ("survived", "no tests")]
     print()
     for key, name, s in survivors:
-        print(f"{s:9s} {name}")
+        print(f"{s:9s} {'presentation ' if is_presentation(name) else ''}{name}")
         if diff:
             print(mutmut(WORK / key, "show", name))
 
@@ -147,17 +181,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="mutmut --max-children")
     parser.add_argument("--report", action="store_true", help="only print the table of the last runs")
     parser.add_argument("--diff", action="store_true", help="with --report: the diff of every survivor")
-    parser.add_argument("--collect", action="store_true", help="re-read mutmut's results of the work folders")
+    parser.add_argument("--recheck", action="store_true",
+                        help="rerun only the last sample's survivors against the current tests")
     args = parser.parse_args()
     keys = args.modules or list(MODULES)
     unknown = sorted(set(keys) - set(MODULES))
     if unknown:
         parser.error(f"unknown module keys {unknown}; known: {', '.join(MODULES)}")
-    if args.collect:
+    if args.recheck:
         for key in keys:
-            old = json.loads((WORK / key / "sample.json").read_text()) if (WORK / key / "sample.json").exists() \
-                else {"mutants": 0, "sample": {}}
-            collect(key, [""] * old["mutants"], list(old["sample"]))
+            recheck(key, args.jobs)
     elif not args.report:
         for key in keys:
             run_module(key, args.per_module, args.seed, args.jobs)
