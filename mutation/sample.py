@@ -63,7 +63,7 @@ for path in walk_mutatable_files():
 # Functions that only present results (report sections, figures, printed progress, repr): their mutants are in the
 # sample and in the "all" score, and are left out of the "maths" score (a post-stratified subset of the same
 # uniform sample, so it is itself a uniform sample of the maths functions' mutants).
-PRESENTATION = re.compile(r"report_section|figure|_progress_printer|__repr__|render|markdown|_plot")
+PRESENTATION = re.compile(r"_section|figure|_progress_printer|__repr__|render|markdown|_plot")
 
 
 def is_presentation(name: str) -> bool:
