@@ -371,3 +371,48 @@ def test_blank_is_an_unfitted_copy_for_retraining(kind, binary_data):
     np.testing.assert_allclose(refit.theta_.numpy(), head.theta_.numpy(), rtol=1e-6, atol=1e-8)
     if kind == "softmax":
         assert b.n_outputs == head.n_outputs
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_generic_score_chunk_and_logit_maths_against_the_reference(kind, binary_data):
+    """The generic `Head.score_chunk` (per-example gradients; what autodiff heads use), the per-example loss from
+    logits and the curvature factor A_p = ∂²ℓ/∂z² (autograd in the logits) against tests/reference.py."""
+    from winnow.core.curvature import fit_curvature
+    from winnow.core.heads import Head
+
+    X, y = binary_data[0][:50], binary_data[1][:50]
+    if kind == "softmax":
+        X, y = relu_embeddings(50, d=3, seed=5, k=3)
+    head = _fitted(kind, X, y, l2=0.05)
+    K, D = head.n_outputs, head.n_features_
+    th = head.theta_.numpy()
+    H = ref.risk_hessian(kind, X, y, th, K, head.l2)
+    Hinv = ref.pinv_on_gradients(H, ref.bias_shift_direction(K, D) if kind == "softmax" else None)
+    G = ref.per_example_grads(kind, X, y, th, K)
+    s = Hinv @ G[:7].mean(0)
+    curv = fit_curvature(head, (X, y))
+    out = Head.score_chunk(head, X[10:30], y[10:30], direction=torch.as_tensor(s), curvature=curv, n_train=50,
+                           pair_factors=torch.as_tensor(Hinv @ G[:3].T))
+    np.testing.assert_allclose(out["influence"], -(G[10:30] @ s), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(out["loss_change_if_removed"], G[10:30] @ s / 50, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(out["self_influence"], np.einsum("ip,pq,iq->i", G[10:30], Hinv, G[10:30]),
+                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(out["pairs"], -(G[10:30] @ Hinv @ G[:3].T), rtol=1e-9, atol=1e-13)
+    buf = np.empty((20, 3))
+    out = Head.score_chunk(head, X[10:30], y[10:30], direction=torch.as_tensor(s), curvature=None, n_train=50,
+                           pair_factors=torch.as_tensor(Hinv @ G[:3].T), pairs_out=buf)
+    assert out["pairs"] is buf and "self_influence" not in out
+    np.testing.assert_allclose(buf, -(G[10:30] @ Hinv @ G[:3].T), rtol=1e-9, atol=1e-13)
+
+    W, b = ref.split(th, K, D)
+    Z = torch.as_tensor(X @ W.T + b)
+    yt = torch.as_tensor(y)
+    np.testing.assert_allclose(head.loss_from_logits(Z, yt).numpy(), ref.losses_np(kind, X, y, th, K), rtol=1e-12)
+    A = head.curvature_factors(torch.as_tensor(X)).numpy()
+    for i in (0, 17, 41):
+        def loss_of_logits(z, i=i):
+            if kind == "logistic":
+                return torch.logaddexp(torch.zeros((), dtype=z.dtype), z[0]) - float(y[i]) * z[0]
+            return torch.logsumexp(z, 0) - z[int(y[i])]
+        np.testing.assert_allclose(A[i], torch.autograd.functional.hessian(loss_of_logits, Z[i]).numpy(),
+                                   rtol=1e-10, atol=1e-14)
