@@ -382,7 +382,12 @@ def test_check_theorems_passes_damping_to_the_l2_sweep():
     X, Xt = X @ mix, Xt @ mix  # correlated, unequal scales: H⁻¹ and (H + damping·I)⁻¹ order pairs differently
     head = LogisticHead(l2=1e-2, tol=1e-11).fit(X, y)
     check = th.check_theorems(head, (X, y), (Xt, yt), pairs=400, seed=2, test_points=1, l2_grid=(0.05,),
-                              removal_fraction=None, damping=30.0)
+                              removal_fraction=0.1, damping=30.0)
+    # the removal experiment gets the damping too (its maths is pinned against scipy retraining above; here
+    # only that check_theorems passes damping on, so the comparison is with the function itself)
+    direct = th.removal_experiment(head, (X, y), (Xt, yt), fraction=0.1, seed=2, damping=30.0)
+    assert [r.predicted_delta_pos for r in check.removal] == pytest.approx([r.predicted_delta_pos for r in direct],
+                                                                           rel=1e-9)
     rng = np.random.default_rng(2)  # the pairs of sign_rule
     t, p = rng.integers(0, len(yt), size=400), rng.integers(0, len(y), size=400)
     theta = ref.fit_scipy("logistic", X, y, 1, 0.05)
