@@ -44,9 +44,7 @@ MODULES = {
     "relative": ("src/winnow/analyses/relative.py", "tests/analyses/test_relative.py"),
     "theorems": ("src/winnow/analyses/theorems.py", "tests/analyses/test_theorems.py"),
     "fidelity": ("src/winnow/analyses/fidelity.py", "tests/analyses/test_fidelity.py"),
-    # test_theorem1 imports its network fixtures from tests/core/test_models.py, which pytest can only import
-    # once that file is collected: select both (mutmut still runs only the tests that reach theorem1)
-    "theorem1": ("src/winnow/evaluation/theorem1.py", "tests/core/test_models.py tests/evaluation/test_theorem1.py"),
+    "theorem1": ("src/winnow/evaluation/theorem1.py", "tests/evaluation/test_theorem1.py"),
 }
 
 GENERATE = """
