@@ -416,3 +416,44 @@ def test_generic_score_chunk_and_logit_maths_against_the_reference(kind, binary_
             return torch.logsumexp(z, 0) - z[int(y[i])]
         np.testing.assert_allclose(A[i], torch.autograd.functional.hessian(loss_of_logits, Z[i]).numpy(),
                                    rtol=1e-10, atol=1e-14)
+
+
+def test_fit_backtracks_from_a_saturated_start():
+    """From a saturated warm start the full Newton step raises the risk (checked here in numpy); the fit must
+    backtrack and still reach scipy's optimum."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 2))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(40) > 0).astype(np.int64)
+    th0 = np.array([-8.0, 6.0, 3.0])
+    Xa = np.c_[X, np.ones(40)]
+
+    def risk(th):
+        z = Xa @ th
+        return np.mean(np.logaddexp(0, z) - y * z) + 0.5 * 1e-2 * (th[:2] ** 2).sum()
+
+    s = 1 / (1 + np.exp(-(Xa @ th0)))
+    g = Xa.T @ (s - y) / 40 + 1e-2 * np.r_[th0[:2], 0.0]
+    H = Xa.T @ (Xa * (s * (1 - s))[:, None]) / 40 + 1e-2 * np.diag([1.0, 1.0, 0.0])
+    assert risk(th0 - np.linalg.solve(H, g)) > risk(th0)  # the full step overshoots
+    head = LogisticHead(l2=1e-2, tol=1e-10).fit(X, y, init=torch.as_tensor(th0))
+    from scipy.optimize import minimize
+
+    def risk_and_grad(th):
+        p = 1 / (1 + np.exp(-(Xa @ th)))
+        return risk(th), Xa.T @ (p - y) / 40 + 1e-2 * np.r_[th[:2], 0.0]
+
+    opt = minimize(risk_and_grad, np.zeros(3), jac=True, method="BFGS", options={"gtol": 1e-12}).x
+    np.testing.assert_allclose(head.theta_.numpy(), opt, rtol=1e-6, atol=1e-8)
+
+
+def test_from_sklearn_refuses_an_l1_ratio_without_penalty():
+    """Newer sklearn spells elastic net as ``l1_ratio`` > 0 with ``penalty`` left at its default: refused."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(coef_=np.array([[0.5, -0.2]]), intercept_=np.array([0.1]), C=1.0, penalty="deprecated",
+                            l1_ratio=0.5, fit_intercept=True)
+    with pytest.raises(ValidationError, match="l1_ratio=0.5"):
+        LogisticHead.from_sklearn(model, n_samples=10)
+    model.l1_ratio = 0.0
+    head = LogisticHead.from_sklearn(model, n_samples=10)
+    assert head.l2 == pytest.approx(0.1)
