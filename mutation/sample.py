@@ -21,6 +21,7 @@ their diffs (`--report --diff`). The sample depends only on the seed, the module
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import random
@@ -127,10 +128,12 @@ def run_module(key: str, per_module: int, seed: int, jobs: int) -> None:
     save(key, len(names), {n: st.get(n, "not checked") for n in sample})
 
 
-def recheck(key: str, jobs: int) -> None:
-    """Rerun the sample's survivors against the current tests (after tests were added); keep the rest."""
+def recheck(key: str, jobs: int, only: list[str] | None = None) -> None:
+    """Rerun the sample's survivors (or those matching a glob of ``only``) against the current tests; keep the
+    rest."""
     old = json.loads((WORK / key / "sample.json").read_text())
-    todo = [n for n, s in old["sample"].items() if s in ("survived", "no tests", "not checked")]
+    todo = [n for n, s in old["sample"].items() if s in ("survived", "no tests", "not checked")
+            and (not only or any(fnmatch.fnmatch(n, g) for g in only))]
     names = prepare(key)
     assert len(names) == old["mutants"], f"{key}: the module changed since the sample was drawn; run it again"
     print(f"{key}: rechecking {len(todo)} survivors", flush=True)
@@ -183,6 +186,8 @@ def main() -> None:
     parser.add_argument("--diff", action="store_true", help="with --report: the diff of every survivor")
     parser.add_argument("--recheck", action="store_true",
                         help="rerun only the last sample's survivors against the current tests")
+    parser.add_argument("--only", action="append", metavar="GLOB",
+                        help="with --recheck: only the survivors whose name matches (repeatable)")
     args = parser.parse_args()
     keys = args.modules or list(MODULES)
     unknown = sorted(set(keys) - set(MODULES))
@@ -190,7 +195,7 @@ def main() -> None:
         parser.error(f"unknown module keys {unknown}; known: {', '.join(MODULES)}")
     if args.recheck:
         for key in keys:
-            recheck(key, args.jobs)
+            recheck(key, args.jobs, args.only)
     elif not args.report:
         for key in keys:
             run_module(key, args.per_module, args.seed, args.jobs)
