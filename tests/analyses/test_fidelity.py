@@ -24,7 +24,7 @@ def _head(kind, l2=1e-2):
 
 
 def _data(kind, n=60, d=6, seed=3):
-    return relu_embeddings(n, d=d, seed=seed, k=2 if kind == "logistic" else 3)
+    return relu_embeddings(n, d=d, seed=seed, k=3 if kind == "softmax" else 2)  # "softmax2": two classes
 
 
 def _kind(head):
@@ -72,7 +72,7 @@ def test_leverage_corrected_step_equals_explicit_leave_one_out_hessian_solve(kin
         torch.testing.assert_close(delta, first / (1 - torch.as_tensor(h))[:, None], rtol=1e-8, atol=1e-13)
 
 
-@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+@pytest.mark.parametrize("kind", ["logistic", "softmax", "softmax2"])
 def test_newton_columns_match_dense_test_loss(kind, monkeypatch):
     X, y = _data(kind, n=80)
     Xtr, ytr, Xte, yte = X[:60], y[:60], X[60:], y[60:]
@@ -316,3 +316,17 @@ def test_influence_newton_columns_end_to_end(tmp_path, binary_data):
                                                                    extra=[fid.NewtonColumns()])
     np.testing.assert_allclose(tbl["loss_change_if_removed_newton"].to_numpy(), ref["loss_change_if_removed_newton"],
                                rtol=1e-8, atol=1e-15)
+
+
+def test_removal_methods_table_rows():
+    """Table rows: [label, Pearson, Spearman, max |predicted − actual| / max |actual|] (NaN predictions skipped)."""
+    actual = np.array([0.5, -2.0, 1.0])
+    predicted = {m: actual + np.array([0.1, -0.3, 0.0]) * (i + 1) for i, m in enumerate(fid.METHODS)}
+    predicted["newton_exact"][2] = np.nan
+    res = fid.RemovalMethodsResult(ids=np.arange(3), actual=actual, predicted=predicted, leverage=np.zeros(3),
+                                   pearson={m: 0.9 for m in fid.METHODS}, spearman={m: 0.8 for m in fid.METHODS},
+                                   n_train=10, tol=1e-9)
+    rows = res.table()
+    assert [r[0] for r in rows] == [fid.METHOD_LABELS[m] for m in fid.METHODS]
+    assert [r[3] for r in rows] == pytest.approx([0.3 * (i + 1) / 2.0 for i in range(4)], rel=1e-12)
+    assert rows[0][1:3] == [0.9, 0.8]

@@ -193,3 +193,22 @@ def test_influence_scores_gain_memorization_columns(logistic_setup, tmp_path):
     assert float(t.schema.metadata[b"winnow.memorize_threshold"]) == D
     with pytest.raises(ValidationError, match="threshold"):
         an.score((Xt, yt), extra=[MemorizationColumns(threshold=-1.0)])
+
+
+def test_write_points_round_trip_with_metadata(logistic_setup, tmp_path):
+    """One row per training point with the verdicts and sign fractions, read back with pyarrow; the threshold
+    and the sign convention of the fractions travel in the file's metadata."""
+    import pyarrow.parquet as pq
+
+    X, y, head = logistic_setup
+    Xt, yt = relu_embeddings(40, d_in=6, d=5, seed=4)
+    res = mem.MemorizationAnalyzer(threshold=30.0).fit(head, (X, y)).result(test=(Xt, yt))
+    path = mem.write_points(res, tmp_path / "points.parquet")
+    table = pq.read_table(path)
+    assert table.column_names == ["id", "label", "memorization", "memorize", "helps_fraction", "hurts_fraction"]
+    np.testing.assert_array_equal(table["memorization"].to_numpy(), res.scores)
+    np.testing.assert_array_equal(table["memorize"].to_numpy(), res.scores > 30.0)
+    np.testing.assert_array_equal(table["hurts_fraction"].to_numpy(), res.hurts_fraction)
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert float(meta["winnow.memorize_threshold"]) == 30.0
+    assert "< 0" in meta["winnow.helps_fraction"] and "> 0" in meta["winnow.hurts_fraction"]

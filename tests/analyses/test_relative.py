@@ -537,3 +537,28 @@ def test_weighted_relative_hessian_eq52_with_written_out_weights(sampler):
     H_ref = (ref.loss_hessian_sum("logistic", X[rows], y[rows], head.theta_.numpy(), 1, weights=w) / m
              + head.l2 * np.diag(np.r_[np.ones(X.shape[1]), 0.0]))
     np.testing.assert_allclose(rh.curvature_.hessian.numpy(), H_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_two_sample_search_uses_the_sampler_and_default_start():
+    """The search's subset a is relative_curvature(sampler=..., seed=...) (here stratified, against the full
+    Hessian); ``start`` defaults to min(max(2P, 256), max_size); ``speedup(size)`` is per step."""
+    X, y = _data("logistic", n=330, seed=8)
+    Xtr, ytr, Xte, yte = X[:300], y[:300], X[300:], y[300:]
+    head = _head("logistic", Xtr, ytr, l2=1e-3)
+    res = two_sample_search(head, (Xtr, ytr), (Xte, yte), sampler="stratified", start=20, max_size=40,
+                            threshold=1.0, seed=5, full=True)
+    assert [s.size for s in res.steps] == [20, 40] and res.recommended_sample_size is None
+    rel = relative_curvature(head, (Xtr, ytr), 40, sampler="stratified", seed=5)
+    chk = lep_check(head, (Xtr, ytr), (Xte, yte), rel)
+    assert chk.statistics["spearman"] == pytest.approx(res.step(40).statistics["spearman"], abs=1e-12)
+    assert res.speedup() is None  # no recommended size
+    assert res.speedup(20) == pytest.approx(res.full_seconds / res.step(20).seconds_curvature)
+    res = two_sample_search(head, (Xtr, ytr), (Xte, yte), threshold=0.01, seed=5)
+    assert res.steps[0].size == 256  # 2P = 18 < 256 <= n
+    res = two_sample_search(head, (Xtr, ytr), (Xte, yte), threshold=0.01, seed=5, max_size=100)
+    assert res.steps[0].size == 100
+    from winnow.io.sources import open_source
+
+    _, cost = RelativeHessian(40, sampler="stratified", seed=5).draw(head, open_source((Xtr, ytr)))
+    assert set(cost) == {"selection_rows_read", "selection_seconds"} and cost["selection_seconds"] >= 0
+    assert cost["selection_rows_read"] == 300  # the label column

@@ -40,7 +40,7 @@ def dense_theorem3(X, y, Xt, yt, head, K=1):
         D_plus = t_plus.min() * lam.min() / np.abs(psi).max()
         D_minus = t_minus.min() * lam.min() / np.abs(psi).max()
         I = -(G @ np.linalg.pinv(H) @ Gt[j]) if K > 1 else -(G @ np.linalg.solve(H, Gt[j]))
-        out.append(dict(D_plus=D_plus, D_minus=D_minus, I=I, score=score))
+        out.append(dict(D_plus=D_plus, D_minus=D_minus, I=I, score=score, max_abs_psi=np.abs(psi).max()))
     return out
 
 
@@ -67,6 +67,9 @@ def test_theorem3_matches_dense_route_and_holds_on_random_data(seed, d):
         assert r.D_minus == pytest.approx(d["D_minus"], rel=1e-7)
         pos, neg = d["I"] > 0, d["I"] < 0
         assert (r.n_positive, r.n_negative) == (pos.sum(), neg.sum())
+        assert r.n_zero == (d["I"] == 0).sum() == 0
+        assert r.max_abs_psi == pytest.approx(d["max_abs_psi"], rel=1e-8)
+        assert r.hessian_eig_max == pytest.approx(np.linalg.eigvalsh(curv.hessian.numpy()).max(), rel=1e-10)
         assert pos.any() and neg.any()
         # with P = 6 some training point often has all χ_iψ_i of one sign, so 𝒯⁺ or 𝒯⁻ is exactly 0 and the
         # statement is vacuous; with P = 21 that practically never happens
@@ -151,6 +154,13 @@ def test_sign_rule_holds_on_every_pair_when_lambda_dominates():
     tab = np.array(res.table["pairs"])
     assert tab.sum() == 3000 and (tab > 0).all()
     assert np.array(res.table["hold"]).sum() == 3000
+    # the per-cell tables (rows: test label, columns: training label), counted here from the pairs
+    yt_, yp_ = yt[res.pair_test_rows], y[res.pair_train_rows]
+    cells = [[(yt_ == a) & (yp_ == b) for b in (0, 1)] for a in (0, 1)]
+    np.testing.assert_array_equal(tab, [[c.sum() for c in row] for row in cells])
+    np.testing.assert_array_equal(res.table["kernel_positive"], [[(kern[c] > 0).sum() for c in row] for row in cells])
+    assert res.table["hold_rate"] == [[1.0, 1.0], [1.0, 1.0]]
+    assert res.sufficient_condition is bool((Hinv >= 0).all())
 
 
 @pytest.mark.parametrize("kind", ["relu", "gaussian"])
@@ -272,6 +282,7 @@ def test_removal_experiment_against_scipy_retrain():
         assert r.delta_neg == pytest.approx(neg - neg0, rel=1e-4, abs=1e-9)
         pos, neg = class_loss(scipy_refit(X, y, w, len(y) - len(rows), 1e-2, base))  # plain retrain
         assert r.plain_delta_pos == pytest.approx(pos - pos0, rel=1e-4, abs=1e-9)
+        assert r.plain_delta_neg == pytest.approx(neg - neg0, rel=1e-4, abs=1e-9)
         # first order tracks the actual change (10 % removed: not exact)
         assert np.sign(r.predicted_delta_pos) == np.sign(r.delta_pos)
         assert abs(r.predicted_delta_pos - r.delta_pos) < 0.5 * abs(r.delta_pos)
@@ -359,3 +370,32 @@ def test_report_section_contents(tmp_path):
     s = chk.summary()
     assert json.dumps(s)  # plain JSON types only
     assert s["sign_rule"]["n_pairs"] == 2000
+
+
+def test_check_theorems_passes_damping_to_the_l2_sweep():
+    """The λ sweep of check_theorems refits at each λ and uses H(λ) + damping·I: its kernel-positive rate equals
+    the fraction of pairs with ũ_tᵀ(H + damping·I)⁻¹ũ_p > 0, H by autograd at the scipy optimum."""
+    import reference as ref
+
+    mix = np.array([[1.0, 0.9, 0.0, 0.2], [0.0, 0.4, 0.0, 0.0], [0.0, 0.0, 3.0, -2.0], [0.0, 0.0, 0.0, 0.5]])
+    (X, y), (Xt, yt) = gaussian_data(120, 4, 21), gaussian_data(40, 4, 22)
+    X, Xt = X @ mix, Xt @ mix  # correlated, unequal scales: H⁻¹ and (H + damping·I)⁻¹ order pairs differently
+    head = LogisticHead(l2=1e-2, tol=1e-11).fit(X, y)
+    check = th.check_theorems(head, (X, y), (Xt, yt), pairs=400, seed=2, test_points=1, l2_grid=(0.05,),
+                              removal_fraction=0.1, damping=30.0)
+    # the removal experiment gets the damping too (its maths is pinned against scipy retraining above; here
+    # only that check_theorems passes damping on, so the comparison is with the function itself)
+    direct = th.removal_experiment(head, (X, y), (Xt, yt), fraction=0.1, seed=2, damping=30.0)
+    assert [r.predicted_delta_pos for r in check.removal] == pytest.approx([r.predicted_delta_pos for r in direct],
+                                                                           rel=1e-9)
+    rng = np.random.default_rng(2)  # the pairs of sign_rule
+    t, p = rng.integers(0, len(yt), size=400), rng.integers(0, len(y), size=400)
+    theta = ref.fit_scipy("logistic", X, y, 1, 0.05)
+    U, Ut = np.c_[X, np.ones(len(X))], np.c_[Xt, np.ones(len(Xt))]
+
+    def rate(damping):
+        H = ref.risk_hessian("logistic", X, y, theta, 1, 0.05, damping)
+        return (np.einsum("ij,ij->i", Ut[t], np.linalg.solve(H, U[p].T).T) > 0).mean()
+
+    assert abs(rate(30.0) - rate(0.0)) > 0.05  # damping matters here
+    assert check.l2_sweep[0]["kernel_positive_rate"] == pytest.approx(rate(30.0), abs=0.006)

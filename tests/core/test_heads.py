@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import reference as ref  # tests/reference.py: independent maths
 import torch
+from conftest import relu_embeddings
 from sklearn.linear_model import LogisticRegression
 
 from winnow.core.heads import LogisticHead, SoftmaxHead, as_tensor, head_from_torch, load_head
@@ -315,3 +316,144 @@ def test_from_torch_and_save_load_keep_every_parameter(tmp_path):
         load_head(tmp_path / "kind.npz")
     with pytest.raises(ValidationError, match="features"):
         head.predict_proba(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_leverage_is_the_trace_of_hinv_times_each_example_hessian(kind, binary_data):
+    """ℓev_i = tr(H⁻¹ ∇²ℓ_i): per-example Hessians by autograd, H⁻¹ by numpy (the pseudo-inverse on the
+    gradients' span for softmax; `Curvature.inverse`'s null-direction fill must not change it)."""
+    from scipy.special import softmax
+
+    from winnow.core.curvature import fit_curvature
+    from winnow.core.heads import augment
+
+    X, y = binary_data[0][:60], binary_data[1][:60]
+    if kind == "softmax":
+        X, y = relu_embeddings(60, d=3, seed=5, k=3)
+    head = _fitted(kind, X, y, l2=0.05)
+    K, D = head.n_outputs, head.n_features_
+    th = head.theta_.numpy()
+    H = ref.risk_hessian(kind, X, y, th, K, head.l2)
+    Hinv = ref.pinv_on_gradients(H, ref.bias_shift_direction(K, D) if kind == "softmax" else None)
+    rows = range(0, 60, 7)
+    lev_ref = np.array([np.trace(Hinv @ ref.loss_hessian_sum(kind, X[i:i + 1], y[i:i + 1], th, K)) for i in rows])
+    Xr = torch.as_tensor(X[list(rows)])
+    np.testing.assert_allclose(head.leverage(Xr, torch.as_tensor(Hinv)).numpy(), lev_ref, rtol=1e-9, atol=1e-13)
+    curv = fit_curvature(head, (X, y))
+    np.testing.assert_allclose(head.leverage(Xr, curv.inverse()).numpy(), lev_ref, rtol=1e-8, atol=1e-12)
+    # the blocks M_p = U_pᵀH⁻¹U_p with the curvature factor A_p give the same trace: Σ_kl (A_p)_kl (M_p)_lk
+    M = head.leverage_blocks(augment(Xr), torch.as_tensor(Hinv)).numpy()
+    assert M.dtype == np.float64 and M.shape == (len(lev_ref), K, K)
+    W, b = ref.split(th, K, D)
+    Z = X[list(rows)] @ W.T + b
+    if kind == "logistic":
+        s = 1 / (1 + np.exp(-Z[:, 0]))
+        A = (s * (1 - s))[:, None, None]
+    else:
+        p = softmax(Z, axis=1)
+        A = np.einsum("ik,kl->ikl", p, np.eye(K)) - p[:, :, None] * p[:, None, :]
+    np.testing.assert_allclose(np.einsum("ikl,ilk->i", A, M), lev_ref, rtol=1e-9, atol=1e-13)
+    Ua = np.c_[X[list(rows)], np.ones(len(lev_ref))]
+    for k in range(K):
+        blk = Hinv[k * (D + 1):(k + 1) * (D + 1), (K - 1) * (D + 1):]
+        np.testing.assert_allclose(M[:, k, K - 1], np.einsum("id,de,ie->i", Ua, blk, Ua), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_blank_is_an_unfitted_copy_for_retraining(kind, binary_data):
+    X, y = binary_data if kind == "logistic" else relu_embeddings(50, d=3, seed=5, k=3)
+    head = _fitted(kind, X[:50], y[:50], l2=0.07)
+    b = head.blank()
+    assert type(b) is type(head) and not b.is_fitted
+    assert b.l2 == 0.07 and b.tol == head.tol and b.max_iter >= 100
+    assert head.blank(tol=1e-5).tol == 1e-5
+    refit = b.fit(X[:50], y[:50])
+    np.testing.assert_allclose(refit.theta_.numpy(), head.theta_.numpy(), rtol=1e-6, atol=1e-8)
+    if kind == "softmax":
+        assert b.n_outputs == head.n_outputs
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_generic_score_chunk_and_logit_maths_against_the_reference(kind, binary_data):
+    """The generic `Head.score_chunk` (per-example gradients; what autodiff heads use), the per-example loss from
+    logits and the curvature factor A_p = ∂²ℓ/∂z² (autograd in the logits) against tests/reference.py."""
+    from winnow.core.curvature import fit_curvature
+    from winnow.core.heads import Head
+
+    X, y = binary_data[0][:50], binary_data[1][:50]
+    if kind == "softmax":
+        X, y = relu_embeddings(50, d=3, seed=5, k=3)
+    head = _fitted(kind, X, y, l2=0.05)
+    K, D = head.n_outputs, head.n_features_
+    th = head.theta_.numpy()
+    H = ref.risk_hessian(kind, X, y, th, K, head.l2)
+    Hinv = ref.pinv_on_gradients(H, ref.bias_shift_direction(K, D) if kind == "softmax" else None)
+    G = ref.per_example_grads(kind, X, y, th, K)
+    s = Hinv @ G[:7].mean(0)
+    curv = fit_curvature(head, (X, y))
+    out = Head.score_chunk(head, X[10:30], y[10:30], direction=torch.as_tensor(s), curvature=curv, n_train=50,
+                           pair_factors=torch.as_tensor(Hinv @ G[:3].T))
+    np.testing.assert_allclose(out["influence"], -(G[10:30] @ s), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(out["loss_change_if_removed"], G[10:30] @ s / 50, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(out["self_influence"], np.einsum("ip,pq,iq->i", G[10:30], Hinv, G[10:30]),
+                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(out["pairs"], -(G[10:30] @ Hinv @ G[:3].T), rtol=1e-9, atol=1e-13)
+    buf = np.empty((20, 3))
+    out = Head.score_chunk(head, X[10:30], y[10:30], direction=torch.as_tensor(s), curvature=None, n_train=50,
+                           pair_factors=torch.as_tensor(Hinv @ G[:3].T), pairs_out=buf)
+    assert out["pairs"] is buf and "self_influence" not in out
+    np.testing.assert_allclose(buf, -(G[10:30] @ Hinv @ G[:3].T), rtol=1e-9, atol=1e-13)
+
+    W, b = ref.split(th, K, D)
+    Z = torch.as_tensor(X @ W.T + b)
+    yt = torch.as_tensor(y)
+    np.testing.assert_allclose(head.loss_from_logits(Z, yt).numpy(), ref.losses_np(kind, X, y, th, K), rtol=1e-12)
+    A = head.curvature_factors(torch.as_tensor(X)).numpy()
+    for i in (0, 17, 41):
+        def loss_of_logits(z, i=i):
+            if kind == "logistic":
+                return torch.logaddexp(torch.zeros((), dtype=z.dtype), z[0]) - float(y[i]) * z[0]
+            return torch.logsumexp(z, 0) - z[int(y[i])]
+        np.testing.assert_allclose(A[i], torch.autograd.functional.hessian(loss_of_logits, Z[i]).numpy(),
+                                   rtol=1e-10, atol=1e-14)
+
+
+def test_fit_backtracks_from_a_saturated_start():
+    """From a saturated warm start the full Newton step raises the risk (checked here in numpy); the fit must
+    backtrack and still reach scipy's optimum."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 2))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(40) > 0).astype(np.int64)
+    th0 = np.array([-8.0, 6.0, 3.0])
+    Xa = np.c_[X, np.ones(40)]
+
+    def risk(th):
+        z = Xa @ th
+        return np.mean(np.logaddexp(0, z) - y * z) + 0.5 * 1e-2 * (th[:2] ** 2).sum()
+
+    s = 1 / (1 + np.exp(-(Xa @ th0)))
+    g = Xa.T @ (s - y) / 40 + 1e-2 * np.r_[th0[:2], 0.0]
+    H = Xa.T @ (Xa * (s * (1 - s))[:, None]) / 40 + 1e-2 * np.diag([1.0, 1.0, 0.0])
+    assert risk(th0 - np.linalg.solve(H, g)) > risk(th0)  # the full step overshoots
+    head = LogisticHead(l2=1e-2, tol=1e-10).fit(X, y, init=torch.as_tensor(th0))
+    from scipy.optimize import minimize
+
+    def risk_and_grad(th):
+        p = 1 / (1 + np.exp(-(Xa @ th)))
+        return risk(th), Xa.T @ (p - y) / 40 + 1e-2 * np.r_[th[:2], 0.0]
+
+    opt = minimize(risk_and_grad, np.zeros(3), jac=True, method="BFGS", options={"gtol": 1e-12}).x
+    np.testing.assert_allclose(head.theta_.numpy(), opt, rtol=1e-6, atol=1e-8)
+
+
+def test_from_sklearn_refuses_an_l1_ratio_without_penalty():
+    """Newer sklearn spells elastic net as ``l1_ratio`` > 0 with ``penalty`` left at its default: refused."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(coef_=np.array([[0.5, -0.2]]), intercept_=np.array([0.1]), C=1.0, penalty="deprecated",
+                            l1_ratio=0.5, fit_intercept=True)
+    with pytest.raises(ValidationError, match="l1_ratio=0.5"):
+        LogisticHead.from_sklearn(model, n_samples=10)
+    model.l1_ratio = 0.0
+    head = LogisticHead.from_sklearn(model, n_samples=10)
+    assert head.l2 == pytest.approx(0.1)

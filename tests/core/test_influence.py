@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import reference as ref  # tests/reference.py: independent maths
+from conftest import relu_embeddings
 
 from winnow.core.curvature import fit_curvature
 from winnow.core.heads import LogisticHead, SoftmaxHead
@@ -181,3 +182,48 @@ def test_self_influence_write_scores_and_one_call_agree_with_reference(kind, bin
     gbar = ref.per_example_grads(kind, Xte, yte, head.theta_.numpy(), head.n_outputs).mean(0)
     np.testing.assert_allclose(one["influence"].to_numpy(), -(Gp @ np.linalg.solve(H, gbar)), rtol=1e-8,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_score_chunk_function_against_dense_reference(kind, binary_data):
+    """`winnow.core.influence.score_chunk` (the pure per-chunk kernel): influence −g_pᵀH⁻¹ḡ_t, loss change
+    +g_pᵀH⁻¹ḡ_t / n, self-influence g_pᵀH⁻¹g_p and the pair block −g_pᵀH⁻¹g_t, all from tests/reference.py."""
+    import torch
+
+    from winnow.core import influence
+
+    X, y = binary_data if kind == "logistic" else relu_embeddings(90, d=3, seed=5, k=3)
+    Xtr, ytr, Xte, yte = X[:80], y[:80], X[80:90], y[80:90]
+    head = (LogisticHead(l2=1e-2) if kind == "logistic" else SoftmaxHead(l2=1e-2)).fit(Xtr, ytr)
+    I_ref, self_ref, _ = dense_reference(head, Xtr, ytr, Xte, yte)
+    K, D = head.n_outputs, head.n_features_
+    H = ref.risk_hessian(kind, Xtr, ytr, head.theta_.numpy(), K, head.l2)
+    Hinv = ref.pinv_on_gradients(H, ref.bias_shift_direction(K, D) if kind == "softmax" else None)
+    Gt = ref.per_example_grads(kind, Xte, yte, head.theta_.numpy(), K)
+    direction = torch.as_tensor(Hinv @ Gt.mean(0))
+    curv = fit_curvature(head, (Xtr, ytr))
+    rows = slice(5, 25)
+    out = influence.score_chunk(head, Xtr[rows], ytr[rows], direction=direction, curvature=curv, n_train=80,
+                                pair_factors=torch.as_tensor(Hinv @ Gt.T))
+    np.testing.assert_allclose(out["influence"], I_ref.mean(0)[rows], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(out["loss_change_if_removed"], -I_ref.mean(0)[rows] / 80, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(out["self_influence"], self_ref[rows], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(out["pairs"], I_ref[:, rows].T, rtol=1e-8, atol=1e-12)
+    out = influence.score_chunk(head, Xtr[rows], ytr[rows], direction=direction, curvature=None, n_train=80)
+    assert "self_influence" not in out and "pairs" not in out
+
+
+def test_old_import_paths_of_the_influence_module():
+    """Names that moved out of `winnow.core.influence` still resolve there, to the same objects."""
+    from winnow.analyses import influence as analyses
+    from winnow.core import influence
+    from winnow.engine import columns, passes
+
+    assert influence.InfluenceAnalyzer is analyses.InfluenceAnalyzer
+    assert influence.compute_influence is analyses.compute_influence
+    assert influence.write_score_stream is analyses.write_score_stream
+    assert influence.mean_test_gradient is passes.mean_test_gradient
+    assert influence.test_gradients is passes.test_gradients
+    assert influence.ScoreColumns is columns.ScoreColumns
+    with pytest.raises(AttributeError, match="no_such_name"):
+        influence.no_such_name  # noqa: B018

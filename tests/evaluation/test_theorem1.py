@@ -186,3 +186,15 @@ def test_theorem1_terms_against_a_numpy_eigendecomposition():
     ratio = b / a
     assert res.ratio_within_2x == pytest.approx(np.mean((ratio >= 0.5) & (ratio <= 2.0)))
     assert res.min_eigenvalue == pytest.approx(ev[0], rel=1e-8) and res.max_eigenvalue == pytest.approx(ev[-1])
+
+
+def test_reported_gradient_norm_is_that_of_the_regularised_objective():
+    """‖∇R(θ̂)‖∞ with R = mean BCE + (λ/2)‖W‖² over the parameter set (here the head), by autograd."""
+    torch.manual_seed(1)
+    net = Net(k=1).double().eval()  # untrained: a clearly nonzero gradient
+    X, y = data()
+    res = theorem1_check(net, "fc", (X, y), (X[:10], y[:10]), l2=0.5, params="fc", n_train=5, n_test=2)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(X)[:, 0], y.double())
+    gw, gb = torch.autograd.grad(loss, [net.fc.weight, net.fc.bias])
+    expected = max(float((gw + 0.5 * net.fc.weight).abs().max()), float(gb.abs().max()))
+    assert res.gradient_norm == pytest.approx(expected, rel=1e-9)
