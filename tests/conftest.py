@@ -1,16 +1,6 @@
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-
-# tests/evaluation/test_theorem1.py imports its networks from tests/core/test_models.py; pytest puts only the folders
-# of the files it collects on sys.path, so this makes it importable when the evaluation tests run on their own
-# (`pytest tests/evaluation/test_theorem1.py`, or mutmut running single test ids)
-_CORE = str(Path(__file__).resolve().parent / "core")
-if _CORE not in sys.path:
-    sys.path.append(_CORE)
 
 torch.set_num_threads(2)
 
