@@ -22,11 +22,12 @@ import warnings
 import numpy as np
 import torch
 
-from winnow.core.autodiff import AutodiffHead, autodiff_curvature
+from winnow.analyses.influence import InfluenceAnalyzer
+from winnow.core.autodiff import AutodiffHead
 from winnow.core.heads import LogisticHead, SoftmaxHead
-from winnow.core.influence import InfluenceAnalyzer
 from winnow.core.models import ModelInfluence, extract_features, refine_model
 from winnow.core.solvers import CGSolver, LanczosSolver, LiSSASolver
+from winnow.engine.passes import fit_curvature
 from winnow.evaluation.theorem1 import theorem1_check
 
 ROWS: list[dict] = []
@@ -111,7 +112,7 @@ def main() -> int:
         m = mlp(16, (12,), 4, 1)
         m.load_state_dict(head_mlp.state_dict())
         h = AutodiffHead(m.to(dev), l2=1e-2, tol=1e-9).fit(Xs, ys)
-        an = InfluenceAnalyzer(h).fit((Xs, ys), curvature=autodiff_curvature(h, (Xs, ys)))
+        an = InfluenceAnalyzer(h).fit((Xs, ys), curvature=fit_curvature(h, (Xs, ys)))
         return an.pairwise((Xs[:20], ys[:20]))
     row("autodiff MLP head: fit + influence (P=256)", lambda: ad("cpu"), lambda: ad(cuda), 1e-6)
 

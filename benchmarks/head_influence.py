@@ -109,7 +109,7 @@ def make_head(d: int, l2: float = 1e-3):
 def worker_winnow(n: int, d: int, repeat: int, chunk_size: int) -> dict:
     import torch
 
-    from winnow.core.influence import InfluenceAnalyzer
+    from winnow.analyses.influence import InfluenceAnalyzer
 
     X, y = make_data(n, d, seed=0)
     Xv, yv = make_data(VAL_ROWS, d, seed=2)
@@ -186,8 +186,8 @@ def _pydvl_agreement(head, X, y, Xv, yv) -> float | None:
         from torch.utils.data import DataLoader, TensorDataset
     except ImportError:
         return None
+    from winnow.analyses.influence import InfluenceAnalyzer
     from winnow.core.heads import LogisticHead
-    from winnow.core.influence import InfluenceAnalyzer
 
     lam = 1e-3
     lin = _linear(head, torch.float64)

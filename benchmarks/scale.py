@@ -267,8 +267,8 @@ def pydvl_agreement(train: Path, head_path: Path, test: Path, pydvl_out: Path) -
     pyDVL reports g_tᵀH⁻¹g_p, winnow −g_tᵀH⁻¹g_p); pyDVL regularises the bias too, winnow does not."""
     import pyarrow.parquet as pq
 
+    from winnow.analyses.influence import InfluenceAnalyzer
     from winnow.core.heads import load_head
-    from winnow.core.influence import InfluenceAnalyzer
 
     tt = pq.read_table(test).slice(0, PYDVL_TEST_ROWS)
     Xt = tt["features"].combine_chunks().flatten().to_numpy().reshape(-1, D)

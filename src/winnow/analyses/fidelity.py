@@ -299,7 +299,7 @@ def compare_removal_methods(head: Head, train: Any, test: Any, *, points: int | 
                             tol: float = 1e-11, damping: float = 0.0,
                             progress: bool = False) -> RemovalMethodsResult:
     """Actual leave-one-out retraining against the first-order, leverage-corrected, Newton second-order and
-    Newton exact predictions, in one run (the table of issue 6).
+    Newton exact predictions, in one run (the table in docs/fidelity.md).
 
     ``points``: a count sampled with ``seed`` or row positions. The actual changes and the first-order
     predictions come from :func:`winnow.evaluation.loo.leave_one_out` (same refit, same retrains).

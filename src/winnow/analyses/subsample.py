@@ -225,8 +225,8 @@ def compute_scores(head: Head, train: Any, valid: Any = None, *, influence: bool
                    progress: bool = False) -> SubsampleScores:
     """One Hessian pass over ``train``, then the influence on ``valid`` (−ḡ_validᵀH⁻¹g_p, > 0 harmful)
     and/or the memorization score ‖Λ⁻¹Qᵀg_p‖₁ of every training point."""
-    from ..core.curvature import fit_curvature
-    from ..core.influence import InfluenceAnalyzer
+    from ..engine.passes import fit_curvature
+    from .influence import InfluenceAnalyzer
 
     src = V.open_data(train, "train")
     out = SubsampleScores()

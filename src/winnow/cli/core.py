@@ -111,8 +111,8 @@ def influence(
     """Influence of every training point on the mean loss of TEST (one Hessian pass, one scoring pass).
     With --parts/--workers/--scheduler/--resume (or a directory --out) the scores go to a directory of part
     files, resumable after a crash, computed in this process or on a Dask cluster."""
+    from ..analyses.influence import InfluenceAnalyzer
     from ..core.heads import load_head
-    from ..core.influence import InfluenceAnalyzer
     from ..io.outputs import check_output_path
     from .scale import influence_parts_command, wants_parts
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 from scipy import stats
 
-from ..core.influence import InfluenceAnalyzer
+from ..analyses.influence import InfluenceAnalyzer
 from ..core.models import ModelInfluence, extract_features, head_from_module, refine_model
 from ..evaluation.theorem1 import Theorem1Result, theorem1_check
 from ..report.theorem1 import theorem1_section as report_section

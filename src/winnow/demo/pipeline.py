@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..analyses.influence import InfluenceAnalyzer
 from ..core.heads import LogisticHead
-from ..core.influence import InfluenceAnalyzer
 from ..datasets import Split, load_digits_embeddings
 from ..io.outputs import atomic_path
 from ..report.html import Report, influence_by_label_figure, top_points_rows

@@ -86,7 +86,7 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
     the (T, n) influence matrix are held in memory. Raises ValidationError for ``subsets`` < 10 or
     ``fraction`` outside (0, 1).
     """
-    from ..core.influence import InfluenceAnalyzer
+    from ..analyses.influence import InfluenceAnalyzer
     from .loo import load_arrays, retrain_without
 
     V.check_head_data(head, train=train, test=test)

@@ -16,8 +16,8 @@ import torch
 from scipy import stats
 
 from .. import validation as V
+from ..analyses.influence import InfluenceAnalyzer
 from ..core.heads import Head, as_tensor
-from ..core.influence import InfluenceAnalyzer
 from ..errors import ValidationError
 from ..progress import track_rows
 

@@ -25,8 +25,8 @@ import torch
 
 from .. import validation as V
 from .._moved import moved_names
+from ..analyses.influence import InfluenceAnalyzer
 from ..core.heads import Head, LogisticHead, SoftmaxHead, as_tensor
-from ..core.influence import InfluenceAnalyzer
 from ..progress import track_rows
 
 RANKINGS = ("self_influence", "loss", "valid_influence", "random")
