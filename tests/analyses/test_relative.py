@@ -562,3 +562,16 @@ def test_two_sample_search_uses_the_sampler_and_default_start():
     _, cost = RelativeHessian(40, sampler="stratified", seed=5).draw(head, open_source((Xtr, ytr)))
     assert set(cost) == {"selection_rows_read", "selection_seconds"} and cost["selection_seconds"] >= 0
     assert cost["selection_rows_read"] == 300  # the label column
+
+
+def test_leverage_pilot_is_independent_of_the_sample_drawn_with_the_same_seed():
+    """The pilot uses its own random stream: with the pilot as large as a uniform sample of the same seed, the
+    two are different row sets (the same stream would draw the same rows)."""
+    X, y = _data("logistic", n=200, seed=8)
+    head = _head("logistic", X, y)
+    L = leverage_scores(head, (X, y), pilot_size=50, seed=4)
+    rel = RelativeHessian(50, sampler="uniform", seed=4).fit(head, (X, y))
+    assert L.pilot_rows.shape == rel.sample_.rows.shape == (50,)
+    assert not np.array_equal(np.sort(L.pilot_rows), np.sort(rel.sample_.rows))
+    again = leverage_scores(head, (X, y), pilot_size=50, seed=4)
+    np.testing.assert_array_equal(again.pilot_rows, L.pilot_rows)  # reproducible from the seed

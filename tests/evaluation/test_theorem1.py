@@ -198,3 +198,18 @@ def test_reported_gradient_norm_is_that_of_the_regularised_objective():
     gw, gb = torch.autograd.grad(loss, [net.fc.weight, net.fc.bias])
     expected = max(float((gw + 0.5 * net.fc.weight).abs().max()), float(gb.abs().max()))
     assert res.gradient_norm == pytest.approx(expected, rel=1e-9)
+
+
+def test_summary_has_the_scalars_and_none_of_the_arrays():
+    import json
+
+    net = trained_net()
+    X, y = data()
+    res = theorem1_check(net, "fc", (X, y), (X[:10], y[:10]), l2=1e-2, n_train=20, n_test=4, seed=2)
+    s = res.summary()
+    for k in ("train_rows", "test_rows", "influence_full", "influence_head", "eigenvalues", "head_mass", "t2",
+              "main_term"):
+        assert k not in s, k
+    for k in ("spearman", "pearson", "sign_agreement", "n_params", "n_head_params", "verdict", "trusted"):
+        assert s[k] == getattr(res, k), k
+    json.dumps(s)  # scalars only
