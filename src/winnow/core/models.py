@@ -474,11 +474,10 @@ class ModelInfluence:
                  col_chunk: int | None = None, hvp_mode: str = "rev", progress: bool = False) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ValidationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        for nm, v in (("l2", l2), ("damping", damping)):
-            if not np.isfinite(v) or v < 0:
-                raise ValidationError(f"{nm} must be a finite number >= 0, got {v!r}")
-        if batch_size < 1:
-            raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
+        from ..validation import check_damping, check_integer, check_number
+
+        l2, damping = check_number(l2, "l2", minimum=0.0), check_damping(damping)
+        batch_size = check_integer(batch_size, "batch_size", minimum=1)
         self.model = model
         self.params = params
         self.l2 = float(l2)

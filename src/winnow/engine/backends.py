@@ -126,10 +126,11 @@ class DaskBackend:
         if (workers is None) == (scheduler is None):
             raise ValidationError("DaskBackend needs exactly one of workers= (start a LocalCluster) or "
                                   "scheduler= (an address or a distributed.Client)")
-        if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
-            raise ValidationError(f"workers must be an integer >= 1; got {workers!r}")
-        if not timeout > 0:
-            raise ValidationError(f"timeout must be > 0 seconds; got {timeout!r}")
+        from ..validation import check_integer, check_number
+
+        if workers is not None:
+            workers = check_integer(workers, "workers", minimum=1)
+        timeout = check_number(timeout, "timeout", minimum=0.0, min_open=True)
         self.workers = workers
         self.scheduler = scheduler
         self.timeout = float(timeout)
