@@ -49,3 +49,14 @@ def test_not_fitted_is_a_clear_error():
     an = InfluenceAnalyzer(LogisticHead.from_weights(np.ones(2), 0.0))
     with pytest.raises(NotFittedError, match="call fit"):
         an.self_influence()
+
+
+def test_cli_version_matches_the_package(capsys):
+    import importlib.metadata
+
+    from winnow.cli import main
+
+    main(["--version"])
+    out = capsys.readouterr().out.strip()
+    assert out == f"winnow {winnow.__version__}"
+    assert winnow.__version__ == importlib.metadata.version("winnow")

@@ -21,6 +21,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"winnow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print winnow's version and exit.")) -> None:
+    """Exact influence functions for classifier heads, streaming over training sets of any size."""
+
+
 from . import core, fidelity, models, relative, subsample, theorems  # noqa: E402,F401  (each module registers its commands)
 
 
