@@ -214,25 +214,31 @@ class InfluenceAnalyzer:
             normalizer: float | None = None) -> InfluenceAnalyzer:
         """Build H over all of ``train`` (paper eq. 4), over ``rows`` with ``row_weights`` (a relative
         Hessian, eq. 52, N = ``normalizer`` or Σw), or take a prebuilt ``curvature``."""
+        r, w = self._plan(train, curvature, rows, row_weights, normalizer)
+        self.curvature_ = curvature if curvature is not None else fit_curvature(
+            self.head, self.train_, damping=self.damping, rows=r, row_weights=w, normalizer=normalizer,
+            engine=self.engine)
+        return self
+
+    def _plan(self, train: Any, curvature: Curvature | None, rows: Any, row_weights: Any,
+              normalizer: float | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Open and check ``train`` (``train_``, ``n_train_``) and the Hessian's rows; ``hessian_spec_`` names
+        the Hessian in a resumable job's manifest. Returns the checked rows and weights."""
         self.train_ = open_for_head(self.head, train, "train")
         self.n_train_ = len(self.train_)
         if self.n_train_ == 0:
             raise ValidationError(f"training data {self.train_.name} is empty")
         if curvature is not None and (rows is not None or row_weights is not None):
-            raise ValidationError("pass either curvature= or rows=/row_weights=, not both")
+            raise ValidationError("pass either curvature= or rows=/row_weights= (the Hessian's rows), not both")
         r, w = check_rows(rows, row_weights, self.n_train_)
         if curvature is not None:
-            self.hessian_spec_: dict[str, Any] = {"given_sha256": digest_array(curvature.hessian),
-                                                  "n": float(curvature.n)}
-            self.curvature_ = curvature
+            spec: dict[str, Any] = {"given_sha256": digest_array(curvature.hessian), "n": float(curvature.n)}
         else:
-            self.hessian_spec_ = {"rows": "all"} if r is None else {
-                "rows_sha256": digest_array(r), "m": int(r.size),
-                "weights_sha256": None if w is None else digest_array(w)}
-            self.hessian_spec_["normalizer"] = None if normalizer is None else float(normalizer)
-            self.curvature_ = fit_curvature(self.head, self.train_, damping=self.damping, rows=r, row_weights=w,
-                                            normalizer=normalizer, engine=self.engine)
-        return self
+            spec = {"rows": "all"} if r is None else {"rows_sha256": digest_array(r), "m": int(r.size),
+                                                      "weights_sha256": None if w is None else digest_array(w)}
+        spec["normalizer"] = None if normalizer is None else float(normalizer)
+        self.hessian_spec_ = spec
+        return r, w
 
     def _check(self) -> None:
         if not hasattr(self, "curvature_"):
@@ -371,8 +377,7 @@ def compute_influence(head: Head, train: Any, test: Any, *, damping: float = 0.0
 
 # ---------------------------------------------------------------------------------- partitioned jobs
 def _run_parts(an: InfluenceAnalyzer, test: Any, out: str | Path, *, self_influence: bool, extra: Sequence[Any],
-               resume: bool, overwrite: bool, job_hessian: dict[str, Any] | None = None,
-               fit: Any = None) -> PartsResult:
+               resume: bool, overwrite: bool, fit: Any = None) -> PartsResult:
     """The partitioned scoring job: manifest, saved state (H and s, before any part), one part per
     partition. ``fit`` (a callable) builds the analyzer's curvature when no saved state is reused."""
     if resume and overwrite:
@@ -387,7 +392,7 @@ def _run_parts(an: InfluenceAnalyzer, test: Any, out: str | Path, *, self_influe
     parts = an.engine.plan(train)
     job = {"task": "influence", "head": head_fingerprint(an.head), "train": source_fingerprint(train),
            "test": None if test_src is None else source_fingerprint(test_src),
-           "damping": float(an.damping), "hessian": job_hessian if job_hessian is not None else an.hessian_spec_,
+           "damping": float(an.damping), "hessian": an.hessian_spec_,
            "columns": (["influence"] if test_src is not None else []) + (["self_influence"] if self_influence
                                                                          else [])
            + [_identity(c) for c in extra],
@@ -459,17 +464,7 @@ def write_influence_parts(head: Head, train: Any, out: str | Path, *, test: Any 
     """
     an = InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress, workers=workers,
                            scheduler=scheduler, partition_rows=partition_rows, device=device, timeout=timeout)
-    an.train_ = open_for_head(an.head, train, "train")
-    an.n_train_ = len(an.train_)
-    if curvature is not None and (hessian_rows is not None or hessian_weights is not None):
-        raise ValidationError("pass either curvature= or hessian_rows=/hessian_weights=, not both")
-    rows, w = check_rows(hessian_rows, hessian_weights, an.n_train_)
-    if curvature is not None:
-        spec: dict[str, Any] = {"given_sha256": digest_array(curvature.hessian), "n": float(curvature.n)}
-    else:
-        spec = {"rows": "all"} if rows is None else {"rows_sha256": digest_array(rows), "m": int(rows.size),
-                                                    "weights_sha256": None if w is None else digest_array(w)}
-    spec["normalizer"] = None if normalizer is None else float(normalizer)
+    rows, w = an._plan(train, curvature, hessian_rows, hessian_weights, normalizer)
     extra = list(columns)
     if memorization:
         from .memorization import MemorizationColumns
@@ -480,4 +475,4 @@ def write_influence_parts(head: Head, train: Any, out: str | Path, *, test: Any 
 
     with an.engine:
         return _run_parts(an, test, out, self_influence=self_influence, extra=extra, resume=resume,
-                          overwrite=overwrite, job_hessian=spec, fit=fit)
+                          overwrite=overwrite, fit=fit)

@@ -23,9 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvergenceError, NotFittedError, ValidationError
-from .blocks import float64_blocks, row_block
-
-DTYPE = torch.float64
+from .blocks import DTYPE, float64_blocks, row_block
 
 
 def as_tensor(a: Any, device: torch.device | str | None = None) -> torch.Tensor:

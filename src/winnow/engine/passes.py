@@ -23,7 +23,7 @@ from ..core.curvature import Curvature, HessianKernel, curvature_from_sum
 from ..core.heads import DTYPE, Head, as_tensor
 from ..errors import ValidationError
 from ..io.sources import DataSource, open_source
-from ..validation import check_damping, check_features, open_data
+from ..validation import check_damping, check_features, fail, open_data
 from .columns import ColumnFunction, ScoreKernel
 from .engine import Engine, current_engine
 
@@ -43,11 +43,13 @@ def default_engine(engine: Engine | None = None, *, chunk_size: int = 65536, pro
     return Engine(chunk_size=chunk_size, progress=progress)
 
 
-def open_for_head(head: Head, data: Any, parameter: str = "data") -> DataSource:
+def open_for_head(head: Head, data: Any, parameter: str = "data", *, nonempty: bool = False) -> DataSource:
     """Open ``data`` and check that its rows have the head's feature dimension D (the labels are checked
-    chunk by chunk by the engine, in the pass itself)."""
+    chunk by chunk by the engine, in the pass itself) and, with ``nonempty``, that it has rows."""
     source = open_data(data, parameter)
     check_features(head, source, parameter)
+    if nonempty and len(source) == 0:
+        raise fail(f"{parameter} ({source.name}) is empty", parameter)
     return source
 
 
@@ -88,12 +90,11 @@ class GradientKernel:
 
 
 def gradient_sum(head: Head, data: Any, *, rows: Any = None, engine: Engine | None = None,
-                 chunk_size: int = 65536, progress: bool = False,
-                 description: str = "gradient pass") -> tuple[torch.Tensor, int]:
-    """(Σ_i g_i (P,) on the head's device, n) over ``data`` (or only its sorted ``rows``)."""
-    source = open_for_head(head, data, "data")
-    if len(source) == 0:
-        raise ValidationError(f"{source.name} is empty")
+                 chunk_size: int = 65536, progress: bool = False, description: str = "gradient pass",
+                 parameter: str = "data") -> tuple[torch.Tensor, int]:
+    """(Σ_i g_i (P,) on the head's device, n) over ``data`` (or only its sorted ``rows``); errors name
+    ``parameter``."""
+    source = open_for_head(head, data, parameter, nonempty=True)
     eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
     g, n = eng.sum(source, GradientKernel(head), rows=rows, description=description)
     return torch.as_tensor(g, dtype=DTYPE, device=head.device), int(n)
@@ -102,11 +103,8 @@ def gradient_sum(head: Head, data: Any, *, rows: Any = None, engine: Engine | No
 def mean_test_gradient(head: Head, test: Any, *, chunk_size: int = 65536, progress: bool = False,
                        engine: Engine | None = None) -> tuple[torch.Tensor, int]:
     """(ḡ_t = (1/T) Σ_t g_t of shape (P,), T), streaming over ``test``."""
-    source = open_for_head(head, test, "test")
-    if len(source) == 0:
-        raise ValidationError(f"test data {source.name} is empty")
-    g, T = gradient_sum(head, source, engine=engine, chunk_size=chunk_size, progress=progress,
-                        description="test gradient")
+    g, T = gradient_sum(head, test, engine=engine, chunk_size=chunk_size, progress=progress,
+                        description="test gradient", parameter="test")
     return g / T, T
 
 
@@ -117,9 +115,7 @@ def _gradient_rows(head: Head, X: np.ndarray, y: np.ndarray) -> torch.Tensor:
 def test_gradients(head: Head, test: Any, *, chunk_size: int = 65536,
                    engine: Engine | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """All test gradients G_t (T, P) with their ids (T,) and labels (T,) (for pairwise scores; T moderate)."""
-    source = open_for_head(head, test, "test")
-    if len(source) == 0:
-        raise ValidationError(f"test data {source.name} is empty")
+    source = open_for_head(head, test, "test", nonempty=True)
     cols = map_columns(head, source, _gradient_rows, label="g", ids=True, chunk_size=chunk_size, engine=engine)
     return torch.as_tensor(cols["g"], dtype=DTYPE, device=head.device), cols["id"], cols["label"]
 
@@ -128,7 +124,7 @@ def stationarity(head: Head, train: Any, *, engine: Engine | None = None, chunk_
                  progress: bool = False) -> float:
     """‖∇R(θ̂)‖∞ of the objective R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖² at the head's θ (every formula assumes 0)."""
     g, n = gradient_sum(head, train, engine=engine, chunk_size=chunk_size, progress=progress,
-                        description="stationarity check")
+                        description="stationarity check", parameter="train")
     grad = g / n + head.l2 * head.weight_mask() * head.theta_
     return float(grad.abs().max())
 
