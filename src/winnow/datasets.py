@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,3 +104,43 @@ def synthetic_embeddings(n: int, d: int = 64, *, d_in: int = 16, seed: int = 0, 
             yield Xc[:take], yc[:take]
             buf_X, buf_y = [Xc[take:]], [yc[take:]]
             have -= take
+
+
+def example_tables(seed: int = 0, test_fraction: float = 0.3) -> dict[str, dict[str, np.ndarray]]:
+    """scikit-learn's bundled Wisconsin breast-cancer set as a user's own table would look: an ``id`` column of
+    strings (``p-0001``…), the 30 measurements under their own names (with spaces, e.g. ``mean radius``), and the
+    label ``malignant`` as ``yes``/``no``; split into ``train`` and ``test`` (a dict of columns each)."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    n = data.data.shape[0]
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(test_fraction * n))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for split, rows in (("test", np.sort(order[:n_test])), ("train", np.sort(order[n_test:]))):
+        cols: dict[str, np.ndarray] = {"id": np.array([f"p-{i + 1:04d}" for i in rows], dtype=object)}
+        for j, name in enumerate(data.feature_names):
+            cols[str(name)] = data.data[rows, j].astype(np.float64)
+        cols["malignant"] = np.where(data.target[rows] == 0, "yes", "no").astype(object)  # sklearn: 0 = malignant
+        out[split] = cols
+    return out
+
+
+def write_example_csv(directory: Any, *, overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Write :func:`example_tables` to ``directory``/train.csv and test.csv (each atomically); returns the paths.
+    An existing file is refused unless ``overwrite``."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from .io.outputs import atomic_path, check_output_path
+
+    d = Path(directory)
+    paths = {split: d / f"{split}.csv" for split in ("train", "test")}
+    for p in paths.values():
+        check_output_path(p, overwrite, argument="directory")
+    for split, cols in example_tables(seed=seed).items():
+        with atomic_path(paths[split], overwrite=overwrite, argument="directory") as tmp:
+            pacsv.write_csv(pa.table(cols), tmp)
+    return paths

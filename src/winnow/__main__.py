@@ -1,0 +1,5 @@
+"""``python -m winnow``: the same command line as ``winnow``."""
+
+from .cli import main
+
+main()
