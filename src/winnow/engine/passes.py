@@ -93,9 +93,9 @@ def fit_curvature(head: Head, train: Any, *, damping: float = 0.0, rows: Any = N
                                 progress=progress, engine=engine)
         st = stationarity(head, train, engine=engine, chunk_size=chunk_size, progress=progress) \
             if check_stationarity else None
+    curv = curvature_from_sum(head, S, total, damping=damping, normalizer=normalizer)
     if st is not None:
         st.check(allow_nonstationary)
-    curv = curvature_from_sum(head, S, total, damping=damping, normalizer=normalizer)
     curv.stationarity = st
     return curv
 
