@@ -72,7 +72,7 @@ def test_influence_memory_does_not_grow_with_n(tmp_path):
         train = write_rows(tmp_path / f"train{n}", n)
         out = tmp_path / f"scores{n}.parquet"
         peaks[n] = peak_rss_mb(["influence", str(train), "--head", str(head), "--test", str(test), "--out",
-                                str(out), "--chunk-size", str(CHUNK), "--quiet"])
+                                str(out), "--chunk-size", str(CHUNK), "--allow-nonstationary", "--quiet"])
         md = pq.read_metadata(out)
         assert md.num_rows == n
         assert np.isfinite(pq.read_table(out, columns=["influence"])["influence"].to_numpy()).all()

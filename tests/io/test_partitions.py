@@ -255,14 +255,14 @@ def test_resume_refuses_a_different_job(setup):
         write_influence_parts(head, train, out, **kw)
     other = LogisticHead.from_weights(head.weight_ * 1.01, head.bias_, l2=head.l2)
     with pytest.raises(ValidationError, match=r"refusing to resume.*head\.theta_sha256"):
-        write_influence_parts(other, train, out, resume=True, **kw)
+        write_influence_parts(other, train, out, resume=True, allow_nonstationary=True, **kw)
     with pytest.raises(ValidationError, match=r"refusing to resume.*test"):
         write_influence_parts(head, train, out, resume=True, test=(Xt[:-1], yt[:-1]), partition_rows=250)
     with pytest.raises(ValidationError, match=r"refusing to resume.*partitions"):
         write_influence_parts(head, train, out, resume=True, test=(Xt, yt), partition_rows=100)
     with pytest.raises(ValidationError, match=r"refusing to resume.*damping"):
         write_influence_parts(head, train, out, resume=True, damping=1e-3, **kw)
-    res = write_influence_parts(other, train, out, overwrite=True, **kw)
+    res = write_influence_parts(other, train, out, overwrite=True, allow_nonstationary=True, **kw)
     assert res.written == 7 and not res.resumed
     ref = explicit_logistic(other, X, y, Xt, yt)
     assert rel_err(pq.read_table(out)["influence"].to_numpy(), ref["influence"]) < 1e-10
@@ -412,7 +412,8 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from winnow.engine.backends import write_influence_parts
     head_path, train, test, out = sys.argv[1:]
     t = np.load(test)
-    write_influence_parts(load_head(head_path), train, out, test=(t["X"], t["y"]), chunk_size=1024)
+    write_influence_parts(load_head(head_path), train, out, test=(t["X"], t["y"]), chunk_size=1024,
+                          allow_nonstationary=True)
     # VmHWM: this process image's own peak RSS (ru_maxrss of a child started by vfork + exec would also
     # count the parent's RSS at the time of the exec)
     hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0]

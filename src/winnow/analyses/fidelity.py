@@ -48,7 +48,7 @@ from .._moved import moved_names
 from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, as_tensor, augment
 from ..engine.columns import ScoreColumns
-from ..engine.passes import fit_curvature, hessian_pass, load_rows, mean_test_gradient, open_for_head
+from ..engine.passes import checked_curvature, hessian_pass, load_rows, mean_test_gradient, open_for_head
 from ..errors import NotPositiveDefiniteError, ValidationError
 from ..progress import track_rows
 from ..validation import check_head_data
@@ -287,7 +287,8 @@ class RemovalMethodsResult:
 
 
 def refit_tight(head: Head, X: np.ndarray, y: np.ndarray, tol: float) -> Head:
-    """A copy of ``head`` re-fitted on (X, y) from its own weights to ‖∇R‖_∞ ≤ tol (as ``leave_one_out``)."""
+    """A copy of ``head`` re-fitted on (X, y) from its own weights to ‖∇R‖_∞ ≤ tol (as ``leave_one_out``):
+    the full-data optimum the retrainings are compared with."""
     base = copy.deepcopy(head)
     base.tol = tol
     base.max_iter = max(base.max_iter, 200)
@@ -295,14 +296,22 @@ def refit_tight(head: Head, X: np.ndarray, y: np.ndarray, tol: float) -> Head:
     return base
 
 
+def given_head_curvature(head: Head, X: np.ndarray, y: np.ndarray, *, damping: float, refit: bool,
+                         allow_nonstationary: bool) -> tuple[Head, Curvature]:
+    """(the head the predictions come from, its Hessian): the given head, checked for stationarity (refused
+    off the optimum unless ``allow_nonstationary``), or with ``refit`` its polished copy."""
+    return checked_curvature(head, (X, y), refit=refit, allow_nonstationary=allow_nonstationary, damping=damping)
+
+
 def compare_removal_methods(head: Head, train: Any, test: Any, *, points: int | np.ndarray = 80, seed: int = 0,
-                            tol: float = 1e-11, damping: float = 0.0,
-                            progress: bool = False) -> RemovalMethodsResult:
+                            tol: float = 1e-11, damping: float = 0.0, progress: bool = False,
+                            refit: bool = False, allow_nonstationary: bool = False) -> RemovalMethodsResult:
     """Actual leave-one-out retraining against the first-order, leverage-corrected, Newton second-order and
     Newton exact predictions, in one run (the table in docs/fidelity.md).
 
     ``points``: a count sampled with ``seed`` or row positions. The actual changes and the first-order
-    predictions come from :func:`winnow.evaluation.loo.leave_one_out` (same refit, same retrains).
+    predictions come from :func:`winnow.evaluation.loo.leave_one_out` (same retrains); every prediction is
+    that of the given head (``refit`` / ``allow_nonstationary`` as there).
     """
     from ..evaluation.loo import choose_rows, leave_one_out, load_arrays
 
@@ -311,19 +320,19 @@ def compare_removal_methods(head: Head, train: Any, test: Any, *, points: int | 
     Xte, yte, _ = load_arrays(test)
     n = X.shape[0]
     rows = choose_rows(points, n, seed, minimum=3)
-    loo = leave_one_out(head, (X, y, ids), (Xte, yte), points=rows, tol=tol, damping=damping, progress=progress)
-    base = refit_tight(head, X, y, tol)  # the same deterministic refit leave_one_out made
-    curv = fit_curvature(base, (X, y), damping=damping)
-    ctx = prepare_newton(base, curv, (Xte, yte), n_train=n, exact=True)
-    cols = newton_columns_chunk(base, X[rows], y[rows], ctx, leverage_corrected=True)
+    loo = leave_one_out(head, (X, y, ids), (Xte, yte), points=rows, tol=tol, damping=damping, progress=progress,
+                        refit=refit, allow_nonstationary=allow_nonstationary)
+    given, curv = given_head_curvature(head, X, y, damping=damping, refit=refit,
+                                       allow_nonstationary=allow_nonstationary)
+    ctx = prepare_newton(given, curv, (Xte, yte), n_train=n, exact=True)
+    cols = newton_columns_chunk(given, X[rows], y[rows], ctx, leverage_corrected=True)
     predicted = {"first_order": loo.predicted, "leverage_corrected": cols[LEVERAGE_CORRECTED_COLUMN],
                  "newton": cols["loss_change_if_removed_newton"], "newton_exact": cols[NEWTON_EXACT_COLUMN]}
     pear, spear = {}, {}
     for m in METHODS:
         pear[m], spear[m] = _corr(predicted[m], loo.actual)
     return RemovalMethodsResult(ids=ids[rows], actual=loo.actual, predicted=predicted, leverage=cols["leverage"],
-                                pearson=pear, spearman=spear, n_train=n, tol=tol,
-                                extra={"refit_grad_norm": base.grad_norm_})
+                                pearson=pear, spearman=spear, n_train=n, tol=tol, extra=loo.extra)
 
 
 # ------------------------------------------------------------------------------------- group effects
@@ -467,10 +476,13 @@ def read_subset_ids(path: str | Path, column: str = "id") -> np.ndarray:
 
 
 def group_effect(head: Head, train: Any, test: Any, subset: Any, *, retrain: bool = True, renormalize: bool = False,
-                 tol: float = 1e-11, damping: float = 0.0) -> GroupPrediction:
+                 tol: float = 1e-11, damping: float = 0.0, refit: bool = False,
+                 allow_nonstationary: bool = False) -> GroupPrediction:
     """Predicted (first order, Newton) and, with ``retrain``, actual change of the mean test loss when the
-    training rows with ids ``subset`` are removed. The head is re-fitted tightly first (as
-    ``leave_one_out``); data are held in memory."""
+    training rows with ids ``subset`` are removed. The predictions are the given head's (refused off the
+    optimum unless ``allow_nonstationary``; ``refit`` predicts from its polished copy); the actual change
+    retrains from the full-data optimum reached from the head's weights (as ``leave_one_out``); data are
+    held in memory."""
     from ..evaluation.loo import load_arrays
 
     check_head_data(head, train=train, test=test)
@@ -478,13 +490,25 @@ def group_effect(head: Head, train: Any, test: Any, subset: Any, *, retrain: boo
     X, y, ids = load_arrays(train)
     Xte, yte, _ = load_arrays(test)
     rows = rows_for_ids(ids, subset)
-    base = refit_tight(head, X, y, tol)
-    curv = fit_curvature(base, (X, y), damping=damping)
-    ctx = prepare_newton(base, curv, (Xte, yte), n_train=len(y), exact=True)
-    pred, _, _ = predict_group_removal(base, curv, ctx, X[rows], y[rows], renormalize=renormalize)
+    given, curv = given_head_curvature(head, X, y, damping=damping, refit=refit,
+                                       allow_nonstationary=allow_nonstationary)
+    ctx = prepare_newton(given, curv, (Xte, yte), n_train=len(y), exact=True)
+    pred, _, _ = predict_group_removal(given, curv, ctx, X[rows], y[rows], renormalize=renormalize)
     if retrain:
-        pred.actual = retrain_loss_change(base, X, y, rows, ctx, renormalize=renormalize)
+        base = refit_tight(head, X, y, tol)
+        pred.actual = actual_loss_change(base, X, y, rows, (Xte, yte), renormalize=renormalize)
     return pred
+
+
+def actual_loss_change(base: Head, X: np.ndarray, y: np.ndarray, rows: np.ndarray, test: tuple, *,
+                       renormalize: bool = False) -> float:
+    """Mean test loss of ``base`` retrained without ``rows`` minus that of ``base`` (the full-data optimum)."""
+    from ..evaluation.loo import retrain_without
+
+    Xte_t = as_tensor(test[0], base.device)
+    yte_t = torch.as_tensor(np.asarray(test[1]), device=base.device)
+    m = retrain_without(base, X, y, rows, renormalize=renormalize)
+    return float(base.losses(Xte_t, yte_t, m.theta_).mean() - base.losses(Xte_t, yte_t).mean())
 
 
 @dataclass
@@ -520,9 +544,11 @@ SUMMARY_HEADER = ["group", "|S|/n", "groups", "median actual", "rel. error first
 
 def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[float] = (0.01, 0.1, 0.5),
                      random_groups: int = 5, adversarial: bool = True, renormalize: bool = False, seed: int = 0,
-                     tol: float = 1e-11, damping: float = 0.0, progress: bool = False) -> GroupDivergenceResult:
+                     tol: float = 1e-11, damping: float = 0.0, progress: bool = False, refit: bool = False,
+                     allow_nonstationary: bool = False) -> GroupDivergenceResult:
     """Where first order and Newton diverge from retraining as |S| grows: for each fraction, ``random_groups``
-    random groups and (``adversarial``) the most harmful and the most helpful groups by ``influence``."""
+    random groups and (``adversarial``) the most harmful and the most helpful groups by ``influence``.
+    Predictions are the given head's, actual changes retrain from its full-data optimum (as ``group_effect``)."""
     from ..evaluation.loo import load_arrays
 
     check_head_data(head, train=train, test=test)
@@ -533,10 +559,11 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
     fr = [float(f) for f in fractions]
     if any(not (0 < f < 1) for f in fr):
         raise ValidationError(f"fractions must be in (0, 1), got {fr}")
+    given, curv = given_head_curvature(head, X, y, damping=damping, refit=refit,
+                                       allow_nonstationary=allow_nonstationary)
     base = refit_tight(head, X, y, tol)
-    curv = fit_curvature(base, (X, y), damping=damping)
-    ctx = prepare_newton(base, curv, (Xte, yte), n_train=n, exact=True)
-    infl = -(base.gradients(as_tensor(X, base.device), torch.as_tensor(y, device=base.device))
+    ctx = prepare_newton(given, curv, (Xte, yte), n_train=n, exact=True)
+    infl = -(given.gradients(as_tensor(X, given.device), torch.as_tensor(y, device=given.device))
              @ curv.solve(ctx.test_gradient)).cpu().numpy()
     rng = np.random.default_rng(seed)
     plan: list[tuple[str, np.ndarray]] = []
@@ -550,9 +577,9 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
             plan.append(("most helpful", np.sort(order[::-1][:m])))
     groups = []
     for kind, rows in track_rows(([k, r] for k, r in plan), len(plan), "group retrains", progress):
-        pred, _, _ = predict_group_removal(base, curv, ctx, X[rows], y[rows], renormalize=renormalize)
+        pred, _, _ = predict_group_removal(given, curv, ctx, X[rows], y[rows], renormalize=renormalize)
         pred.kind = kind
-        pred.actual = retrain_loss_change(base, X, y, rows, ctx, renormalize=renormalize)
+        pred.actual = actual_loss_change(base, X, y, rows, (Xte, yte), renormalize=renormalize)
         groups.append(pred)
     return GroupDivergenceResult(groups=groups, n_train=n, renormalize=renormalize)
 

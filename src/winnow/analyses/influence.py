@@ -24,12 +24,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..core.curvature import Curvature
+from ..core.curvature import Curvature, Stationarity
 from ..core.heads import DTYPE, Head, as_tensor
 from ..core.influence import SIGN_METADATA
 from ..engine.columns import ColumnFunction, ScoreColumns, ScoreKernel
 from ..engine.engine import Engine, check_rows, current_engine
-from ..engine.passes import fit_curvature, load_rows, mean_test_gradient, open_for_head, test_gradients
+from ..engine.passes import (
+    checked_curvature,
+    load_rows,
+    mean_test_gradient,
+    open_for_head,
+    refit_head,
+    stationarity,
+    test_gradients,
+)
 from ..errors import NotFittedError, ValidationError
 from ..io.outputs import ParquetStreamWriter, check_output_path
 from ..io.parts import PartsDirectory, digest_array, head_fingerprint, source_fingerprint
@@ -190,14 +198,20 @@ class InfluenceAnalyzer:
     ``progress`` shows bars; ``engine`` an :class:`winnow.engine.Engine`, or ``workers`` (a local Dask
     cluster of N processes) / ``scheduler`` (an existing one) / ``partition_rows`` to build one; ``device``
     moves the head's maths there. ``fit(train)`` builds the Hessian (``curvature_``, ``n_train_``,
-    ``train_``).
+    ``train_``) and measures in the same pass how far the head is from an optimum of its objective
+    (``stationarity_``, a :class:`winnow.core.curvature.Stationarity`; the scores' ``winnow.stationarity``
+    metadata). Every formula assumes ∇R(θ̂) = 0: a head above the threshold is refused (ValidationError)
+    unless ``allow_nonstationary=True`` (score it as it is) or ``refit=True`` (first polish a copy to the
+    optimum by Newton from its weights, same λ; ``head`` is then that copy).
     """
 
     def __init__(self, head: Head, *, damping: float = 0.0, chunk_size: int = 65536, progress: bool = False,
                  engine: Engine | None = None, workers: int | None = None, scheduler: Any = None,
                  partition_rows: int | None = None, device: torch.device | str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, refit: bool = False, allow_nonstationary: bool = False) -> None:
         head = check_head(head)
+        self.refit = bool(refit)
+        self.allow_nonstationary = bool(allow_nonstationary)
         damping, chunk_size = check_damping(damping), check_chunk_size(chunk_size)
         self.head = _on_device(head, device)
         self.damping = float(damping)
@@ -214,11 +228,26 @@ class InfluenceAnalyzer:
             normalizer: float | None = None) -> InfluenceAnalyzer:
         """Build H over all of ``train`` (paper eq. 4), over ``rows`` with ``row_weights`` (a relative
         Hessian, eq. 52, N = ``normalizer`` or Σw), or take a prebuilt ``curvature``."""
+        if curvature is not None and self.refit:
+            raise ValidationError("refit=True polishes the head and builds its Hessian: pass either curvature= "
+                                  "(a Hessian of the head as it is) or refit=True, not both",
+                                  parameters=("refit=True",))
         r, w = self._plan(train, curvature, rows, row_weights, normalizer)
-        self.curvature_ = curvature if curvature is not None else fit_curvature(
-            self.head, self.train_, damping=self.damping, rows=r, row_weights=w, normalizer=normalizer,
-            engine=self.engine)
+        if curvature is None:
+            self.head, self.curvature_ = checked_curvature(
+                self.head, self.train_, refit=self.refit, allow_nonstationary=self.allow_nonstationary,
+                damping=self.damping, rows=r, row_weights=w, normalizer=normalizer, engine=self.engine)
+        else:
+            self.curvature_ = curvature
+            if curvature.stationarity is None:  # a Hessian built elsewhere: one gradient pass for the figure
+                curvature.stationarity = stationarity(self.head, self.train_, engine=self.engine)
+            curvature.stationarity.check(self.allow_nonstationary)
+        self.stationarity_: Stationarity = self.curvature_.stationarity
         return self
+
+    def _stationarity_metadata(self) -> dict[str, str]:
+        st = getattr(self, "stationarity_", None)
+        return st.metadata() if st is not None else {}
 
     def _plan(self, train: Any, curvature: Curvature | None, rows: Any, row_weights: Any,
               normalizer: float | None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -283,7 +312,8 @@ class InfluenceAnalyzer:
         """One row per training point (see ``iter_scores``), as an Arrow table with the sign metadata."""
         parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "test_ids"}
-        return pa.table(cols).replace_schema_metadata({**SIGN_METADATA, **_metadata(extra)})
+        return pa.table(cols).replace_schema_metadata({**SIGN_METADATA, **_metadata(extra),
+                                                       **self._stationarity_metadata()})
 
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
                      overwrite: bool = False, self_influence: bool | None = None,
@@ -304,7 +334,8 @@ class InfluenceAnalyzer:
         chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None, extra=extra)
         # the metadata is read at the first chunk, once the extra column sets are prepared
         return write_score_stream(chunks, out, fields if has_fields else None, pairs_out=pairs_out,
-                                  overwrite=overwrite, metadata=lambda: {**SIGN_METADATA, **_metadata(extra)})
+                                  overwrite=overwrite, metadata=lambda: {**SIGN_METADATA, **_metadata(extra),
+                                                                         **self._stationarity_metadata()})
 
     def write_parts(self, test: Any, out: str | Path, *, self_influence: bool = True,
                     extra: Sequence[Any] = (), resume: bool = False, overwrite: bool = False) -> PartsResult:
@@ -369,10 +400,11 @@ def _on_device(head: Head, device: torch.device | str | None) -> Head:
 
 
 def compute_influence(head: Head, train: Any, test: Any, *, damping: float = 0.0,
-                      chunk_size: int = 65536, progress: bool = False) -> pa.Table:
+                      chunk_size: int = 65536, progress: bool = False, refit: bool = False,
+                      allow_nonstationary: bool = False) -> pa.Table:
     """One-call convenience: ``InfluenceAnalyzer(head, ...).fit(train).score(test)``."""
-    return InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size,
-                             progress=progress).fit(train).score(test)
+    return InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress, refit=refit,
+                             allow_nonstationary=allow_nonstationary).fit(train).score(test)
 
 
 # ---------------------------------------------------------------------------------- partitioned jobs
@@ -411,7 +443,10 @@ def _run_parts(an: InfluenceAnalyzer, test: Any, out: str | Path, *, self_influe
                 gbar, n_test = mean_test_gradient(an.head, test_src, engine=an.engine)
                 direction = curv.solve(gbar).cpu().numpy()
             null = curv.null if curv.null is not None else an.head.null_directions()
-            state = {"hessian": curv.hessian.cpu().numpy(), "null": null.cpu().numpy(),
+            st = curv.stationarity
+            state = {"stationarity": np.array([] if st is None else [st.gradient_norm, st.gradient_scale,
+                                                                       st.threshold, float(st.refit)]),
+                     "hessian": curv.hessian.cpu().numpy(), "null": null.cpu().numpy(),
                      "n": np.array(float(curv.n)), "damping": np.array(float(curv.damping)),
                      "direction": direction, "n_train": np.array(n_train), "n_test": np.array(n_test)}
             pdir.start(state, {"n_train": n_train, "n_test": n_test, "n_parts": len(parts)}, overwrite=overwrite)
@@ -422,8 +457,13 @@ def _run_parts(an: InfluenceAnalyzer, test: Any, out: str | Path, *, self_influe
                                   n=float(state["n"]), l2=an.head.l2, damping=float(state["damping"]),
                                   null=torch.as_tensor(state["null"], dtype=DTYPE, device=dev))
         direction = torch.as_tensor(state["direction"], dtype=DTYPE, device=dev) if test_src is not None else None
+        saved = np.asarray(state["stationarity"]) if "stationarity" in state else np.zeros(0)
+        if saved.size == 4:
+            an.stationarity_ = an.curvature_.stationarity = Stationarity(
+                gradient_norm=float(saved[0]), gradient_scale=float(saved[1]), threshold=float(saved[2]),
+                refit=bool(saved[3]))
         columns = an._columns(test_src, self_influence=self_influence, extra=extra, direction=direction)
-        meta = _metadata(columns)
+        meta = {**_metadata(columns), **an._stationarity_metadata()}
         todo = [p for p in parts if not pdir.is_complete(p)]
         failures = an.engine.write_parts(train, ScoreKernel(an.head, columns), pdir.path, todo,
                                          lambda p: pdir.part_metadata(p, meta)) if todo else []
@@ -448,7 +488,8 @@ def write_influence_parts(head: Head, train: Any, out: str | Path, *, test: Any 
                           workers: int | None = None, scheduler: Any = None, resume: bool = False,
                           overwrite: bool = False, chunk_size: int = 65536, partition_rows: int | None = None,
                           device: torch.device | str | None = None, progress: bool = False,
-                          timeout: float = 30.0, argument: str = "--out") -> PartsResult:
+                          timeout: float = 30.0, argument: str = "--out", refit: bool = False,
+                          allow_nonstationary: bool = False) -> PartsResult:
     """Score every training point into a directory ``out`` of Parquet part files (one per partition): the
     job of ``InfluenceAnalyzer(head, ...).fit(train, ...).write_parts(test, out, ...)``, except that a
     resumed run reuses the saved Hessian instead of building it again.
@@ -461,9 +502,15 @@ def write_influence_parts(head: Head, train: Any, out: str | Path, *, test: Any 
     eq. 52, N = ``normalizer`` or Σw), or a given ``curvature``. ``workers`` / ``scheduler`` run the
     partitions on Dask. A part whose input cannot be read is not written, the others are, and a
     ValidationError naming the file is raised at the end.
+
+    A head off the optimum is refused unless ``allow_nonstationary``; ``refit`` polishes it first (before the
+    job is planned, so a resumed run polishes it again to the same head).
     """
+    if refit:
+        head = refit_head(check_head(head), train, chunk_size=chunk_size)
     an = InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress, workers=workers,
-                           scheduler=scheduler, partition_rows=partition_rows, device=device, timeout=timeout)
+                           scheduler=scheduler, partition_rows=partition_rows, device=device, timeout=timeout,
+                           allow_nonstationary=allow_nonstationary)
     rows, w = an._plan(train, curvature, hessian_rows, hessian_weights, normalizer)
     extra = list(columns)
     if memorization:

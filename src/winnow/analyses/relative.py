@@ -48,7 +48,7 @@ from .. import validation as V
 from .._moved import moved_names
 from ..core.curvature import Curvature
 from ..core.heads import Head, as_tensor
-from ..engine.passes import fit_curvature, map_columns
+from ..engine.passes import fit_curvature, map_columns, stationarity
 from ..errors import ValidationError
 from ..io.sources import DataSource, open_source
 from .sampling import (
@@ -287,17 +287,25 @@ def check_hessian_options(hessian: str, sample_size: int | None) -> str:
 
 def make_curvature(head: Head, train: Any, *, hessian: str = "full", sample_size: int | None = None,
                    sampler: str = "uniform", seed: int = 0, damping: float = 0.0, pilot_size: int | None = None,
-                   chunk_size: int = 65536, progress: bool = False) -> Curvature:
+                   chunk_size: int = 65536, progress: bool = False, allow_nonstationary: bool = False) -> Curvature:
     """The full Hessian H (``hessian='full'``) or the relative H⁽ᵐ⁾ of ``sample_size`` sampled rows
-    (``hessian='relative'``, with ``sampler``, ``seed``, ``pilot_size``), checked against ``train`` first."""
+    (``hessian='relative'``, with ``sampler``, ``seed``, ``pilot_size``), checked against ``train`` first.
+    Either way the head's stationarity over all of ``train`` is measured (``curvature.stationarity``: in the
+    full Hessian's pass, or one gradient pass for H⁽ᵐ⁾) and a head off the optimum is refused unless
+    ``allow_nonstationary``."""
     hessian = check_hessian_options(hessian, sample_size)
     damping, chunk_size = V.check_damping(damping), V.check_chunk_size(chunk_size)
     (train,) = V.check_head_data(head, train=train)
     if hessian == "full":
-        return fit_curvature(head, train, damping=damping, chunk_size=chunk_size, progress=progress)
+        return fit_curvature(head, train, damping=damping, chunk_size=chunk_size, progress=progress,
+                             allow_nonstationary=allow_nonstationary)
     assert sample_size is not None
-    return RelativeHessian(sample_size, sampler=sampler, seed=seed, damping=damping, pilot_size=pilot_size,
+    st = stationarity(head, train, chunk_size=chunk_size, progress=progress)
+    st.check(allow_nonstationary)
+    curv = RelativeHessian(sample_size, sampler=sampler, seed=seed, damping=damping, pilot_size=pilot_size,
                            chunk_size=chunk_size, progress=progress).fit(head, train).curvature_
+    curv.stationarity = st
+    return curv
 
 
 # names that moved to winnow.analyses.lep and winnow.report.relative, importable from here (lazily: lep imports

@@ -10,6 +10,7 @@ import typer
 
 from . import app
 from .options import (
+    AllowNonstationary,
     ChunkSize,
     Damping,
     EngineScheduler,
@@ -20,7 +21,9 @@ from .options import (
     LabelColumn,
     Overwrite,
     Quiet,
+    Refit,
     engine_for,
+    polish_head,
     say,
     source_from,
 )
@@ -106,6 +109,7 @@ def influence(
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
     parts: Parts = False, workers: Workers = None, scheduler: Scheduler = None, resume: Resume = False,
     partition_rows: PartitionRows = None, cluster_timeout: ClusterTimeout = 30.0,
+    refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Influence of every training point on the mean loss of TEST (one Hessian pass, one scoring pass).
@@ -125,6 +129,7 @@ def influence(
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
     te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    h = polish_head(h, tr, refit, quiet)
     extra = []
     if newton or newton_exact:
         from ..analyses.fidelity import NewtonColumns
@@ -141,13 +146,16 @@ def influence(
                                 sample_size=sample_size, sampler=sampler.value, seed=seed, extra=extra,
                                 pairs=pairs, workers=workers, scheduler=scheduler, resume=resume,
                                 overwrite=overwrite, partition_rows=partition_rows,
-                                cluster_timeout=cluster_timeout, quiet=quiet)
+                                cluster_timeout=cluster_timeout, quiet=quiet,
+                                allow_nonstationary=allow_nonstationary)
         return
     from ..analyses.relative import make_curvature
 
     curv = make_curvature(h, tr, hessian=hessian.value, sample_size=sample_size, sampler=sampler.value,
-                          seed=seed, damping=damping, chunk_size=chunk_size, progress=not quiet)
-    an = InfluenceAnalyzer(h, damping=damping, chunk_size=chunk_size, progress=not quiet).fit(tr, curvature=curv)
+                          seed=seed, damping=damping, chunk_size=chunk_size, progress=not quiet,
+                          allow_nonstationary=allow_nonstationary)
+    an = InfluenceAnalyzer(h, damping=damping, chunk_size=chunk_size, progress=not quiet,
+                           allow_nonstationary=allow_nonstationary).fit(tr, curvature=curv)
     an.write_scores(te, out, pairs_out=pairs, overwrite=overwrite, extra=extra)
     say(quiet, f"wrote {out}" + (f" and {pairs}" if pairs else ""))
 
@@ -163,6 +171,7 @@ def validate_loo(
     damping: Damping = 0.0,
     label_column: LabelColumn = "label", id_column: IdColumn = "id",
     features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Ground truth: retrain the head without each of K points (ε = −1/n objective, warm start, tight
@@ -176,7 +185,9 @@ def validate_loo(
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
     te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
-    res = leave_one_out(h, tr, te, points=points, seed=seed, damping=damping, progress=not quiet)
+    h = polish_head(h, tr, refit, quiet)
+    res = leave_one_out(h, tr, te, points=points, seed=seed, damping=damping, progress=not quiet,
+                        allow_nonstationary=allow_nonstationary)
     typer.echo(f"leave-one-out over {len(res.ids)} points (n = {res.n_train}): "
                f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}")
     if json_out is not None:

@@ -45,6 +45,8 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     # models
     "params": "--params", "solver": "--solver", "max_dense": "--max-dense", "rank": "--rank",
     "n_train": "--pairs-train", "n_test": "--pairs-test", "regularize": "--regularize", "device": "--device",
+    # stationarity of the head
+    "refit=True": "--refit", "allow_nonstationary=True": "--allow-nonstationary",
 }
 
 
@@ -147,3 +149,24 @@ def engine_for(workers: int | None, scheduler: str | None, *, chunk_size: int = 
     from ..engine.engine import Engine
 
     return Engine(workers=workers, scheduler=scheduler, chunk_size=chunk_size, progress=not quiet)
+
+
+# stationarity of the head (every command that computes influence from a head)
+Refit = Annotated[bool, typer.Option(
+    "--refit", help="First polish the head to the optimum of its training objective (Newton from its weights, "
+                    "same λ) and compute everything from the polished head.")]
+AllowNonstationary = Annotated[bool, typer.Option(
+    "--allow-nonstationary", help="Score a head that is not at an optimum of its training objective "
+                                  "(‖∇R(θ̂)‖∞ above the threshold) as it is; influence assumes ∇R(θ̂) = 0.")]
+
+
+def polish_head(head: Any, train: Any, refit: bool, quiet: bool) -> Any:
+    """The head itself, or with ``refit`` its copy polished to the optimum on ``train``, said on stderr."""
+    if not refit:
+        return head
+    from ..engine.passes import refit_head
+
+    polished = refit_head(head, train)
+    say(quiet, f"refit the head: ‖∇R‖∞ {polished.refit_from_:.1e} -> {polished.grad_norm_:.1e} in "
+               f"{polished.refit_steps_} Newton steps")
+    return polished

@@ -50,7 +50,8 @@ def influence_parts_command(head: Any, train: Any, test: Any, out: Path, *, damp
                             sampler: str = "uniform", seed: int = 0, extra: Sequence[Any] = (),
                             pairs: Path | None = None, workers: int | None = None, scheduler: str | None = None,
                             resume: bool = False, overwrite: bool = False, partition_rows: int | None = None,
-                            cluster_timeout: float = 30.0, quiet: bool = False) -> Any:
+                            cluster_timeout: float = 30.0, quiet: bool = False,
+                            allow_nonstationary: bool = False) -> Any:
     """`winnow influence` with partitioned output: same columns as the one-file output (``extra`` are the
     command's ScoreColumns, e.g. MemorizationColumns / NewtonColumns), same Hessian choices
     (``hessian='relative'`` draws the seeded sample of ``winnow.analyses.relative`` and builds H⁽ᵐ⁾ per partition).
@@ -78,7 +79,7 @@ def influence_parts_command(head: Any, train: Any, test: Any, out: Path, *, damp
         head, train, out, test=test, columns=list(extra), damping=damping,
         hessian_rows=rows, hessian_weights=weights, normalizer=normalizer, workers=workers, scheduler=scheduler,
         resume=resume, overwrite=overwrite, chunk_size=chunk_size, partition_rows=partition_rows,
-        progress=not quiet, timeout=cluster_timeout)
+        progress=not quiet, timeout=cluster_timeout, allow_nonstationary=allow_nonstationary)
     done = f"{res.written} written now, {res.skipped} already finished" if res.resumed else f"{res.written} written"
     say(quiet, f"wrote {res.n_parts} part files ({done}; {res.n_rows} rows, columns {', '.join(res.columns)}) "
                f"to {res.path}/")

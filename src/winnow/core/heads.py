@@ -14,6 +14,7 @@ scikit-learn): R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖². All maths runs in torch
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -206,6 +207,15 @@ class Head(ABC):
         out = (r[:, :, None] * Z).sum(1)
         return out[:, 0] if vec else out
 
+    def gradient_stats(self, X: torch.Tensor, y: torch.Tensor,
+                       w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Σ w_i g_i (P,), Σ w_i ‖g_i‖∞ ()) over one block at the head's θ: the sums of the stationarity
+        check (``winnow.core.curvature.Stationarity``)."""
+        G = self.gradients(X, y)
+        if w is not None:
+            G = G * w[:, None]
+        return G.sum(0), G.abs().amax(1).sum() if G.shape[0] else G.new_zeros(())
+
     def objective_terms(self, X: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
                         theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Σ w_i ℓ_i, Σ w_i g_i, Σ w_i ∇²ℓ_i) for one chunk."""
@@ -258,7 +268,7 @@ class Head(ABC):
         ``X`` is an array (n, D) with labels ``y``, or any data source winnow reads (then ``y`` is None).
         ``normalizer`` N defaults to Σ w_i (= n unweighted); ``init`` warm-starts from a θ (P,).
         Raises ConvergenceError if the tolerance is not reached. Stores ``theta_``, ``n_iter_``,
-        ``grad_norm_`` (final ‖∇R‖_∞).
+        ``grad_norm_`` (final ‖∇R‖_∞), ``grad_norm_start_`` (‖∇R‖_∞ at the start).
         """
         from ..io.sources import open_source
 
@@ -294,6 +304,21 @@ class Head(ABC):
     def _prepare_fit(self, labels: np.ndarray, n_classes: int | None, argument: str = "y") -> None:
         self.check_labels(labels, argument=argument)
 
+    def refit(self, train: Any, *, tol: float | None = None, chunk_size: int = 65536, engine: Any = None) -> Head:
+        """A copy of this fitted head polished to the optimum of its own objective on ``train`` (any data
+        source winnow reads): the Newton fit started from its weights, same λ, to ‖∇R‖∞ ≤ ``tol`` (default
+        the head's ``tol``). The copy records ``refit_from_`` (‖∇R‖∞ before) and ``refit_steps_`` (Newton
+        steps); the analyses mark their figures ``refit`` from it. Raises ConvergenceError as ``fit``."""
+        self._check_fitted()
+        head = copy.deepcopy(self)
+        if tol is not None:
+            head.tol = float(tol)
+        head.max_iter = max(head.max_iter, 100)
+        head.fit(train, init=self.theta_, chunk_size=chunk_size, engine=engine)
+        head.refit_from_ = float(head.grad_norm_start_)
+        head.refit_steps_ = int(head.n_iter_)
+        return head
+
     # ------------------------------------------------------------ construct
     @classmethod
     def from_weights(cls, weight: Any, bias: Any, l2: float = 1e-3, **kwargs: Any) -> Head:
@@ -324,6 +349,19 @@ class LinearHead(Head):
         """r = ∂ℓ/∂z from logits Z (c, K_out) and labels y (c,), shape (c, K_out)."""
 
     closed_form = True
+
+    def gradient_stats(self, X: torch.Tensor, y: torch.Tensor,
+                       w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Head.gradient_stats`` without forming g = r ⊗ ũ: Σ w_i g_i = [Rᵀ X | Σ r] and
+        ‖g_i‖∞ = max_k |r_ik| · max(1, max_j |u_ij|)."""
+        r = self.residuals(X, y)
+        if w is not None:
+            r = r * w[:, None]
+        grad = torch.cat([r.T @ X, r.sum(0)[:, None]], dim=1).reshape(-1)
+        if X.shape[0] == 0:
+            return grad, grad.new_zeros(())
+        xmax = X.abs().amax(1).clamp_min(1.0) if X.shape[1] else torch.ones_like(r[:, 0])
+        return grad, (r.abs().amax(1) * xmax).sum()
 
     def leverage_blocks(self, Xa: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
         """M_p = U_pᵀ H⁻¹ U_p for augmented rows Xa (c, D + 1): (M_p)_kl = ũ_pᵀ (H⁻¹)_kl ũ_p, (c, K, K)."""
@@ -479,10 +517,18 @@ class LogisticHead(LinearHead):
         """Map a fitted binary ``sklearn.linear_model.LogisticRegression`` exactly.
 
         scikit-learn minimises C Σ ℓ_i + ½‖w‖²; dividing by C·n gives our (1/n) Σ ℓ_i + (λ/2)‖w‖² with
-        λ = 1 / (C · n), so ``n_samples`` (the n it was fitted on) is needed.
+        λ = 1 / (C · n), so ``n_samples`` (the n it was fitted on) is needed (λ = 0 for ``penalty=None`` or
+        ``C=inf``). ``head.classes_`` is ``model.classes_`` (classes_[1] is the positive class, label 1).
+
+        Refused with the reason (a ValidationError), because the model minimised a different objective:
+        ``solver='liblinear'`` (penalises the intercept), ``class_weight`` other than None or one weight for
+        every class (a per-row weight), an L1/elastic-net penalty, ``fit_intercept=False``. What cannot be
+        seen on the model — fit-time ``sample_weight``, a run stopped by ``max_iter`` or a loose ``tol`` — is
+        caught by the stationarity check of every influence computation (which then offers ``refit=True``).
         """
         coef, intercept, l2 = _sklearn_params(model, n_samples, binary=True)
-        return cls.from_weights(coef, intercept, l2=l2, **kwargs)  # type: ignore[return-value]
+        head = cls.from_weights(coef, intercept, l2=l2, **kwargs)
+        return _sklearn_classes(head, model)  # type: ignore[return-value]
 
 
 class SoftmaxHead(LinearHead):
@@ -598,22 +644,46 @@ class SoftmaxHead(LinearHead):
 
     @classmethod
     def from_sklearn(cls, model: Any, n_samples: int, **kwargs: Any) -> SoftmaxHead:
-        """Map a fitted multinomial ``LogisticRegression`` (K ≥ 3 classes) exactly; λ = 1 / (C · n)."""
+        """Map a fitted multinomial ``LogisticRegression`` (K ≥ 3 classes) exactly; λ = 1 / (C · n), classes
+        and refusals as ``LogisticHead.from_sklearn``."""
         coef, intercept, l2 = _sklearn_params(model, n_samples, binary=False)
-        return cls.from_weights(coef, intercept, l2=l2, **kwargs)  # type: ignore[return-value]
+        head = cls.from_weights(coef, intercept, l2=l2, **kwargs)
+        return _sklearn_classes(head, model)  # type: ignore[return-value]
 
 
 def _sklearn_params(model: Any, n_samples: int, binary: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """(coef_, intercept_, λ) of a fitted LogisticRegression whose objective is winnow's, else a ValidationError
+    naming the setting that makes it a different objective."""
     coef = getattr(model, "coef_", None)
     if coef is None:
         raise ValidationError("model must be a fitted sklearn LogisticRegression (no coef_ found)")
+    how = ("fit the model again with solver='lbfgs' (or 'newton-cg'), class_weight=None and an L2 penalty, or "
+           "fit the head with winnow (LogisticHead/SoftmaxHead(...).fit(X, y), `winnow fit-head`)")
+    solver = getattr(model, "solver", "lbfgs")
+    if solver == "liblinear":
+        raise ValidationError("model was fitted with solver='liblinear', which penalises the intercept like a "
+                              "weight; winnow's objective leaves the bias unpenalised, so the weights are not its "
+                              f"optimum: {how}")
     penalty = getattr(model, "penalty", "l2")
     l1_ratio = getattr(model, "l1_ratio", None)
-    if penalty not in ("l2", "deprecated") or (l1_ratio not in (None, 0, 0.0)):
-        raise ValidationError(f"only an L2 penalty maps to winnow's heads, model has penalty={penalty!r}, "
-                              f"l1_ratio={l1_ratio!r}")
+    if penalty not in ("l2", "deprecated", None, "none") or (l1_ratio not in (None, 0, 0.0)
+                                                              and penalty not in (None, "none", "l2")):
+        raise ValidationError(f"only an L2 penalty (or none) maps to winnow's heads, model has penalty={penalty!r}, "
+                              f"l1_ratio={l1_ratio!r}: {how}")
     if not getattr(model, "fit_intercept", True):
-        raise ValidationError("model was fitted with fit_intercept=False; winnow's heads always have a bias")
+        raise ValidationError("model was fitted with fit_intercept=False; winnow's heads always have a free bias, "
+                              f"so a bias fixed at 0 is not their optimum: {how}")
+    class_weight = getattr(model, "class_weight", None)
+    scale = 1.0
+    if class_weight is not None:
+        ws = set()
+        if isinstance(class_weight, dict):
+            ws = {float(class_weight.get(c, 1.0)) for c in getattr(model, "classes_", list(class_weight))}
+        if len(ws) != 1 or min(ws) <= 0:
+            raise ValidationError(f"model was fitted with class_weight={class_weight!r}: class weights are a "
+                                  "weight on every row, so it minimised a weighted loss, not winnow's unweighted "
+                                  f"mean (the influence formulas would not hold at its weights): {how}")
+        scale = ws.pop()  # one weight w for every class: C Σ w ℓ_i is C' = C·w
     if n_samples < 1:
         raise ValidationError(f"n_samples must be the number of rows the model was fitted on, got {n_samples}")
     if binary and coef.shape[0] != 1:
@@ -621,8 +691,18 @@ def _sklearn_params(model: Any, n_samples: int, binary: bool) -> tuple[np.ndarra
                               "use SoftmaxHead.from_sklearn")
     if not binary and coef.shape[0] < 3:
         raise ValidationError("a binary LogisticRegression maps to LogisticHead.from_sklearn")
-    C = float(model.C)
-    return np.asarray(coef, dtype=np.float64), np.asarray(model.intercept_, dtype=np.float64), 1.0 / (C * n_samples)
+    C = float(model.C) * scale
+    l2 = 0.0 if penalty in (None, "none") or not np.isfinite(C) else 1.0 / (C * n_samples)
+    return np.asarray(coef, dtype=np.float64), np.asarray(model.intercept_, dtype=np.float64), l2
+
+
+def _sklearn_classes(head: Head, model: Any) -> Head:
+    """Carry ``model.classes_`` into ``head.classes_`` (classes_[i] is the label encoded as i; binary:
+    classes_[1] is the positive class, as in scikit-learn)."""
+    classes = getattr(model, "classes_", None)
+    if classes is not None:
+        head.classes_ = tuple(c.item() if isinstance(c, np.generic) else c for c in np.asarray(classes).tolist())
+    return head
 
 
 def head_from_torch(linear: torch.nn.Module, l2: float = 1e-3, **kwargs: Any) -> Head:
@@ -689,6 +769,7 @@ def newton_minimize(head: Head, sums: ObjectiveSums, normalizer: float, theta: t
 
     loss, grad, hess = evaluate(theta)
     gnorm = float(grad.abs().max())
+    head.grad_norm_start_ = gnorm
     it = 0
     while gnorm > tol and it < max_iter:
         it += 1

@@ -1,8 +1,9 @@
 """The passes every analysis shares, each one engine call with a pure kernel from ``winnow.core``:
 
 - the Hessian pass Σ w_i ∇²ℓ_i (any head, closed form or autodiff) and the one function that turns it
-  into H (:func:`winnow.core.curvature.curvature_from_sum`: λ mask + damping);
-- the gradient pass Σ g_i (mean test gradient; the stationarity check ‖∇R(θ̂)‖∞);
+  into H (:func:`winnow.core.curvature.curvature_from_sum`: λ mask + damping); over all rows the same pass
+  also sums Σ g_i and Σ ‖g_i‖∞, the stationarity check ‖∇R(θ̂)‖∞ every influence computation makes;
+- the gradient pass Σ g_i (mean test gradient; the stationarity check of a Hessian over a sample);
 - per-point columns of any pure function ``func(head, X, y, **kwargs)`` (:func:`map_columns`);
 - the objective pass (Σ w_i ℓ_i, Σ w_i g_i, Σ w_i ∇²ℓ_i) that fits a head by Newton's method.
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.curvature import Curvature, HessianKernel, curvature_from_sum
+from ..core.curvature import Curvature, HessianKernel, Stationarity, curvature_from_sum, stationarity_from_sums
 from ..core.heads import DTYPE, Head, as_tensor
 from ..errors import ValidationError
 from ..io.sources import DataSource, open_source
@@ -29,7 +30,7 @@ from .engine import Engine, current_engine
 
 __all__ = ["default_engine", "open_for_head", "hessian_pass", "fit_curvature", "gradient_sum",
            "mean_test_gradient", "test_gradients", "map_columns", "objective_pass", "stationarity", "load_rows",
-           "FeatureSignKernel"]
+           "FeatureSignKernel", "checked_curvature", "refit_head"]
 
 
 def default_engine(engine: Engine | None = None, *, chunk_size: int = 65536, progress: bool = False) -> Engine:
@@ -66,15 +67,58 @@ def hessian_pass(head: Head, data: Any, *, rows: Any = None, row_weights: Any = 
 
 def fit_curvature(head: Head, train: Any, *, damping: float = 0.0, rows: Any = None, row_weights: Any = None,
                   normalizer: float | None = None, chunk_size: int = 65536, progress: bool = False,
-                  engine: Engine | None = None) -> Curvature:
+                  engine: Engine | None = None, allow_nonstationary: bool = False,
+                  check_stationarity: bool | None = None) -> Curvature:
     """Build and factorise H = (1/N) Σ w_i ∇²ℓ_i + λ·mask + damping·I from ``train`` (all rows, or ``rows``
     with optional ``row_weights``; paper eq. 4, or eq. 52 for a sample). ``normalizer`` N defaults to Σ w_i
     over the rows used. Works for every head (an autodiff head's Hessian uses the labels). Raises
-    NotPositiveDefiniteError with a hint to add damping."""
+    NotPositiveDefiniteError with a hint to add damping.
+
+    Stationarity (``check_stationarity``; None means: for the full Hessian only): the full Hessian's pass
+    also sums the gradients, so ``curvature.stationarity`` holds ‖∇R(θ̂)‖∞ at no extra pass; a Hessian over a
+    sample, when asked, makes one gradient pass over all rows for it. A head whose relative figure exceeds the
+    threshold raises a ValidationError unless ``allow_nonstationary``."""
     damping = check_damping(damping)
-    S, total = hessian_pass(head, train, rows=rows, row_weights=row_weights, chunk_size=chunk_size,
-                            progress=progress, engine=engine)
-    return curvature_from_sum(head, S, total, damping=damping, normalizer=normalizer)
+    full = rows is None and row_weights is None
+    if check_stationarity is None:
+        check_stationarity = full
+    if check_stationarity and full:
+        source = open_for_head(head, train, "train")
+        eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
+        S, total, g, scale = eng.sum(source, HessianKernel(head, gradients=True), description="Hessian pass")
+        S = torch.as_tensor(S, dtype=DTYPE, device=head.device)
+        st: Stationarity | None = stationarity_from_sums(head, g, scale, float(total))
+    else:
+        S, total = hessian_pass(head, train, rows=rows, row_weights=row_weights, chunk_size=chunk_size,
+                                progress=progress, engine=engine)
+        st = stationarity(head, train, engine=engine, chunk_size=chunk_size, progress=progress) \
+            if check_stationarity else None
+    curv = curvature_from_sum(head, S, total, damping=damping, normalizer=normalizer)
+    if st is not None:
+        st.check(allow_nonstationary)
+    curv.stationarity = st
+    return curv
+
+
+def refit_head(head: Head, train: Any, *, chunk_size: int = 65536, engine: Engine | None = None) -> Head:
+    """``head.refit(train)`` on the engine (a polished copy: Newton from its weights to the optimum, same λ)."""
+    source = open_for_head(head, train, "train", nonempty=True)
+    return head.refit(source, chunk_size=chunk_size, engine=default_engine(engine, chunk_size=chunk_size))
+
+
+def checked_curvature(head: Head, train: Any, *, refit: bool = False, allow_nonstationary: bool = False,
+                      damping: float = 0.0, rows: Any = None, row_weights: Any = None,
+                      normalizer: float | None = None, chunk_size: int = 65536, progress: bool = False,
+                      engine: Engine | None = None) -> tuple[Head, Curvature]:
+    """(the head influence is computed from, its checked Curvature): with ``refit`` the head is first polished
+    to the optimum (:func:`refit_head`), then H is built by :func:`fit_curvature`, which refuses a
+    non-stationary head unless ``allow_nonstationary``. The one entry of every analysis that takes a head."""
+    if refit:
+        head = refit_head(head, train, chunk_size=chunk_size, engine=engine)
+    curv = fit_curvature(head, train, damping=damping, rows=rows, row_weights=row_weights, normalizer=normalizer,
+                         chunk_size=chunk_size, progress=progress, engine=engine,
+                         allow_nonstationary=allow_nonstationary, check_stationarity=True)
+    return head, curv
 
 
 # ----------------------------------------------------------------------------------------- gradients
@@ -120,13 +164,27 @@ def test_gradients(head: Head, test: Any, *, chunk_size: int = 65536,
     return torch.as_tensor(cols["g"], dtype=DTYPE, device=head.device), cols["id"], cols["label"]
 
 
+@dataclass(frozen=True, eq=False)
+class GradientStatsKernel:
+    """Engine kernel: (Σ_i g_i (P,), Σ_i ‖g_i‖∞, number of rows) over one chunk."""
+
+    head: Head
+
+    def __call__(self, chunk: Any, weights: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        X, y = as_tensor(chunk.X, self.head.device), torch.as_tensor(chunk.y, device=self.head.device)
+        g, scale = self.head.gradient_stats(X, y)
+        return g, scale, float(len(chunk))
+
+
 def stationarity(head: Head, train: Any, *, engine: Engine | None = None, chunk_size: int = 65536,
-                 progress: bool = False) -> float:
-    """‖∇R(θ̂)‖∞ of the objective R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖² at the head's θ (every formula assumes 0)."""
-    g, n = gradient_sum(head, train, engine=engine, chunk_size=chunk_size, progress=progress,
-                        description="stationarity check", parameter="train")
-    grad = g / n + head.l2 * head.weight_mask() * head.theta_
-    return float(grad.abs().max())
+                 progress: bool = False) -> Stationarity:
+    """How far the head is from a stationary point of R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖² over all of ``train``
+    (every formula assumes ∇R(θ̂) = 0), by one gradient pass; the full Hessian's pass gets the same figure
+    for free (:func:`fit_curvature`)."""
+    source = open_for_head(head, train, "train", nonempty=True)
+    eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
+    g, scale, n = eng.sum(source, GradientStatsKernel(head), description="stationarity check")
+    return stationarity_from_sums(head, g, scale, float(n))
 
 
 # ------------------------------------------------------------------------------------------- columns

@@ -79,10 +79,13 @@ class LdsResult:
 
 def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int = 100, fraction: float = 0.5,
                               seed: int = 0, renormalize: bool = True, newton: bool = True, tol: float = 1e-10,
-                              damping: float = 0.0, progress: bool = False) -> LdsResult:
+                              damping: float = 0.0, progress: bool = False, refit: bool = False,
+                              allow_nonstationary: bool = False) -> LdsResult:
     """LDS of the head's first-order influence over ``subsets`` random subsets keeping ``fraction`` of the rows.
 
-    The head is re-fitted tightly on all of ``train`` first; each subset retrain warm-starts from it. Data and
+    The predictions are the given head's (refused off the optimum unless ``allow_nonstationary``; ``refit``
+    predicts from its polished copy). The actual losses retrain from the head's weights: each subset retrain
+    warm-starts from the full-data optimum, re-fitted tightly on all of ``train``. Data and
     the (T, n) influence matrix are held in memory. Raises ValidationError for ``subsets`` < 10 or
     ``fraction`` outside (0, 1).
     """
@@ -103,10 +106,12 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
     k = int(round(fraction * n))
     if k < 1 or k >= n:
         raise V.fail(f"fraction {fraction:g} of n = {n} rows keeps {k}: need between 1 and n − 1", "fraction")
-    base = refit_tight(head, X, y, tol)
-    an = InfluenceAnalyzer(base, damping=damping).fit((X, y, ids))
+    an = InfluenceAnalyzer(head, damping=damping, refit=refit,
+                           allow_nonstationary=allow_nonstationary).fit((X, y, ids))
+    given = an.head
     I = an.pairwise((Xte, yte))                       # (T, n), I_loss(t, p)
-    ctx = prepare_newton(base, an.curvature_, (Xte, yte), n_train=n, exact=newton) if newton else None
+    ctx = prepare_newton(given, an.curvature_, (Xte, yte), n_train=n, exact=newton) if newton else None
+    base = refit_tight(head, X, y, tol)
     Xte_t, yte_t = as_tensor(Xte, base.device), torch.as_tensor(yte, device=base.device)
     rng = np.random.default_rng(seed)
     masks = np.zeros((subsets, n), dtype=bool)
@@ -121,11 +126,11 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
         fitted = retrain_without(base, X, y, removed, renormalize=renormalize)
         actual[i] = base.losses(Xte_t, yte_t, fitted.theta_).cpu().numpy()
         if ctx is not None:
-            _, _, d = predict_group_removal(base, an.curvature_, ctx, X[removed], y[removed],
+            _, _, d = predict_group_removal(given, an.curvature_, ctx, X[removed], y[removed],
                                             renormalize=renormalize)
             assert ctx.test_logits is not None
-            Z = ctx.test_logits + ctx.test_Xa @ d.reshape(base.n_outputs, -1).T
-            newton_pred[i] = loss_from_logits(base, Z, ctx.test_y).cpu().numpy()
+            Z = ctx.test_logits + ctx.test_Xa @ d.reshape(given.n_outputs, -1).T
+            newton_pred[i] = loss_from_logits(given, Z, ctx.test_y).cpu().numpy()
     per_test = rowwise_spearman(predicted, actual)
     score = float(np.nanmean(per_test)) if np.isfinite(per_test).any() else float("nan")
     score_newton = float("nan")
@@ -134,7 +139,7 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
         score_newton = float(np.nanmean(pn)) if np.isfinite(pn).any() else float("nan")
     return LdsResult(score=score, per_test=per_test, predicted=predicted, actual=actual, kept=masks, subsets=subsets,
                      fraction=float(fraction), n_train=n, renormalize=renormalize, score_newton=score_newton,
-                     extra={"seed": seed, "kept_per_subset": k})
+                     extra={"seed": seed, "kept_per_subset": k, "stationarity": an.stationarity_.as_dict()})
 
 
 # the report section lives in winnow.report.lds

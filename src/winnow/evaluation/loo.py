@@ -74,13 +74,16 @@ def choose_rows(points: int | np.ndarray, n: int, seed: int, minimum: int = 2) -
 
 
 def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray = 50, seed: int = 0,
-                  tol: float = 1e-11, damping: float = 0.0, progress: bool = False) -> LeaveOneOutResult:
+                  tol: float = 1e-11, damping: float = 0.0, progress: bool = False, refit: bool = False,
+                  allow_nonstationary: bool = False) -> LeaveOneOutResult:
     """Retrain without each of ``points`` training points (a count sampled with ``seed``, or row positions)
     and correlate the actual change of mean test loss with the predicted ``loss_change_if_removed``.
 
-    The head is first re-fitted on the full data from its current weights to the same tolerance, so both
-    sides of every difference are optima of the same solver (a loosely fitted head would otherwise add
-    its own drift to every "actual" change). Keeps the data in memory: meant for validation-sized sets.
+    The predictions are those of the head given — the numbers ``InfluenceAnalyzer(head)`` scores — so a head
+    off the optimum is refused as there unless ``allow_nonstationary`` (its own predictions are then judged)
+    or ``refit`` (the predictions are then the polished head's). The actual changes are retraining from the
+    head's weights: the full-data optimum (Newton to ``tol``) against the optimum without the point, both
+    solved to the same tolerance. Keeps the data in memory: meant for validation-sized sets.
     """
     V.check_head_data(head, train=train, test=test)
     damping = V.check_damping(damping)
@@ -88,13 +91,11 @@ def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray
     Xte, yte, _ = load_arrays(test, parameter="test")
     n = X.shape[0]
     rows = choose_rows(points, n, seed, minimum=2)
-    base = copy.deepcopy(head)
-    base.tol = tol
-    base.max_iter = max(base.max_iter, 200)
-    base.fit(X, y, init=head.theta_)
-    analyzer = InfluenceAnalyzer(base, damping=damping).fit((X, y, ids))
+    analyzer = InfluenceAnalyzer(head, damping=damping, refit=refit,
+                                 allow_nonstationary=allow_nonstationary).fit((X, y, ids))
     scores = analyzer.score((Xte, yte), self_influence=False)
     predicted = scores.column("loss_change_if_removed").to_numpy()[rows]
+    base = full_data_optimum(head, X, y, tol)
 
     dev = base.device
     Xte_t, yte_t = as_tensor(Xte, dev), torch.as_tensor(yte, device=dev)
@@ -111,7 +112,18 @@ def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray
     spearman = float(stats.spearmanr(predicted, actual).statistic)
     return LeaveOneOutResult(ids=ids[rows], predicted=predicted, actual=actual, pearson=pearson,
                              spearman=spearman, n_train=n, tol=tol,
-                             extra={"refit_grad_norm": base.grad_norm_})
+                             extra={"refit_grad_norm": base.grad_norm_,
+                                    "stationarity": analyzer.stationarity_.as_dict()})
+
+
+def full_data_optimum(head: Head, X: np.ndarray, y: np.ndarray, tol: float) -> Head:
+    """A copy of ``head`` re-fitted on (X, y) from its own weights to ‖∇R‖_∞ ≤ tol: the reference every
+    retraining is compared with (both sides of each actual change are optima of the same solver)."""
+    base = copy.deepcopy(head)
+    base.tol = tol
+    base.max_iter = max(base.max_iter, 200)
+    base.fit(X, y, init=head.theta_)
+    return base
 
 
 def retrain_without(head: Head, X: np.ndarray, y: np.ndarray, rows: np.ndarray, *,
