@@ -44,6 +44,8 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     # models
     "params": "--params", "solver": "--solver", "max_dense": "--max-dense", "rank": "--rank",
     "n_train": "--pairs-train", "n_test": "--pairs-test", "regularize": "--regularize", "device": "--device",
+    # the report of a run
+    "scores": "SCORES", "top": "--top",
 }
 
 
@@ -146,3 +148,11 @@ def engine_for(workers: int | None, scheduler: str | None, *, chunk_size: int = 
     from ..engine.engine import Engine
 
     return Engine(workers=workers, scheduler=scheduler, chunk_size=chunk_size, progress=not quiet)
+
+
+# the report of a run (`winnow report`, `winnow influence --report`)
+ReportOut = Annotated[Path | None, typer.Option(
+    "--report", help="Also write an HTML report of the scores (the most harmful and helpful points, influence "
+                     "and self-influence by label, memorization, the run's settings), as `winnow report` does.")]
+ReportTop = Annotated[int, typer.Option("--top", help="How many of the most harmful and of the most helpful "
+                                                      "training points the report lists (>= 1).")]
