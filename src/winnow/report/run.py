@@ -327,7 +327,10 @@ def summarize_scores(scores: str | Path, *, top: int = 20, sample_size: int = SA
     labels_seen: list[int] = []
     per_label, overall = _Moments(), _Moments()
     overall.grow(1)
-    per_cap = lambda: max(_SAMPLE_FLOOR, min(sample_size, _SAMPLE_BUDGET * sample_size // max(len(slot), 1)))  # noqa: E731
+
+    def per_cap() -> int:  # each label's share of the budget, never below the floor nor above sample_size
+        return min(sample_size, max(_SAMPLE_FLOOR, _SAMPLE_BUDGET * sample_size // max(len(slot), 1)))
+
     samples, all_sample = _Sample(sample_size), _Sample(sample_size)
     harmful, helpful = _Top(top, 1.0), _Top(top, -1.0)
     rng = np.random.default_rng(seed)
