@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ValidationError
 from ..validation import check_integer, fail
-from .words import num, pct
+from .words import memorization_reading, num, pct
 
 __all__ = ["summarize_scores", "run_report", "scores_report", "default_report_path", "QUANTILES",
            "SAMPLE_SIZE"]
@@ -625,19 +625,9 @@ def scores_report(summary: dict[str, Any], title: str | None = None) -> Any:
         rep.section("Memorization", "memorization score ‖Λ⁻¹Qᵀg_p‖₁ (paper Definition 6); a point memorizes when "
                                     "its score exceeds the threshold D.")
         if memo["verdicts"]:
-            share = memo["memorize"] / max(memo["n"], 1)
-            text = (f"{num(memo['memorize'])} of {num(memo['n'])} points ({pct(share)}) memorize"
-                    + (f" (score > D = {num(D)})" if D is not None else " (D was not recorded)")
-                    + ": the head fits them on their own rather than from what they share with other points.")
-            ms = [d for d in labs if d["memorize_share"] is not None]
-            if len(ms) > 1:
-                top_m = max(ms, key=lambda d: d["memorize_share"])
-                if top_m["memorize_share"] - share >= SPREAD:
-                    text += (f" {_label_name(top_m).capitalize()} has the largest share "
-                             f"({pct(top_m['memorize_share'])}): its points are the hardest to learn from the "
-                             f"rest.")
-                else:
-                    text += " The share is about the same for every label."
+            counts = [{"label": _label_name(d)[len("label "):], "n": d["count"], "memorize": d["memorize"]}
+                      for d in labs]
+            text = memorization_reading(memo["n"], memo["memorize"], D, counts)
             rep.reading(text)
         else:
             rep.reading("The file has memorization scores but no verdicts (no threshold D was set): score again "
