@@ -254,3 +254,28 @@ def test_an_existing_report_is_refused_and_kept(tmp_path, one_group):
     assert out.read_text() == "mine"
     run_report(one_group, out, overwrite=True)
     assert out.read_text().startswith("<!doctype html>")
+
+
+def test_reading_memory_stays_bounded(tmp_path, monkeypatch):
+    """One pass with bounded memory: while a 2.4e6-row file (77 MB of columns, one row group) is summarized,
+    Arrow never holds more than a fraction of it (the reader does not keep the batches it has read)."""
+    import winnow.report.run as R
+
+    n = 2_400_000
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal(n)
+    pq.write_table(pa.table({"id": np.arange(n), "label": rng.integers(0, 3, n), "influence": v,
+                             "self_influence": rng.exponential(1.0, n)}), tmp_path / "big.parquet",
+                   row_group_size=n)
+    peak = []
+    batches = R._Scores.batches
+
+    def watched(self, columns, batch_size):
+        for b in batches(self, columns, batch_size):
+            peak.append(pa.total_allocated_bytes())
+            yield b
+
+    monkeypatch.setattr(R._Scores, "batches", watched)
+    s = summarize_scores(tmp_path / "big.parquet", top=3)
+    assert s["n"] == n and [r["influence"] for r in s["harmful"]] == sorted(v, reverse=True)[:3]
+    assert len(peak) > 10 and max(peak) < 40e6, max(peak)

@@ -73,7 +73,10 @@ class _Scores:
             yield from reader
             return
         for f in self.files:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+            # pre_buffer=False: with pyarrow's default read-ahead the batch reader keeps every batch it has read
+            # (memory grows with the file); a bounded read buffer keeps it flat
+            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 22)
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
 
 
 def _open_scores(scores: str | Path) -> _Scores:
