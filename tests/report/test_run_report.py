@@ -246,6 +246,12 @@ def test_a_file_that_is_not_scores_is_refused_in_one_line(tmp_path, columns, mis
         run_report(p, top=0)
 
 
+def test_the_report_functions_are_reachable_from_winnow_report():
+    import winnow.report
+
+    assert winnow.report.run_report is run_report and winnow.report.summarize_scores is summarize_scores
+
+
 def test_an_existing_report_is_refused_and_kept(tmp_path, one_group):
     out = tmp_path / "r.html"
     out.write_text("mine")
