@@ -285,3 +285,12 @@ def test_reading_memory_stays_bounded(tmp_path, monkeypatch):
     s = summarize_scores(tmp_path / "big.parquet", top=3)
     assert s["n"] == n and [r["influence"] for r in s["harmful"]] == sorted(v, reverse=True)[:3]
     assert len(peak) > 10 and max(peak) < 40e6, max(peak)
+
+
+def test_labels_that_are_not_integers_are_refused(tmp_path):
+    p = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"label": pa.array([0, None, 1], pa.int64()), "influence": [0.1, 0.2, -0.1]}), p)
+    with pytest.raises(ValidationError) as e:
+        summarize_scores(p)
+    assert str(e.value) == (f"scores {p}: the label column must hold integer labels with no missing values (found "
+                            f"int64, with missing values); give the scores written by `winnow influence --out`")

@@ -345,8 +345,8 @@ def summarize_scores(scores: str | Path, *, top: int = 20, sample_size: int = SA
                 continue
             lab_col = batch.column("label")
             if lab_col.null_count or not pa.types.is_integer(lab_col.type):
-                raise fail(f"scores {src.path}: the label column must hold integer labels without gaps "
-                           f"(found {lab_col.type}{', with missing values' if lab_col.null_count else ''}); "
+                raise fail(f"scores {src.path}: the label column must hold integer labels with no missing "
+                           f"values (found {lab_col.type}{', with missing values' if lab_col.null_count else ''}); "
                            f"give the scores written by `winnow influence --out`", "scores")
             label = lab_col.to_numpy().astype(np.int64)
             v = batch.column("influence").cast(pa.float64()).to_numpy(zero_copy_only=False)
