@@ -13,6 +13,7 @@ run can finish with ``resume=True``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -45,12 +46,23 @@ from ..validation import check_chunk_size, check_damping, check_head
 
 __all__ = ["InfluenceEstimator", "InfluenceAnalyzer", "InfluenceColumns", "SelfInfluenceColumns", "PartsResult",
            "compute_influence", "write_influence_parts", "write_score_stream", "SCORE_FIELDS", "PAIR_SCHEMA",
-           "PAIR_METADATA"]
+           "PAIR_METADATA", "RUN_KEY", "run_settings"]
 
 SCORE_FIELDS = [("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
                 ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())]
 PAIR_SCHEMA = pa.schema([("test_id", pa.int64()), ("train_id", pa.int64()), ("influence", pa.float64())])
 PAIR_METADATA = {"winnow.influence": "I_loss(test, train) = -g_test^T H^-1 g_train; > 0 harmful"}
+#: key of the scores' metadata holding the run's settings as JSON (``run_settings``); the report reads it
+RUN_KEY = "winnow.run"
+
+
+def run_settings(head: Head, curvature: Curvature, n_train: int, n_test: int | None) -> dict[str, Any]:
+    """The settings of a scoring run, as stored (JSON) under ``RUN_KEY`` in the scores' metadata: n (training
+    rows), T (test rows; None when not known here), the head's kind, λ, P, the damping and the Hessian's
+    normaliser N (N = n: every training row; otherwise a sampled or weighted Hessian)."""
+    return {"n_train": int(n_train), "n_test": None if n_test is None else int(n_test),
+            "head": type(head).__name__, "l2": float(head.l2), "n_params": int(head.n_params),
+            "damping": float(curvature.damping), "hessian_normalizer": float(curvature.n)}
 
 
 # ------------------------------------------------------------------------------------------- columns
@@ -71,11 +83,13 @@ class InfluenceColumns(ScoreColumns):
         self.head_ = head
         self.n_train_ = int(analyzer.n_train_)
         self.curvature_ = curv if self.self_influence else None
+        n_test = None
         if self.direction is None:
-            gbar, _ = mean_test_gradient(head, test, engine=analyzer.engine)
+            gbar, n_test = mean_test_gradient(head, test, engine=analyzer.engine)
             self.direction_ = curv.solve(gbar)
         else:
             self.direction_ = torch.as_tensor(self.direction, dtype=DTYPE, device=head.device)
+        self.metadata = {**SIGN_METADATA, RUN_KEY: json.dumps(run_settings(head, curv, self.n_train_, n_test))}
         self.pair_factors_ = self.test_ids_ = None
         if self.pairs:
             Gt, self.test_ids_, _ = test_gradients(head, test, engine=analyzer.engine)
@@ -298,6 +312,7 @@ class InfluenceAnalyzer:
         of each ``extra`` column set; with ``pairs`` also ``pairs`` (c, T) and ``test_ids`` once in the first
         chunk's dict. ``self_influence`` None means True (it is cheap for a head)."""
         columns = self._columns(test, self_influence=self_influence is not False, pairs=pairs, extra=extra)
+        self.score_metadata_ = _metadata(columns)  # the sign conventions, the run's settings, extra columns'
         test_ids = columns[0].test_ids_ if pairs else None
         first = True
         with self.engine:
@@ -312,7 +327,7 @@ class InfluenceAnalyzer:
         """One row per training point (see ``iter_scores``), as an Arrow table with the sign metadata."""
         parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "test_ids"}
-        return pa.table(cols).replace_schema_metadata({**SIGN_METADATA, **_metadata(extra),
+        return pa.table(cols).replace_schema_metadata({**SIGN_METADATA, **self.score_metadata_,
                                                        **self._stationarity_metadata()})
 
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
@@ -334,7 +349,7 @@ class InfluenceAnalyzer:
         chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None, extra=extra)
         # the metadata is read at the first chunk, once the extra column sets are prepared
         return write_score_stream(chunks, out, fields if has_fields else None, pairs_out=pairs_out,
-                                  overwrite=overwrite, metadata=lambda: {**SIGN_METADATA, **_metadata(extra),
+                                  overwrite=overwrite, metadata=lambda: {**SIGN_METADATA, **self.score_metadata_,
                                                                          **self._stationarity_metadata()})
 
     def write_parts(self, test: Any, out: str | Path, *, self_influence: bool = True,

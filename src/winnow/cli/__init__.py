@@ -37,7 +37,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Exact influence functions for classifier heads, streaming over training sets of any size."""
 
 
-from . import core, examples, fidelity, models, relative, subsample, theorems  # noqa: E402,F401  (each module registers its commands)
+from . import core, examples, fidelity, models, relative, report, subsample, theorems  # noqa: E402,F401  (each module registers its commands)
 
 
 def _command(argv: list[str]) -> str | None:

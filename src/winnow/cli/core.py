@@ -22,12 +22,14 @@ from .options import (
     Overwrite,
     Quiet,
     Refit,
+    ReportOut,
     engine_for,
     polish_head,
     say,
     source_from,
 )
 from .relative import HessianChoice, HessianOpt, SamplerChoice, SamplerOpt, SampleSizeOpt, SeedOpt
+from .report import write_run_report
 from .scale import ClusterTimeout, PartitionRows, Parts, Resume, Scheduler, Workers
 
 TrainArg = Annotated[Path, typer.Argument(help="Training data: .npz (arrays X, y, optional id) or Parquet "
@@ -110,7 +112,7 @@ def influence(
     parts: Parts = False, workers: Workers = None, scheduler: Scheduler = None, resume: Resume = False,
     partition_rows: PartitionRows = None, cluster_timeout: ClusterTimeout = 30.0,
     refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
-    overwrite: Overwrite = False, quiet: Quiet = False,
+    overwrite: Overwrite = False, quiet: Quiet = False, report: ReportOut = None,
 ) -> None:
     """Influence of every training point on the mean loss of TEST (one Hessian pass, one scoring pass).
     With --parts/--workers/--scheduler/--resume (or a directory --out) the scores go to a directory of part
@@ -126,6 +128,8 @@ def influence(
         check_output_path(out, overwrite, argument="out")
         if pairs is not None:
             check_output_path(pairs, overwrite, argument="pairs_out")
+    if report is not None:
+        check_output_path(report, overwrite, argument="report")
     h = load_head(head)
     tr = source_from(train, label_column, id_column, features_column, feature_columns)
     te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
@@ -148,6 +152,8 @@ def influence(
                                 overwrite=overwrite, partition_rows=partition_rows,
                                 cluster_timeout=cluster_timeout, quiet=quiet,
                                 allow_nonstationary=allow_nonstationary)
+        if report is not None:
+            write_run_report(out, report, overwrite=overwrite, quiet=quiet)
         return
     from ..analyses.relative import make_curvature
 
@@ -158,6 +164,8 @@ def influence(
                            allow_nonstationary=allow_nonstationary).fit(tr, curvature=curv)
     an.write_scores(te, out, pairs_out=pairs, overwrite=overwrite, extra=extra)
     say(quiet, f"wrote {out}" + (f" and {pairs}" if pairs else ""))
+    if report is not None:
+        write_run_report(out, report, overwrite=overwrite, quiet=quiet)
 
 
 @app.command("validate-loo")

@@ -47,6 +47,8 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "n_train": "--pairs-train", "n_test": "--pairs-test", "regularize": "--regularize", "device": "--device",
     # stationarity of the head
     "refit=True": "--refit", "allow_nonstationary=True": "--allow-nonstationary",
+    # the report of a run
+    "scores": "SCORES", "top": "--top",
 }
 
 
@@ -170,3 +172,9 @@ def polish_head(head: Any, train: Any, refit: bool, quiet: bool) -> Any:
     say(quiet, f"refit the head: ‖∇R‖∞ {polished.refit_from_:.1e} -> {polished.grad_norm_:.1e} in "
                f"{polished.refit_steps_} Newton steps")
     return polished
+# the report of a run (`winnow report`, `winnow influence --report`)
+ReportOut = Annotated[Path | None, typer.Option(
+    "--report", help="Also write an HTML report of the scores (the most harmful and helpful points, influence "
+                     "and self-influence by label, memorization, the run's settings), as `winnow report` does.")]
+ReportTop = Annotated[int, typer.Option("--top", help="How many of the most harmful and of the most helpful "
+                                                      "training points the report lists (>= 1).")]

@@ -5,13 +5,15 @@ from .html import Report, figure_png, influence_by_label_figure, loo_scatter_fig
 
 __all__ = ["Report", "figure_png", "influence_by_label_figure", "loo_scatter_figure", "top_points_rows",
            "memorization_section", "theorems_section", "removal_methods_section", "group_section",
-           "theorem1_section", "lds_section", "mislabel_section", "lep_section", "subsample_section"]
+           "theorem1_section", "lds_section", "mislabel_section", "lep_section", "subsample_section",
+           "run_report", "summarize_scores", "scores_report"]
 
 _SECTIONS = {"memorization_section": "memorization", "memorization_figure": "memorization",
              "theorems_section": "theorems", "influence_pairs_figure": "theorems",
              "removal_methods_section": "fidelity", "group_section": "fidelity", "theorem1_section": "theorem1",
              "lds_section": "lds", "mislabel_section": "mislabel", "lep_section": "relative",
-             "search_figure": "relative", "subsample_section": "subsample", "curve_figure": "subsample"}
+             "search_figure": "relative", "subsample_section": "subsample", "curve_figure": "subsample",
+             "run_report": "run", "summarize_scores": "run", "scores_report": "run"}
 
 
 def __getattr__(name: str):  # sections import their analyses (and torch) only when used

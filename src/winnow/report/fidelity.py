@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..analyses.fidelity import METHOD_LABELS, SUMMARY_HEADER, GroupDivergenceResult, RemovalMethodsResult
+from .words import fidelity_reading, group_reading
 
 
 def removal_methods_section(report: Any, result: RemovalMethodsResult, title: str = "Leave-one-out: first order "
@@ -17,6 +18,7 @@ def removal_methods_section(report: Any, result: RemovalMethodsResult, title: st
     report.section(title, f"{len(result.actual)} training points removed one at a time (n = {result.n_train}); "
                    "actual: retrained on the ε = −1/n objective. Newton: one Newton step on that objective "
                    "(1/n)H₋ₚ⁻¹g_p, evaluated in the test loss.")
+    report.reading(fidelity_reading(result.pearson["first_order"], result.pearson.get("newton_exact")))
     report.table(["method", "Pearson", "Spearman", "max error / max |actual|"], result.table())
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.4), sharex=True, sharey=True)
     a = result.actual
@@ -39,7 +41,13 @@ def group_section(report: Any, result: GroupDivergenceResult) -> Any:
 
     obj = "retrained on the kept rows (normaliser n − |S|)" if result.renormalize else "ε = −1/n objective"
     report.section("Group removal: first order vs Newton", f"n = {result.n_train}; actual: {obj}.")
-    report.table(SUMMARY_HEADER, result.summary_rows())
+    summary = result.summary_rows()
+    if summary:
+        largest = max(r[1] for r in summary)
+        row = next((r for r in summary if r[1] == largest and r[0] == "random"),
+                   next(r for r in summary if r[1] == largest))
+        report.reading(group_reading(largest, row[4], row[6]))
+    report.table(SUMMARY_HEADER, summary)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     a = np.array([g.actual for g in result.groups])
     for name, attr, mk in (("first order", "first_order", "o"), ("Newton (exact loss)", "newton_exact", "x")):

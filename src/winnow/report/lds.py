@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.lds import LdsResult
+from .words import lds_reading
 
 
 def lds_section(report: Any, result: LdsResult) -> Any:
@@ -18,6 +19,7 @@ def lds_section(report: Any, result: LdsResult) -> Any:
                    f"{result.subsets} random subsets keeping {result.fraction:g} of n = {result.n_train} rows, "
                    f"head retrained on each ({obj}). Per test point: Spearman over subsets between the actual "
                    f"test loss and (1/n) Σ_(p kept) I_loss(t, p); averaged over test points.")
+    report.reading(lds_reading(result.score))
     report.table(["quantity", "value"], [["LDS (first-order influence)", result.score],
                                          ["LDS (Newton group step, reference)", result.score_newton],
                                          ["test points left out (constant)", int(np.isnan(result.per_test).sum())]])

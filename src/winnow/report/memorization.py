@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..analyses.memorization import MemorizationResult
+from .words import memorization_reading
 
 
 def memorization_figure(result: MemorizationResult) -> Any:
@@ -35,9 +36,11 @@ def memorization_section(report: Any, result: MemorizationResult) -> Any:
     report.section("Memorization (paper section 6)",
                    f"score = ‖Λ⁻¹Qᵀg_p‖₁ with H = QΛQᵀ (Definition 6). Threshold D = {result.threshold:.4g} "
                    f"({how}); score > D: memorize, ≤ D: generalize.")
+    counts = result.counts_by_label()
+    report.reading(memorization_reading(len(result.scores), int(np.sum(result.memorize)), result.threshold, counts))
     report.figure(memorization_figure(result))
     rows = [[c["label"], c["n"], c["memorize"], c["generalize"], c["memorize"] / max(c["n"], 1)]
-            for c in result.counts_by_label()]
+            for c in counts]
     report.table(["label", "points", "memorize", "generalize", "memorize fraction"], rows)
     if result.hurts_fraction is not None and result.helps_fraction is not None:
         rows = []

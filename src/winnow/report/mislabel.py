@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..evaluation.mislabel import RANKING_LABELS, MislabelResult
+from .words import mislabel_reading
 
 
 def mislabel_section(report: Any, result: MislabelResult) -> Any:
@@ -16,6 +19,9 @@ def mislabel_section(report: Any, result: MislabelResult) -> Any:
                    f"{result.n_flipped} of {result.n_train} training labels flipped ({result.flip:g}), "
                    f"{result.head_kind} head, λ = {result.l2:g}, {seeds} seed(s); clean validation: "
                    f"{result.valid}. Check the top of each ranking; curve: fraction of the flips found.")
+    i = int(np.argmin(np.abs(np.asarray(result.check_fractions) - 0.1)))  # the check fraction nearest 10 %
+    report.reading(mislabel_reading(float(result.check_fractions[i]),
+                                    {r: float(a.mean(0)[i]) for r, a in result.at.items()}, RANKING_LABELS))
     report.table(result.header(), result.table())
     fig, ax = plt.subplots(figsize=(6, 4.4))
     for r, c in result.curves.items():

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..analyses.lep import LEPResult, SearchResult
 from ..errors import ValidationError
+from .words import agreement, lep_reading, num
 
 __all__ = ["search_figure", "report_section"]
 
@@ -66,6 +67,8 @@ def lep_section(report: Any, result: SearchResult | LEPResult, *, title: str = "
                 + (f" Choosing the sample cost {result.selection['rows_read']:.0f} rows read "
                    f"({result.selection['seconds']:.3g} s)." if result.selection.get("rows_read") else ""))
         report.section(title, text)
+        report.reading(lep_reading(result.recommended_sample_size, result.n_train, result.metric, result.threshold,
+                                   sp))
         report.table(list(SearchResult.TABLE_HEADER), result.table_rows())
         report.figure(result.figure(), "Agreement vs sample size m; grey: seconds of the curvature pass.")
         return report
@@ -73,6 +76,11 @@ def lep_section(report: Any, result: SearchResult | LEPResult, *, title: str = "
         s = result.statistics
         report.section(title, f"Full vs relative influence on the mean test loss over {result.n_train} "
                               f"training points: ratio r = I / I⁽ᵐ⁾ (eq. 55).")
+        verdict = agreement(s.get("spearman", float("nan")))
+        report.reading(f"Spearman {num(s.get('spearman', float('nan')))} between the influence from the full and "
+                       f"from the sampled Hessian: they {verdict}"
+                       + ("; the sample is large enough." if verdict == "agree well" else
+                          "; use a larger sample (`--sample-size`) or the full Hessian."))
         report.table(["statistic", "value"], [[k, v] for k, v in s.items()])
         return report
     raise ValidationError(f"report_section expects a SearchResult or LEPResult, got {type(result).__name__}")

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..evaluation.subset import SubsetEvaluation
+from .words import subsample_reading
 
 __all__ = ["curve_figure", "report_section"]
 
@@ -55,6 +56,9 @@ def subsample_section(report: Any, evaluation: SubsetEvaluation) -> Any:
             f"kept {meta.get('budget', '?')} of {meta.get('n_train', '?')} rows; class ratio "
             f"{meta.get('ratio', '?')}") if meta else "subset without winnow metadata"
     report.section("Influence-guided subsampling", text)
+    by = {r["method"].split(" ")[0]: r for r in evaluation.rows}
+    if "subset" in by:
+        report.reading(subsample_reading(by["subset"], by.get("random"), by.get("full")))
 
     def fmt(r: dict[str, Any], k: str) -> str:
         return f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}"

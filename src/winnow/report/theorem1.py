@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.theorem1 import Theorem1Result
+from .words import theorem1_reading
 
 
 def theorem1_section(report: Any, result: Theorem1Result) -> Any:
@@ -19,6 +20,7 @@ def theorem1_section(report: Any, result: Theorem1Result) -> Any:
                    f"{r.verdict} Influence over {r.influence_full.shape[0]} test × {r.influence_full.shape[1]} "
                    f"training points sampled at random; full model: {r.n_params} parameters ({r.method}), head "
                    f"'{r.head_name}': {r.n_head_params}. " + " ".join(r.notes))
+    report.reading(theorem1_reading(r.spearman))
     rows = [["Pearson (I_head, I_full)", r.pearson], ["Spearman (I_head, I_full)", r.spearman],
             ["sign agreement", r.sign_agreement], ["pairs with I_head/I within 2×", r.ratio_within_2x]]
     rows += [[f"I_head/I quantile {k[1:]}%", v] for k, v in r.ratio_quantiles.items()]

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..analyses.theorems import SignRuleResult, TheoremCheck
 from .memorization import memorization_section
+from .words import num, sign_rule_reading, theorem3_reading
 
 
 def influence_pairs_figure(result: SignRuleResult) -> Any:
@@ -44,6 +45,7 @@ def theorems_section(report: Any, results: TheoremCheck) -> Any:
     report.section("Theorem 3: memorization thresholds",
                    "D± = 𝒯±·λ_min / max|ψ| (λ_min: smallest eigenvalue of H⁻¹). The theorem says every "
                    "training point with I_loss > 0 (< 0) has memorization score > D⁺ (> D⁻).")
+    report.reading(theorem3_reading(sum(bool(r.holds) for r in results.theorem3), len(results.theorem3)))
     report.table(["test id", "y_t", "D⁺", "I>0", "exceed D⁺", "D⁻", "I<0", "exceed D⁻", "holds"],
                  [[r.test_id, r.test_label, r.D_plus, r.n_positive, r.n_positive_exceeding, r.D_minus,
                    r.n_negative, r.n_negative_exceeding, r.holds] for r in results.theorem3])
@@ -54,6 +56,7 @@ def theorems_section(report: Any, results: TheoremCheck) -> Any:
         report.section("Theorem 4: sign of influence vs labels",
                        f"{sr.n_pairs} sampled (test, train) pairs (seed {sr.seed}). Eq. 91: I_loss > 0 when "
                        f"y_t ≠ y_p and < 0 when y_t = y_p; it holds exactly when ũ_tᵀH⁻¹ũ_p > 0.")
+        report.reading(sign_rule_reading(sr.hold_rate))
         rows = []
         for a in (0, 1):
             for b in (0, 1):
@@ -77,6 +80,11 @@ def theorems_section(report: Any, results: TheoremCheck) -> Any:
         report.section("Section 8: removing a class fraction, retrained",
                        "change of mean test loss on positive / negative test points (retrained on the "
                        "ε = −1/n objective; 'plain' retrains on the kept rows with normalizer n − m)")
+        ok = sum(bool(r.consistent) for r in results.removal)
+        report.reading(f"{num(ok)} of {num(len(results.removal))} removals change the test loss as section 8 "
+                       f"predicts" + (": removing points of one class raises the loss on that class and lowers it "
+                                      "on the other." if ok == len(results.removal) else
+                                      "; the others do not, so read the class-removal predictions with care."))
         report.table(["removed label", "removed", "Δ loss pos", "Δ loss neg", "predicted Δ pos", "predicted Δ neg",
                       "plain Δ pos", "plain Δ neg", "as section 8 says"],
                      [[r.removed_label, r.n_removed, r.delta_pos, r.delta_neg, r.predicted_delta_pos,
