@@ -11,15 +11,19 @@ import typer
 from . import app
 from .options import (
     ChunkSize,
+    ClassesOpt,
     Damping,
     EngineScheduler,
     EngineWorkers,
+    Exclude,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
+    PositiveLabel,
     Quiet,
+    data_columns,
     engine_for,
     say,
     source_from,
@@ -27,8 +31,9 @@ from .options import (
 from .relative import HessianChoice, HessianOpt, SamplerChoice, SamplerOpt, SampleSizeOpt, SeedOpt
 from .scale import ClusterTimeout, PartitionRows, Parts, Resume, Scheduler, Workers
 
-TrainArg = Annotated[Path, typer.Argument(help="Training data: .npz (arrays X, y, optional id) or Parquet "
-                                               "file/directory with a `label` column.")]
+TrainArg = Annotated[Path, typer.Argument(help="Training data: .csv / .tsv (optionally .gz), .parquet or a "
+                                               "directory of Parquet files (a `label` column, or "
+                                               "--label-column), or .npz (arrays X, y, optional id).")]
 HeadOpt = Annotated[Path, typer.Option("--head", help="Head weights written by `winnow fit-head` (.npz).")]
 TestOpt = Annotated[Path, typer.Option("--test", help="Test/validation data, same formats as TRAIN.")]
 
@@ -51,8 +56,9 @@ def fit_head(
                                                  "fit on its rows with its `weight` column (1/π weights "
                                                  "divide by n, so the fit estimates the full-data one).")]
     = None,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
@@ -61,7 +67,9 @@ def fit_head(
     from ..io.outputs import check_output_path
 
     check_output_path(out, overwrite, argument="out")
-    src = source_from(train, label_column, id_column, features_column, feature_columns)
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    src = source_from(train, cols)
     sample_weight = normalizer = None
     if weights is not None:
         from ..io.subsets import load_subset_weights
@@ -71,6 +79,10 @@ def fit_head(
         head = api_fit_head(src, kind=kind.value, l2=l2, sample_weight=sample_weight, normalizer=normalizer)
     head.save(out, overwrite=overwrite)
     say(quiet, f"fitted {head!r} in {head.n_iter_} Newton iterations, final ‖∇R‖∞ = {head.grad_norm_:.2e}")
+    if head.classes_ is not None:
+        from ..io.columns import format_value
+
+        say(quiet, "labels: " + ", ".join(f"{format_value(c)} -> {i}" for i, c in enumerate(head.classes_)))
     say(quiet, f"wrote {out}")
 
 
@@ -102,8 +114,9 @@ def influence(
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
     hessian: HessianOpt = HessianChoice.full, sample_size: SampleSizeOpt = None,
     sampler: SamplerOpt = SamplerChoice.uniform, seed: SeedOpt = 0,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     parts: Parts = False, workers: Workers = None, scheduler: Scheduler = None, resume: Resume = False,
     partition_rows: PartitionRows = None, cluster_timeout: ClusterTimeout = 30.0,
     overwrite: Overwrite = False, quiet: Quiet = False,
@@ -123,8 +136,10 @@ def influence(
         if pairs is not None:
             check_output_path(pairs, overwrite, argument="pairs_out")
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
     extra = []
     if newton or newton_exact:
         from ..analyses.fidelity import NewtonColumns
@@ -161,8 +176,9 @@ def validate_loo(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write predicted/actual per point and the "
                                                   "correlations to this JSON file.")] = None,
     damping: Damping = 0.0,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Ground truth: retrain the head without each of K points (ε = −1/n objective, warm start, tight
@@ -174,8 +190,10 @@ def validate_loo(
     if json_out is not None:
         check_output_path(json_out, overwrite, argument="json_out")
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
     res = leave_one_out(h, tr, te, points=points, seed=seed, damping=damping, progress=not quiet)
     typer.echo(f"leave-one-out over {len(res.ids)} points (n = {res.n_train}): "
                f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}")

@@ -428,6 +428,9 @@ def part_schema(columns: Mapping[str, np.ndarray]) -> pa.Schema:
     fields = []
     for name, a in columns.items():
         a = np.asarray(a)
+        if a.dtype.kind in "OU" and a.ndim == 1:  # string ids
+            fields.append(pa.field(name, pa.string()))
+            continue
         try:
             t = pa.from_numpy_dtype(a.dtype)
         except (pa.ArrowNotImplementedError, NotImplementedError, TypeError):
