@@ -67,10 +67,10 @@ def check_classes(labels: np.ndarray, classes: Sequence[Any] | None, kind: str =
         return K
     if classes is not None:
         missing = [format_value(classes[k]) for k in range(K) if k not in set(values.tolist())]
-        raise V.fail(f"{parameter} has no rows of the classes {', '.join(missing)} (found {found}); list only "
-                     "the label values present in classes", parameter, "classes")
-    what = "two classes" if kind == "logistic" else "the classes 0..K-1"
+        raise V.fail(f"{parameter} has no rows of the label values {', '.join(missing)} (found {found}); list "
+                     "only the values present in classes", parameter, "classes")
+    what = "0 and 1" if kind == "logistic" else "0..K-1"
     hint = ",".join(str(int(v)) for v in values[:6])
     raise V.fail(f"{parameter}: labels must be {what} with every class present; found {found}. Map them "
-                 f"with positive_label (two classes: the value that means 1) or classes (every value in class "
-                 f"order, e.g. classes {hint})", parameter, "positive_label", "classes")
+                 f"with positive_label (binary: the value that means 1) or classes (every value in class order, "
+                 f"e.g. {hint})", parameter, "positive_label", "classes")

@@ -254,7 +254,7 @@ def test_labels_outside_label_set_or_not_integer(data, capsys, tmp_path):
     yneg = y.copy()
     yneg[1] = -1
     fails(["fit-head", write_npz(tmp_path / "neg.npz", X, yneg), "--out", tmp_path / "n.npz", "--kind", "softmax",
-           "-q"], capsys, "0..2", "-1")
+           "-q"], capsys, "0..K-1", "-1 ×1", "--classes")
     fails(["fit-head", te, "--out", tmp_path / "h3.npz", "--kind", "logistic", "-q"], capsys, "{0, 1}")
     assert not out.exists() and not (tmp_path / "n.npz").exists() and not (tmp_path / "h3.npz").exists()
 

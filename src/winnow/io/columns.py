@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataColumns", "parse_names", "format_id", "format_value", "DEFAULT_LABEL", "DEFAULT_ID",
-           "DEFAULT_FEATURES"]
+__all__ = ["DataColumns", "parse_names", "join_names", "format_id", "plain_id", "format_value", "DEFAULT_LABEL",
+           "DEFAULT_ID", "DEFAULT_FEATURES"]
 
 DEFAULT_LABEL = "label"
 DEFAULT_ID = "id"
@@ -220,6 +220,12 @@ def format_id(v: Any) -> str:
     """A row id as messages write it: ``17`` for integer ids, ``'p-17'`` for string ids."""
     v = _label_value(v)
     return repr(v) if isinstance(v, str) else str(int(v)) if isinstance(v, (int, float)) else repr(v)
+
+
+def plain_id(v: Any) -> int | str:
+    """A row id as a plain Python int, or str for string ids (for JSON and tables)."""
+    v = _label_value(v)
+    return v if isinstance(v, str) else int(v)
 
 
 def format_value(v: Any) -> str:

@@ -572,9 +572,9 @@ class LabelCodec:
         self.classes: tuple[Any, ...] | None = None
         if not columns.maps_labels:
             if not (_is_numeric(t) or pa.types.is_boolean(t)):
-                raise fail(f"{where}: {what} holds {t} values ({describe_labels(summary())}); labels must be "
-                           "integers 0..K-1 or be mapped to classes: pass positive_label= (the value that "
-                           "means 1, for two classes) or classes= (every value, in class order)",
+                raise fail(f"{where}: {what} holds {t} values ({describe_labels(summary())}); map them to "
+                           "class indices with positive_label (binary: the value that means 1) or classes (every "
+                           "value, in class order); labels not mapped must be integers 0..K-1",
                            "positive_label", "classes")
             return
         if columns.classes is not None:
@@ -589,10 +589,10 @@ class LabelCodec:
             others = [v for v in seen if v != pos]
             if not others:
                 raise fail(f"{where}: only one class (label {format_value(pos)}) in the {what}; a classifier "
-                           "needs at least two", "positive_label")
+                           "needs at least two", "train")
             if len(others) > 1:
                 raise fail(f"{where}: positive_label needs exactly two label values, but the {what} holds "
-                           f"{len(seen)} ({describe_labels(found)}); pass classes= with every value in class "
+                           f"{len(seen)} ({describe_labels(found)}); pass classes with every value in class "
                            "order instead", "positive_label", "classes")
             values = [others[0], pos]
         cast = self._cast(values, t, where, "classes")
@@ -638,10 +638,10 @@ class LabelCodec:
         idx = pc.index_in(arr, value_set=self.value_set)
         if idx.null_count:
             i = int(np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))[0])
-            shown = [format_value(v) for v in self.classes or ()]
+            known = ", ".join(f"{format_value(v)} -> {k}" for k, v in enumerate(self.classes or ()))
             raise fail(f"{where}: label {format_value(arr[i].as_py())} at {_row_desc(ids, i)} is not one of the "
-                       f"classes [{', '.join(shown)}]; list every label value in classes= (in class order) or "
-                       "drop the rows with other labels", "classes")
+                       f"known label values ({known}); list every value in classes (in class order) when "
+                       "fitting the head, or drop the rows with other labels", "classes")
         return idx.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -722,7 +722,7 @@ class TablePlan:
         found = _list_names(names)
         lc = cols.label
         if lc not in names:
-            raise fail(f"{where}: label column '{lc}' not found; name it with label_column= (columns: {found})",
+            raise fail(f"{where}: label column '{lc}' not found; name it with label_column (columns: {found})",
                        "label_column")
         self.label_column = lc
         idc = cols.id
@@ -734,7 +734,7 @@ class TablePlan:
                            "id_column")
             self.id_column = idc
         elif cols.id_column is not None:
-            raise fail(f"{where}: id column '{idc}' not found; name it with id_column= or leave it out (ids "
+            raise fail(f"{where}: id column '{idc}' not found; name it with id_column or leave it out (ids "
                        f"are then row numbers) (columns: {found})", "id_column")
         used = {lc} | ({self.id_column} if self.id_column else set())
         self.feature_columns: list[str] | None = None
@@ -748,8 +748,8 @@ class TablePlan:
             self.feature_columns = list(cols.feature_columns)
         elif cols.features_column is not None or (fc in names and _is_list(schema.field(fc).type)):
             if fc not in names:
-                raise fail(f"{where}: features column '{fc}' not found; pass features_column= (a list<float> "
-                           f"column) or feature_columns= (numeric columns) (columns: {found})",
+                raise fail(f"{where}: features column '{fc}' not found; pass features_column (a list<float> "
+                           f"column) or feature_columns (numeric columns) (columns: {found})",
                            "features_column")
             self.features_column = fc
         else:
@@ -762,7 +762,7 @@ class TablePlan:
                     and not n.startswith("__index_level_")]
             if not auto:
                 raise fail(f"{where}: no numeric feature columns besides the label and id columns; name them "
-                           f"with feature_columns= or a list column with features_column= (columns: {found})",
+                           f"with feature_columns, or a list column with features_column (columns: {found})",
                            "feature_columns")
             self.feature_columns = auto
         if self.feature_columns is not None:
@@ -1120,7 +1120,8 @@ def open_source(spec: Any, *, argument: str = "data", columns: DataColumns | Non
     ``columns`` (:class:`~winnow.io.columns.DataColumns`, or the keywords ``label_column``, ``id_column``,
     ``features_column``, ``feature_columns``, ``exclude``, ``classes``, ``positive_label``) says how to read a
     table; ``defaults`` are settings used where ``columns`` leaves a field unset (a head's stored settings:
-    on arrays and .npz only its ``classes`` apply). ``argument`` names the argument in error messages.
+    on arrays and .npz only its ``classes`` apply, and only to labels that are not numbers: integer labels in
+    arrays are taken as encoded 0..K-1). ``argument`` names the argument in error messages.
     """
     from ..validation import fail
     from .columns import _FEATURE_FIELDS
@@ -1131,6 +1132,12 @@ def open_source(spec: Any, *, argument: str = "data", columns: DataColumns | Non
     explicit = columns or DataColumns()
     cols = (defaults or DataColumns()).merged(explicit)
     mapping = DataColumns(classes=cols.classes, positive_label=cols.positive_label)
+
+    def array_mapping(y: Any) -> DataColumns:
+        # integer labels in arrays are taken as encoded already, unless the mapping is given explicitly
+        if explicit.maps_labels or np.asarray(y).dtype.kind not in "biuf":
+            return mapping
+        return DataColumns()
     names_given = [k for k in ("label_column", "id_column", *_FEATURE_FIELDS) if explicit.is_set(k)]
     if isinstance(spec, DataSource):
         if kwargs or explicit != DataColumns():
@@ -1150,7 +1157,7 @@ def open_source(spec: Any, *, argument: str = "data", columns: DataColumns | Non
             raise fail(f"{argument}: {', '.join(names_given)} name table columns and do not apply to arrays",
                        *names_given)
         try:
-            return ArraySource(*spec, columns=mapping, **kwargs)
+            return ArraySource(*spec, columns=array_mapping(spec[1]), **kwargs)
         except TypeError as e:
             raise ValidationError(f"{argument}: invalid options for arrays ({e})") from None
     if _is_frame(spec):
@@ -1175,7 +1182,12 @@ def open_source(spec: Any, *, argument: str = "data", columns: DataColumns | Non
             if kwargs or names_given:
                 raise fail(f"{argument}: {', '.join(sorted(kwargs) + names_given)} do not apply to .npz data "
                            f"(arrays X, y and optional id are read by name)", *names_given)
-            return NpzSource(p, columns=mapping)
+            src = NpzSource(p)
+            mapped = array_mapping(src.y[:0])
+            if mapped != DataColumns():
+                src._columns = mapped
+                src._set_labels(mapped)
+            return src
         raise fail(f"{argument}: {p} has an unsupported extension {p.suffix or '(none)'}; expected "
                    f"{ACCEPTED_FILES}", argument)
     raise fail(f"{argument}: cannot read data from a {type(spec).__name__}; expected {_ACCEPTED}", argument)
