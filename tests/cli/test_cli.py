@@ -306,9 +306,10 @@ def test_missing_label_column_and_bad_feature_columns(data, capsys):
     cols = write_parquet(d / "cols.parquet", data["X"], data["y"], columns=True)
     fails(["fit-head", cols, "--out", d / "h.npz", "--feature-columns", "f0,f1,nope", "-q"], capsys, "nope",
           "not found")
-    fails(["fit-head", cols, "--out", d / "h.npz", "-q"], capsys, "features column 'features' not found",
-          "feature_columns")
     assert not (d / "h.npz").exists()
+    # without --feature-columns every numeric column but the label and id is a feature
+    assert run(["fit-head", cols, "--out", d / "h.npz", "-q"]) == 0
+    assert load_head(d / "h.npz").n_features_ == data["X"].shape[1]
 
 
 

@@ -132,6 +132,8 @@ def source_from(path: Path, *columns: Any, parameter: str = "train", head: Any =
         cols = columns[0]
     else:
         cols = data_columns(*columns)
+    if path.suffix.lower() == ".npz":  # arrays are read by name: the column flags are for the tables
+        cols = DataColumns(classes=cols.classes, positive_label=cols.positive_label)
     defaults = head_columns(head) if head is not None else getattr(like, "data_columns", None)
     if defaults is None and like is not None and like.classes is not None:
         defaults = DataColumns(classes=like.classes)

@@ -242,8 +242,14 @@ def source_fingerprint(source: DataSource) -> dict[str, Any]:
         h = hashlib.sha256()
         for ch in source.chunks():
             for a in (ch.X, ch.y, ch.ids):
-                h.update(np.ascontiguousarray(a).tobytes())
+                if a.dtype.kind == "O":  # string ids: their text, not the object pointers
+                    h.update("\0".join(map(str, a)).encode())
+                else:
+                    h.update(np.ascontiguousarray(a).tobytes())
         base["sha256"] = h.hexdigest()
+    columns = getattr(source, "data_columns", None)
+    if columns is not None:
+        base["columns"] = columns.to_dict()
     return base
 
 
