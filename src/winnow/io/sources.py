@@ -1,16 +1,20 @@
 """Training and test data as streams of chunks.
 
 winnow never holds a whole data set in memory: every step reads a :class:`DataSource` as an iterator of
-:class:`Chunk` objects (``X`` (c, D) float32/float64, ``y`` (c,) int64, ``ids`` (c,) int64). Sources:
+:class:`Chunk` objects (``X`` (c, D) float32/float64, ``y`` (c,) int64 encoded labels, ``ids`` (c,) int64 or
+str). Sources:
 
 * :class:`ArraySource` - arrays already in memory (or memory-mapped);
 * :class:`NpzSource` - an ``.npz`` file with arrays ``X``, ``y`` and optional ``id`` (uncompressed members
   are memory-mapped, so only the rows being read are paged in);
-* :class:`ParquetSource` - a Parquet file or a directory of them, read with bounded memory.
+* :class:`ParquetSource` - a Parquet file or a directory of them, read with bounded memory;
+* :class:`~winnow.io.tables.CsvSource` and :class:`~winnow.io.tables.ArrowSource` - CSV/TSV files and data
+  frames (pandas, polars, PyArrow).
 
-:func:`open_source` turns whatever a user passes (a source, a tuple of arrays or a path) into a source.
-Every chunk is validated as it streams (finite features, integer labels, integer ids); an error names the
-source, the column or argument and the first offending row id.
+Tables are read by one :class:`TablePlan` from a :class:`~winnow.io.columns.DataColumns` (which columns, how
+labels map to classes). :func:`open_source` turns whatever a user passes into a source. Every chunk is
+validated as it streams (finite features, integer or mapped labels, integer or string ids); an error names
+the source, the column or argument and the first offending row id.
 """
 
 from __future__ import annotations
