@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     # data in and out
     "DataSource": "io.sources", "ArraySource": "io.sources", "NpzSource": "io.sources",
     "ParquetSource": "io.sources", "open_source": "io.sources",
+    "CsvSource": "io.tables", "ArrowSource": "io.tables", "DataColumns": "io.columns",
     # the engine
     "Engine": "engine.engine", "ScoreColumns": "engine.columns", "ColumnFunction": "engine.columns",
     "make_backend": "engine.backends", "write_influence_parts": "analyses.influence",

@@ -30,7 +30,7 @@ __all__ = [
     "fail", "check_integer", "check_number", "check_fraction", "check_probability", "check_damping",
     "check_chunk_size", "check_seed", "check_size", "check_choice", "check_exclusive", "check_fitted",
     "check_head", "open_data", "data_error", "read_labels", "check_features", "check_labels", "check_head_data",
-    "check_rows", "check_ids",
+    "check_rows", "check_ids", "head_columns",
 ]
 
 LABEL_BLOCK = 1 << 20  # labels are checked in blocks of this many rows (bounded memory on any n)
@@ -173,27 +173,43 @@ def _where(source: DataSource, parameter: str) -> str:
     return "" if source.name == parameter else f" ({source.name})"
 
 
-def open_data(data: Any, parameter: str, **kwargs: Any) -> DataSource:
-    """``data`` (arrays, a path or a DataSource) opened as a DataSource; errors name ``parameter``."""
+def open_data(data: Any, parameter: str, *, head: Any = None, defaults: Any = None, **kwargs: Any) -> DataSource:
+    """``data`` (arrays, a path, a data frame, a DataSource...) opened as a DataSource; errors name
+    ``parameter``. ``head``: a head whose stored data settings (``data_columns_``, ``classes_``) are used for
+    every column setting the keywords (``columns=``, ``label_column=``...) leave unset (``defaults``: such
+    settings given directly)."""
     from .io.sources import open_source
 
+    if defaults is None and head is not None:
+        defaults = head_columns(head)
     try:
-        return open_source(data, argument=parameter, **kwargs)
+        return open_source(data, argument=parameter, defaults=defaults, **kwargs)
     except ValidationError as e:
-        if e.parameters:
-            raise
-        msg = str(e)
-        if not msg.startswith(f"{parameter}:"):
-            msg = f"{parameter}: {msg}"
-        raise fail(msg, parameter) from None
+        raise data_error(e, parameter) from None
+
+
+def head_columns(head: Any) -> Any:
+    """The data settings stored in ``head`` (a DataColumns, or None): its ``data_columns_`` with its
+    ``classes_``."""
+    from .io.columns import DataColumns
+
+    cols = getattr(head, "data_columns_", None)
+    classes = getattr(head, "classes_", None)
+    if cols is None and classes is None:
+        return None
+    cols = cols or DataColumns()
+    if classes is not None:
+        cols = cols.with_resolved(classes=classes)
+    return cols
 
 
 def data_error(e: ValidationError, parameter: str) -> ValidationError:
     """A data error raised while reading ``parameter``'s data (bad labels, NaN features...), its message led
-    by the parameter (``train: train.npz: ...``)."""
+    by the parameter (``train: train.npz: ...``); the parameters the error names are kept."""
     msg = str(e)
     led = msg.startswith((f"{parameter}:", f"{parameter} ("))
-    return fail(msg if led else f"{parameter}: {msg}", parameter)
+    extra = [p for p in (getattr(e, "parameters", ()) or ()) if p != parameter]
+    return fail(msg if led else f"{parameter}: {msg}", parameter, *extra)
 
 
 def read_labels(source: DataSource, parameter: str) -> np.ndarray:
@@ -253,7 +269,7 @@ def check_head_data(head: Any, /, *, labels: bool = True, **data: Any) -> tuple[
     head = check_head(head)
     out = []
     for parameter, d in data.items():
-        src = open_data(d, parameter)
+        src = open_data(d, parameter, head=head)
         check_features(head, src, parameter)
         if labels:
             check_labels(head, src, parameter)

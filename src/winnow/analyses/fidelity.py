@@ -50,6 +50,7 @@ from ..core.heads import DTYPE, Head, as_tensor, augment
 from ..engine.columns import ScoreColumns
 from ..engine.passes import checked_curvature, hessian_pass, load_rows, mean_test_gradient, open_for_head
 from ..errors import NotPositiveDefiniteError, ValidationError
+from ..io.columns import format_id
 from ..progress import track_rows
 from ..validation import check_head_data
 
@@ -443,7 +444,7 @@ def rows_for_ids(all_ids: np.ndarray, subset: Any, argument: str = "subset") -> 
     if unknown.any():
         bad = uniq[unknown]
         raise ValidationError(f"{argument}: {len(bad)} id(s) are not training ids, e.g. {bad[:5].tolist()} "
-                              f"(training ids range {int(sorted_ids[0])}..{int(sorted_ids[-1])})")
+                              f"(training ids range {format_id(sorted_ids[0])}..{format_id(sorted_ids[-1])})")
     return np.sort(order[pos_c])
 
 

@@ -46,7 +46,7 @@ from ..validation import check_chunk_size, check_damping, check_head
 
 __all__ = ["InfluenceEstimator", "InfluenceAnalyzer", "InfluenceColumns", "SelfInfluenceColumns", "PartsResult",
            "compute_influence", "write_influence_parts", "write_score_stream", "SCORE_FIELDS", "PAIR_SCHEMA",
-           "PAIR_METADATA", "RUN_KEY", "run_settings"]
+           "PAIR_METADATA", "RUN_KEY", "run_settings", "classes_metadata"]
 
 SCORE_FIELDS = [("id", pa.int64()), ("label", pa.int64()), ("influence", pa.float64()),
                 ("loss_change_if_removed", pa.float64()), ("self_influence", pa.float64())]
@@ -145,16 +145,38 @@ def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path,
             P = cols.pop("pairs", None)
             if w is None:
                 schema = pa.schema(fields) if fields is not None else part_schema(cols)
+                schema = _id_types(schema, {"id": cols.get("id")})
                 w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite, argument="--out",
                                                             metadata=metadata()))
                 if pairs_out is not None:
-                    pw = stack.enter_context(ParquetStreamWriter(pairs_out, PAIR_SCHEMA, overwrite=overwrite,
+                    pair_schema = _id_types(PAIR_SCHEMA, {"test_id": test_ids, "train_id": cols.get("id")})
+                    pw = stack.enter_context(ParquetStreamWriter(pairs_out, pair_schema, overwrite=overwrite,
                                                                  argument="--pairs", metadata=PAIR_METADATA))
             w.write(**{k: cols[k] for k in schema.names})
             if pw is not None and P is not None:
                 c, T = P.shape
                 pw.write(test_id=np.tile(test_ids, c), train_id=np.repeat(cols["id"], T), influence=P.reshape(-1))
     return Path(out)
+
+
+def _id_types(schema: pa.Schema, ids: dict[str, Any]) -> pa.Schema:
+    """``schema`` with each id column given in ``ids`` typed string when those ids are strings."""
+    for name, a in ids.items():
+        i = schema.get_field_index(name)
+        if a is not None and i >= 0 and np.asarray(a).dtype.kind in "OU":
+            schema = schema.set(i, pa.field(name, pa.string()))
+    return schema
+
+
+def classes_metadata(head: Any) -> dict[str, str]:
+    """``winnow.classes``: the JSON list of the head's class names as strings (index = encoded label), when
+    the head has ``classes_``."""
+    import json
+
+    classes = getattr(head, "classes_", None)
+    if classes is None:
+        return {}
+    return {"winnow.classes": json.dumps([str(c) for c in classes])}
 
 
 @dataclass
@@ -190,6 +212,12 @@ class InfluenceEstimator(Protocol):
                     extra: Sequence[Any] = ()) -> Iterator[dict[str, np.ndarray]]: ...
 
     def score(self, test: Any, *, self_influence: bool | None = None, extra: Sequence[Any] = ()) -> pa.Table: ...
+
+    def _score_file_metadata(self) -> dict[str, str]:
+        """The metadata of a scores file: signs, the prepared columns' and the run's settings, the head's
+        stationarity figure and class names (read once the column sets are prepared)."""
+        return {**SIGN_METADATA, **self.score_metadata_, **self._stationarity_metadata(),
+                **classes_metadata(self.head)}
 
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
                      overwrite: bool = False, self_influence: bool | None = None, extra: Sequence[Any] = (),
@@ -327,8 +355,7 @@ class InfluenceAnalyzer:
         """One row per training point (see ``iter_scores``), as an Arrow table with the sign metadata."""
         parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "test_ids"}
-        return pa.table(cols).replace_schema_metadata({**SIGN_METADATA, **self.score_metadata_,
-                                                       **self._stationarity_metadata()})
+        return pa.table(cols).replace_schema_metadata(self._score_file_metadata())
 
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
                      overwrite: bool = False, self_influence: bool | None = None,
@@ -349,8 +376,7 @@ class InfluenceAnalyzer:
         chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None, extra=extra)
         # the metadata is read at the first chunk, once the extra column sets are prepared
         return write_score_stream(chunks, out, fields if has_fields else None, pairs_out=pairs_out,
-                                  overwrite=overwrite, metadata=lambda: {**SIGN_METADATA, **self.score_metadata_,
-                                                                         **self._stationarity_metadata()})
+                                  overwrite=overwrite, metadata=self._score_file_metadata)
 
     def write_parts(self, test: Any, out: str | Path, *, self_influence: bool = True,
                     extra: Sequence[Any] = (), resume: bool = False, overwrite: bool = False) -> PartsResult:
@@ -478,7 +504,7 @@ def _run_parts(an: InfluenceAnalyzer, test: Any, out: str | Path, *, self_influe
                 gradient_norm=float(saved[0]), gradient_scale=float(saved[1]), threshold=float(saved[2]),
                 refit=bool(saved[3]))
         columns = an._columns(test_src, self_influence=self_influence, extra=extra, direction=direction)
-        meta = {**_metadata(columns), **an._stationarity_metadata()}
+        meta = {**_metadata(columns), **an._stationarity_metadata(), **classes_metadata(an.head)}
         todo = [p for p in parts if not pdir.is_complete(p)]
         failures = an.engine.write_parts(train, ScoreKernel(an.head, columns), pdir.path, todo,
                                          lambda p: pdir.part_metadata(p, meta)) if todo else []

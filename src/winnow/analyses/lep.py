@@ -21,6 +21,7 @@ from ..core.curvature import Curvature
 from ..core.heads import Head, as_tensor
 from ..engine.passes import fit_curvature, load_rows, map_columns, mean_test_gradient
 from ..errors import ValidationError
+from ..io.columns import plain_id
 from ..io.sources import DataSource, open_source
 from .relative import RelativeHessian, _row_blocks, leverage_scores
 from .sampling import SAMPLERS, _check_size
@@ -191,7 +192,7 @@ def lep_check(head: Head, train: Any, test: Any, relative: Curvature, full: Curv
         X, y, ids = load_rows(te, uniq, chunk_size=chunk_size)
         Gt = head.gradients(as_tensor(X, head.device), torch.as_tensor(y, device=head.device))
         cols.extend(Gt[j] for j in range(Gt.shape[0]))
-        meta = [{"test_row": int(r), "test_id": int(i), "test_label": int(lab)}
+        meta = [{"test_row": int(r), "test_id": plain_id(i), "test_label": int(lab)}
                 for r, i, lab in zip(uniq, ids, y)]
     stats, first = _compare(head, src, torch.stack(cols, dim=1), full, relative, chunk_size=chunk_size,
                             progress=progress, top_fraction=top_fraction)

@@ -545,7 +545,8 @@ class Subsampler:
         self._check()
         r = self.rows_
         cols: dict[str, Any] = {
-            "id": pa.array(self.ids_[r], pa.int64()), "label": pa.array(self.labels_[r], pa.int64()),
+            "id": pa.array(self.ids_[r], pa.string() if self.ids_.dtype.kind in "OU" else pa.int64()),
+            "label": pa.array(self.labels_[r], pa.int64()),
             "weight": pa.array(self.weights_, pa.float64()),
             "inclusion_probability": pa.array(self.inclusion_[r], pa.float64())}
         if self.scores_.influence is not None:

@@ -47,6 +47,7 @@ from ..engine.passes import (
     open_for_head,
 )
 from ..errors import ValidationError
+from ..io.columns import format_id, plain_id
 from ..io.sources import open_source
 from ..validation import check_head_data
 from .memorization import MemorizationResult, choose_threshold, eigenbasis, memorization_scores
@@ -91,7 +92,7 @@ class Theorem3Result:
     """
 
     test_row: int
-    test_id: int
+    test_id: int | str
     test_label: int
     lambda_min: float
     hessian_eig_max: float
@@ -147,7 +148,7 @@ def theorem3(head: Head, curvature: Curvature, train: Any, test: Any, *, test_po
     psi = head.gradients(as_tensor(Xt, head.device), torch.as_tensor(yt, device=head.device)) @ Q  # (k, P')
     max_psi = psi.abs().max(1).values.cpu().numpy()
     if np.any(max_psi == 0):
-        bad = int(idt[np.flatnonzero(max_psi == 0)[0]])
+        bad = format_id(idt[np.flatnonzero(max_psi == 0)[0]])
         raise ValidationError(f"test point id {bad} has a zero loss gradient: Theorem 3 needs ∇L(z_t) ≠ 0")
     lam_min = float(lam.min())
     k, n = len(rows), len(tr)
@@ -181,7 +182,7 @@ def theorem3(head: Head, curvature: Curvature, train: Any, test: Any, *, test_po
         D_minus = float(t_minus_inf[j] * lam_min / max_psi[j])
         pos, neg = sign[:, j] > 0, sign[:, j] < 0
         results.append(Theorem3Result(
-            test_row=int(rows[j]), test_id=int(idt[j]), test_label=int(yt[j]), lambda_min=lam_min,
+            test_row=int(rows[j]), test_id=plain_id(idt[j]), test_label=int(yt[j]), lambda_min=lam_min,
             hessian_eig_max=float(1.0 / lam_min), max_abs_psi=float(max_psi[j]),
             T_plus=float(t_plus_inf[j]), T_minus=float(t_minus_inf[j]), D_plus=D_plus, D_minus=D_minus,
             n_positive=int(pos.sum()), n_positive_exceeding=int((pos & (scores > D_plus)).sum()),

@@ -12,17 +12,21 @@ from . import app
 from .options import (
     AllowNonstationary,
     ChunkSize,
+    ClassesOpt,
     Damping,
     EngineScheduler,
     EngineWorkers,
+    Exclude,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
+    PositiveLabel,
     Quiet,
     Refit,
     ReportOut,
+    data_columns,
     engine_for,
     polish_head,
     say,
@@ -32,8 +36,9 @@ from .relative import HessianChoice, HessianOpt, SamplerChoice, SamplerOpt, Samp
 from .report import write_run_report
 from .scale import ClusterTimeout, PartitionRows, Parts, Resume, Scheduler, Workers
 
-TrainArg = Annotated[Path, typer.Argument(help="Training data: .npz (arrays X, y, optional id) or Parquet "
-                                               "file/directory with a `label` column.")]
+TrainArg = Annotated[Path, typer.Argument(help="Training data: .csv / .tsv (optionally .gz), .parquet or a "
+                                               "directory of Parquet files (a `label` column, or "
+                                               "--label-column), or .npz (arrays X, y, optional id).")]
 HeadOpt = Annotated[Path, typer.Option("--head", help="Head weights written by `winnow fit-head` (.npz).")]
 TestOpt = Annotated[Path, typer.Option("--test", help="Test/validation data, same formats as TRAIN.")]
 
@@ -56,8 +61,9 @@ def fit_head(
                                                  "fit on its rows with its `weight` column (1/π weights "
                                                  "divide by n, so the fit estimates the full-data one).")]
     = None,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
@@ -66,7 +72,9 @@ def fit_head(
     from ..io.outputs import check_output_path
 
     check_output_path(out, overwrite, argument="out")
-    src = source_from(train, label_column, id_column, features_column, feature_columns)
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    src = source_from(train, cols)
     sample_weight = normalizer = None
     if weights is not None:
         from ..io.subsets import load_subset_weights
@@ -76,6 +84,10 @@ def fit_head(
         head = api_fit_head(src, kind=kind.value, l2=l2, sample_weight=sample_weight, normalizer=normalizer)
     head.save(out, overwrite=overwrite)
     say(quiet, f"fitted {head!r} in {head.n_iter_} Newton iterations, final ‖∇R‖∞ = {head.grad_norm_:.2e}")
+    if head.classes_ is not None:
+        from ..io.columns import format_value
+
+        say(quiet, "labels: " + ", ".join(f"{format_value(c)} -> {i}" for i, c in enumerate(head.classes_)))
     say(quiet, f"wrote {out}")
 
 
@@ -107,8 +119,9 @@ def influence(
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
     hessian: HessianOpt = HessianChoice.full, sample_size: SampleSizeOpt = None,
     sampler: SamplerOpt = SamplerChoice.uniform, seed: SeedOpt = 0,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     parts: Parts = False, workers: Workers = None, scheduler: Scheduler = None, resume: Resume = False,
     partition_rows: PartitionRows = None, cluster_timeout: ClusterTimeout = 30.0,
     refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
@@ -131,8 +144,10 @@ def influence(
     if report is not None:
         check_output_path(report, overwrite, argument="report")
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
     h = polish_head(h, tr, refit, quiet)
     extra = []
     if newton or newton_exact:
@@ -177,8 +192,9 @@ def validate_loo(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write predicted/actual per point and the "
                                                   "correlations to this JSON file.")] = None,
     damping: Damping = 0.0,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
@@ -191,8 +207,10 @@ def validate_loo(
     if json_out is not None:
         check_output_path(json_out, overwrite, argument="json_out")
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
     h = polish_head(h, tr, refit, quiet)
     res = leave_one_out(h, tr, te, points=points, seed=seed, damping=damping, progress=not quiet,
                         allow_nonstationary=allow_nonstationary)

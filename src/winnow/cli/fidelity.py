@@ -11,13 +11,17 @@ import typer
 from ..errors import ValidationError
 from . import app
 from .options import (
+    ClassesOpt,
     Damping,
+    Exclude,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
+    PositiveLabel,
     Quiet,
+    data_columns,
     say,
     source_from,
 )
@@ -75,8 +79,9 @@ def validate_group(
                                               "with normaliser n − |S| (as a user retrains on a subset); "
                                               "default: the ε = −1/n objective, normaliser n.")] = False,
     json_out: JsonOpt = None, report: ReportOpt = None, damping: Damping = 0.0,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Change of the mean TEST loss when a whole set of training points is removed: first order (the sum of
@@ -98,8 +103,10 @@ def validate_group(
         raise ValidationError("give exactly one of --subset FILE (one group) or --sweep (groups of several sizes)")
     _check_outputs(overwrite, json_out=json_out, report=report)
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
     if subset is not None:
         ids = read_subset_ids(subset, subset_column)
         g = group_effect(h, tr, te, ids, retrain=retrain, renormalize=renormalize, damping=damping)
@@ -143,8 +150,9 @@ def evaluate_mislabel_cmd(
                                                   "clean validation set when --valid is not given.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the split and the flips.")] = 0,
     json_out: JsonOpt = None, report: ReportOpt = None, damping: Damping = 0.0,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Koh & Liang's mislabel experiment: flip labels, refit, check training points in the order of
@@ -156,9 +164,10 @@ def evaluate_mislabel_cmd(
     from ..report.html import Report
 
     _check_outputs(overwrite, json_out=json_out, report=report)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    opts = (label_column, id_column, features_column, feature_columns)
-    va = source_from(valid, *opts, parameter="valid") if valid else None
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols)
+    va = source_from(valid, cols, parameter="valid", like=tr) if valid else None
     res = evaluate_mislabel(tr, head_kind=head_kind.value, l2=l2, flip=flip, seeds=seeds, valid=va,
                             valid_fraction=valid_fraction, seed=seed, damping=damping, progress=not quiet)
     typer.echo(f"{res.n_flipped} of {res.n_train} labels flipped, {res.head_kind} head, {seeds} seed(s); "
@@ -183,8 +192,9 @@ def evaluate_lds(
                                               "as usual (normaliser |S|, default) or on the ε = −1/n "
                                               "objective (normaliser n).")] = True,
     json_out: JsonOpt = None, report: ReportOpt = None, damping: Damping = 0.0,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Linear datamodeling score: per test point, Spearman over M random subsets between the retrained test
@@ -197,8 +207,10 @@ def evaluate_lds(
 
     _check_outputs(overwrite, json_out=json_out, report=report)
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
     res = linear_datamodeling_score(h, tr, te, subsets=subsets, fraction=fraction, seed=seed,
                                     renormalize=renormalize, damping=damping, progress=not quiet)
     typer.echo(f"LDS over {subsets} subsets ({fraction:g} of n = {res.n_train}): {res.score:.4f} "

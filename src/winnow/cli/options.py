@@ -19,6 +19,7 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "directory": "DIRECTORY",
     "head": "--head", "subset": "--subset", "label_column": "--label-column", "id_column": "--id-column",
     "features_column": "--features-column", "feature_columns": "--feature-columns",
+    "exclude": "--exclude", "classes": "--classes", "positive_label": "--positive-label",
     # outputs
     "out": "--out", "json_out": "--json", "pairs_out": "--pairs", "plot": "--plot", "report": "--report",
     "points_out": "--points-out", "head_out": "--head-out", "overwrite=True": "--overwrite",
@@ -109,27 +110,56 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace output fil
 ChunkSize = Annotated[int, typer.Option("--chunk-size", help="Rows per chunk (>= 1; bounds memory).")]
 Damping = Annotated[float, typer.Option("--damping",
                                         help="Added to the Hessian's diagonal (>= 0); use it when H is singular.")]
-LabelColumn = Annotated[str, typer.Option("--label-column", help="Parquet label column.")]
-IdColumn = Annotated[str, typer.Option("--id-column", help="Parquet id column (int64; default row number).")]
-FeaturesColumn = Annotated[str, typer.Option("--features-column",
-                                             help="Parquet list column holding the feature vector.")]
-FeatureColumns = Annotated[str | None, typer.Option(
-    "--feature-columns", help="Comma-separated numeric Parquet columns to use as features instead.")]
+LabelColumn = Annotated[str | None, typer.Option(
+    "--label-column", help="Label column of a table (default `label`, or the one stored in --head).")]
+IdColumn = Annotated[str | None, typer.Option(
+    "--id-column", help="Id column of a table: integer or string ids, unique (default `id` when present, else "
+                        "row numbers).")]
+FeaturesColumn = Annotated[str | None, typer.Option(
+    "--features-column", help="A list column holding the feature vector (default `features` when present).")]
+FeatureColumns = Annotated[list[str] | None, typer.Option(
+    "--feature-columns", help="Numeric columns to use as features, comma-separated (repeat the flag to add "
+                              "more; quote a name holding a comma as \"a,b\"). Default: every numeric column "
+                              "except the label and id columns.")]
 
 
-def source_from(path: Path, label_column: str = "label", id_column: str = "id",
-                features_column: str = "features", feature_columns: str | None = None, *,
-                parameter: str = "train") -> Any:
-    """A data source for a .npz file or a Parquet file/directory given on the command line; errors name the
-    API parameter it is passed as (``train``, ``test``, ``valid``)."""
-    from ..validation import open_data
+def source_from(path: Path, *columns: Any, parameter: str = "train", head: Any = None, like: Any = None) -> Any:
+    """A data source for a path given on the command line (.csv, .tsv, .parquet, a Parquet directory, .npz);
+    errors name the API parameter it is passed as (``train``, ``test``, ``valid``).
 
-    kwargs: dict[str, Any] = {}
-    if path.suffix != ".npz":
-        kwargs = dict(label_column=label_column, id_column=id_column, features_column=features_column,
-                      feature_columns=[c.strip() for c in feature_columns.split(",")] if feature_columns
-                      else None)
-    return open_data(path, parameter, **kwargs)
+    ``columns``: a DataColumns (from :func:`data_columns`), or the older positional ``label_column, id_column,
+    features_column, feature_columns``. Settings the flags leave unset come from ``head`` (what `winnow
+    fit-head` stored) or from the source ``like`` (data read the way TRAIN was), then the defaults."""
+    from ..io.columns import DataColumns
+    from ..validation import head_columns, open_data
+
+    if columns and isinstance(columns[0], DataColumns):
+        cols = columns[0]
+    else:
+        cols = data_columns(*columns)
+    if path.suffix.lower() == ".npz":  # arrays are read by name: the column flags are for the tables
+        cols = DataColumns(classes=cols.classes, positive_label=cols.positive_label)
+    defaults = head_columns(head) if head is not None else getattr(like, "data_columns", None)
+    if defaults is None and like is not None and like.classes is not None:
+        defaults = DataColumns(classes=like.classes)
+    return open_data(path, parameter, columns=cols, defaults=defaults)
+
+
+def data_columns(label_column: str | None = None, id_column: str | None = None,
+                 features_column: str | None = None, feature_columns: str | list[str] | None = None,
+                 exclude: str | list[str] | None = None, classes: str | list[str] | None = None,
+                 positive_label: str | None = None) -> Any:
+    """The column flags as a DataColumns (unset flags stay None); list flags are comma lists, repeatable."""
+    from ..io.columns import DataColumns, parse_names
+
+    def names(v: str | list[str] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        return tuple(n for item in ([v] if isinstance(v, str) else v) for n in parse_names(item))
+
+    return DataColumns(label_column=label_column, id_column=id_column, features_column=features_column,
+                       feature_columns=names(feature_columns), exclude=names(exclude), classes=names(classes),
+                       positive_label=positive_label)
 
 
 def say(quiet: bool, message: str) -> None:
@@ -172,9 +202,22 @@ def polish_head(head: Any, train: Any, refit: bool, quiet: bool) -> Any:
     say(quiet, f"refit the head: ‖∇R‖∞ {polished.refit_from_:.1e} -> {polished.grad_norm_:.1e} in "
                f"{polished.refit_steps_} Newton steps")
     return polished
+
+
 # the report of a run (`winnow report`, `winnow influence --report`)
 ReportOut = Annotated[Path | None, typer.Option(
     "--report", help="Also write an HTML report of the scores (the most harmful and helpful points, influence "
                      "and self-influence by label, memorization, the run's settings), as `winnow report` does.")]
 ReportTop = Annotated[int, typer.Option("--top", help="How many of the most harmful and of the most helpful "
                                                       "training points the report lists (>= 1).")]
+
+
+# data in: tables, column choice and label mapping (the column flags above are shared by every command)
+Exclude = Annotated[list[str] | None, typer.Option(
+    "--exclude", help="Columns to leave out of the automatic feature choice, comma-separated (repeatable).")]
+ClassesOpt = Annotated[str | None, typer.Option(
+    "--classes", help="The label values in class order, comma-separated (`--classes no,yes`: no -> 0, yes -> "
+                      "1); needed when labels are not 0..K-1. Stored in the head.")]
+PositiveLabel = Annotated[str | None, typer.Option(
+    "--positive-label", help="For two classes: the label value that means 1 (the other one means 0), e.g. "
+                             "`--positive-label yes`. Stored in the head.")]

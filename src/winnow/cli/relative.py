@@ -16,15 +16,19 @@ import typer
 from . import app
 from .options import (
     ChunkSize,
+    ClassesOpt,
     Damping,
     EngineScheduler,
     EngineWorkers,
+    Exclude,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
+    PositiveLabel,
     Quiet,
+    data_columns,
     engine_for,
     say,
     source_from,
@@ -53,8 +57,9 @@ SamplerOpt = Annotated[SamplerChoice, typer.Option(
                       "sampling ∝ ridge leverage from a pilot Hessian; costs one extra pass over TRAIN).")]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of the sample (same seed, same rows).")]
 
-TrainArg = Annotated[Path, typer.Argument(help="Training data: .npz (arrays X, y, optional id) or Parquet "
-                                               "file/directory with a `label` column.")]
+TrainArg = Annotated[Path, typer.Argument(help="Training data: .csv / .tsv (optionally .gz), .parquet or a "
+                                               "directory of Parquet files (a `label` column, or "
+                                               "--label-column), or .npz (arrays X, y, optional id).")]
 HeadOpt = Annotated[Path, typer.Option("--head", help="Head weights written by `winnow fit-head` (.npz).")]
 TestOpt = Annotated[Path, typer.Option("--test", help="Test/validation data, same formats as TRAIN.")]
 
@@ -94,8 +99,9 @@ def lep(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the agreement-vs-m plot (PNG) here.")]
     = None,
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
@@ -121,8 +127,10 @@ def lep(
         if plot.suffix.lower() != ".png":
             raise ValidationError(f"--plot {plot}: expected a .png path")
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
     with engine_for(workers, scheduler, chunk_size=chunk_size, quiet=quiet):
         res = two_sample_search(h, tr, te, sampler=sampler.value, start=start, threshold=threshold, seed=seed,
                                 max_size=max_size, full=full, growth=growth, damping=damping,
@@ -151,8 +159,12 @@ def lep(
             extra += (f"; choosing the sample read {res.selection['rows_read']:,.0f} rows "
                       f"({res.selection['seconds']:.3g} s, the pilot plus one full leverage pass)")
         typer.echo(f"recommended sample size: {m:,}{extra}")
-        typer.echo(f"use: winnow influence {train} --head {head} --test {test} --hessian relative "
-                   f"--sample-size {m} --sampler {res.sampler} --seed {res.seed} --out scores.parquet")
+        import shlex
+
+        words = ["winnow", "influence", str(train), "--head", str(head), "--test", str(test), *cols.cli_flags(),
+                 "--hessian", "relative", "--sample-size", str(m), "--sampler", res.sampler, "--seed",
+                 str(res.seed), "--out", "scores.parquet"]
+        typer.echo("use: " + " ".join(shlex.quote(w) for w in words))
     if json_out is not None:
         summary = res.summary()
         summary["train"], summary["test"], summary["head"] = str(train), str(test), str(head)

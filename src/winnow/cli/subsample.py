@@ -12,15 +12,19 @@ import typer
 from . import app
 from .options import (
     ChunkSize,
+    ClassesOpt,
     Damping,
     EngineScheduler,
     EngineWorkers,
+    Exclude,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
+    PositiveLabel,
     Quiet,
+    data_columns,
     engine_for,
     say,
     source_from,
@@ -76,8 +80,9 @@ def subsample(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary (policy, budget, ratio, "
                                                   "each candidate's validation metrics) as JSON.")] = None,
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
@@ -91,9 +96,10 @@ def subsample(
     if json_out is not None:
         check_output_path(json_out, overwrite, argument="json_out")
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    opts = (label_column, id_column, features_column, feature_columns)
-    va = source_from(valid, *opts, parameter="valid") if valid else None
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    va = source_from(valid, cols, parameter="valid", head=h) if valid else None
     sampler = Subsampler(keep, policy=policy.value, weighted=weighted, memorize_threshold=memorize_threshold,
                          memorize_quantile=memorize_quantile, sharpness=sharpness,
                          tune_ratio=tune_ratio.value if tune_ratio else None, tune_draws=tune_draws, seed=seed,
@@ -132,8 +138,9 @@ def evaluate_subset(
     report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report with the table and "
                                                 "the curve.")] = None,
     chunk_size: ChunkSize = 65536,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Retrain the head on SUBSET (weighted if it has weights), on all of TRAIN and on random subsets of the
@@ -147,11 +154,11 @@ def evaluate_subset(
     for path, arg in ((json_out, "json_out"), (report, "report")):
         if path is not None:
             check_output_path(path, overwrite, argument=arg)
-    opts = (label_column, id_column, features_column, feature_columns)
-    tr = source_from(train, *opts)
-    te = source_from(test, *opts, parameter="test")
-    va = source_from(valid, *opts, parameter="valid") if valid else None
     h = load_head(head) if head else None
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes, positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
+    va = source_from(valid, cols, parameter="valid", head=h) if valid else None
     ev = api_evaluate(tr, subset, te, valid=va, head=h, l2=l2, seeds=seeds, curve=curve, chunk_size=chunk_size,
                       progress=not quiet)
     lines = [f"{'training set':<40} {'weighted':>8} {'rows':>8}  {'log-loss':>17}  {'AUC':>17}  {'accuracy':>17}"]

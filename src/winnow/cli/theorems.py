@@ -11,15 +11,19 @@ import typer
 from . import app
 from .options import (
     ChunkSize,
+    ClassesOpt,
     Damping,
     EngineScheduler,
     EngineWorkers,
+    Exclude,
     FeatureColumns,
     FeaturesColumn,
     IdColumn,
     LabelColumn,
     Overwrite,
+    PositiveLabel,
     Quiet,
+    data_columns,
     engine_for,
     say,
     source_from,
@@ -156,8 +160,9 @@ def check_theorems_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report here.")] = None,
     damping: Damping = 0.0, chunk_size: ChunkSize = 65536,
-    label_column: LabelColumn = "label", id_column: IdColumn = "id",
-    features_column: FeaturesColumn = "features", feature_columns: FeatureColumns = None,
+    label_column: LabelColumn = None, id_column: IdColumn = None,
+    features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
+    classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     workers: EngineWorkers = None, scheduler: EngineScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
@@ -171,8 +176,10 @@ def check_theorems_cmd(
         if p is not None:
             check_output_path(p, overwrite, argument=arg)
     h = load_head(head)
-    tr = source_from(train, label_column, id_column, features_column, feature_columns)
-    te = source_from(test, label_column, id_column, features_column, feature_columns, parameter="test")
+    cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
+                        positive_label)
+    tr = source_from(train, cols, head=h)
+    te = source_from(test, cols, parameter="test", head=h)
     grid = _parse_grid(l2_grid) if l2_grid.strip() else None
     with engine_for(workers, scheduler, chunk_size=chunk_size, quiet=quiet) as eng:
         check = check_theorems(h, tr, te, pairs=pairs, seed=seed, test_points=test_points,

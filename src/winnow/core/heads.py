@@ -44,6 +44,11 @@ class Head(ABC):
     """
 
     kind: str = ""
+    #: the user's original label values, ``classes_[i]`` encoded as label i (None: labels are 0..K-1 as given)
+    classes_: tuple | None = None
+    #: how the training table was read (a ``winnow.io.columns.DataColumns``; None: not read from a table);
+    #: data read later for this head uses it for every setting not given
+    data_columns_: Any = None
 
     def __init__(self, l2: float = 1e-3, *, tol: float = 1e-9, max_iter: int = 100,
                  device: torch.device | str | None = None) -> None:
@@ -328,12 +333,20 @@ class Head(ABC):
         return head
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write ``weight``, ``bias``, ``kind`` and ``l2`` to an .npz file (atomically)."""
+        """Write ``weight``, ``bias``, ``kind`` and ``l2`` to an .npz file (atomically), with ``classes``
+        (a JSON array of ``classes_``) and ``columns`` (the JSON of ``data_columns_``) when set."""
+        import json
+
         from ..io.outputs import save_npz
 
         self._check_fitted()
+        extra: dict[str, np.ndarray] = {}
+        if self.classes_ is not None:
+            extra["classes"] = np.array(json.dumps([_plain(c) for c in self.classes_]))
+        if self.data_columns_ is not None:
+            extra["columns"] = np.array(self.data_columns_.to_json())
         return save_npz(path, overwrite=overwrite, argument="path", weight=self.weight_, bias=self.bias_,
-                        kind=np.array(self.kind), l2=np.array(self.l2))
+                        kind=np.array(self.kind), l2=np.array(self.l2), **extra)
 
     def __repr__(self) -> str:
         shape = f", D={self.n_features_}, K_out={self.n_outputs}" if self.is_fitted else ""
@@ -722,8 +735,14 @@ SoftmaxHead.from_torch = staticmethod(head_from_torch)  # type: ignore[attr-defi
 HEAD_KINDS: dict[str, type[Head]] = {"logistic": LogisticHead, "softmax": SoftmaxHead}
 
 
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def load_head(path: str | Path, device: torch.device | str | None = None) -> Head:
-    """Read a head written by ``Head.save``."""
+    """Read a head written by ``Head.save`` (files without ``classes`` / ``columns`` leave them None)."""
+    import json
+
     p = Path(path)
     if not p.exists():
         raise ValidationError(f"head file {str(p)!r} does not exist")
@@ -731,12 +750,21 @@ def load_head(path: str | Path, device: torch.device | str | None = None) -> Hea
         with np.load(p, allow_pickle=False) as z:
             kind = str(z["kind"])
             weight, bias, l2 = z["weight"], z["bias"], float(z["l2"])
+            classes = json.loads(str(z["classes"])) if "classes" in z.files else None
+            columns = str(z["columns"]) if "columns" in z.files else None
     except (KeyError, ValueError, OSError) as exc:
         raise ValidationError(f"{str(p)!r} is not a winnow head file (needs arrays weight, bias, kind, l2): "
                               f"{exc}") from exc
     if kind not in HEAD_KINDS:
         raise ValidationError(f"{str(p)!r}: unknown head kind {kind!r}, expected one of {sorted(HEAD_KINDS)}")
-    return HEAD_KINDS[kind].from_weights(weight, bias, l2=l2, device=device)
+    head = HEAD_KINDS[kind].from_weights(weight, bias, l2=l2, device=device)
+    if classes is not None:
+        head.classes_ = tuple(classes)
+    if columns is not None:
+        from ..io.columns import DataColumns  # the head file's own settings format
+
+        head.data_columns_ = DataColumns.from_json(columns)
+    return head
 
 
 ObjectiveSums = Callable[..., tuple[torch.Tensor, ...]]

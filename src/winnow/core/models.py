@@ -214,6 +214,8 @@ class Features:
     path: Path | None = None
 
     def as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(X (n, D), y (n,), ids (n,))``, the arrays in memory (raises when they were written to ``path``).
+        Every winnow function that takes data also takes the Features object itself."""
         if self.X is None:
             raise ValidationError(f"features were written to {self.path}; read them with open_source(path)")
         return self.X, self.y, self.ids  # type: ignore[return-value]

@@ -148,14 +148,24 @@ class Job:
     def open(self) -> DataSource:
         spec = self.source
         if isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "npz":
-            return NpzSource(spec[1])
+            return spec[1].reopen()
         return spec
+
+
+class _NpzPath:
+    """An .npz source shipped as its path and settings (its memory maps stay behind)."""
+
+    def __init__(self, source: NpzSource) -> None:
+        self.path, self.columns = source.name, getattr(source, "_columns", None)
+
+    def reopen(self) -> NpzSource:
+        return NpzSource(self.path, columns=self.columns, check_ids=False)
 
 
 def portable(source: DataSource) -> Any:
     """What to ship to workers: the source itself, or for .npz (memory-mapped) its path, reopened there."""
     if isinstance(source, NpzSource):
-        return ("npz", source.name)
+        return ("npz", _NpzPath(source))
     return source
 
 

@@ -47,7 +47,7 @@ def default_engine(engine: Engine | None = None, *, chunk_size: int = 65536, pro
 def open_for_head(head: Head, data: Any, parameter: str = "data", *, nonempty: bool = False) -> DataSource:
     """Open ``data`` and check that its rows have the head's feature dimension D (the labels are checked
     chunk by chunk by the engine, in the pass itself) and, with ``nonempty``, that it has rows."""
-    source = open_data(data, parameter)
+    source = open_data(data, parameter, head=head)
     check_features(head, source, parameter)
     if nonempty and len(source) == 0:
         raise fail(f"{parameter} ({source.name}) is empty", parameter)

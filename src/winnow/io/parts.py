@@ -242,8 +242,14 @@ def source_fingerprint(source: DataSource) -> dict[str, Any]:
         h = hashlib.sha256()
         for ch in source.chunks():
             for a in (ch.X, ch.y, ch.ids):
-                h.update(np.ascontiguousarray(a).tobytes())
+                if a.dtype.kind == "O":  # string ids: their text, not the object pointers
+                    h.update("\0".join(map(str, a)).encode())
+                else:
+                    h.update(np.ascontiguousarray(a).tobytes())
         base["sha256"] = h.hexdigest()
+    columns = getattr(source, "data_columns", None)
+    if columns is not None:
+        base["columns"] = columns.to_dict()
     return base
 
 
@@ -428,6 +434,9 @@ def part_schema(columns: Mapping[str, np.ndarray]) -> pa.Schema:
     fields = []
     for name, a in columns.items():
         a = np.asarray(a)
+        if a.dtype.kind in "OU" and a.ndim == 1:  # string ids
+            fields.append(pa.field(name, pa.string()))
+            continue
         try:
             t = pa.from_numpy_dtype(a.dtype)
         except (pa.ArrowNotImplementedError, NotImplementedError, TypeError):

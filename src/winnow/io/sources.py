@@ -1,16 +1,20 @@
 """Training and test data as streams of chunks.
 
 winnow never holds a whole data set in memory: every step reads a :class:`DataSource` as an iterator of
-:class:`Chunk` objects (``X`` (c, D) float32/float64, ``y`` (c,) int64, ``ids`` (c,) int64). Sources:
+:class:`Chunk` objects (``X`` (c, D) float32/float64, ``y`` (c,) int64 encoded labels, ``ids`` (c,) int64 or
+str). Sources:
 
 * :class:`ArraySource` - arrays already in memory (or memory-mapped);
 * :class:`NpzSource` - an ``.npz`` file with arrays ``X``, ``y`` and optional ``id`` (uncompressed members
   are memory-mapped, so only the rows being read are paged in);
-* :class:`ParquetSource` - a Parquet file or a directory of them, read with bounded memory.
+* :class:`ParquetSource` - a Parquet file or a directory of them, read with bounded memory;
+* :class:`~winnow.io.tables.CsvSource` and :class:`~winnow.io.tables.ArrowSource` - CSV/TSV files and data
+  frames (pandas, polars, PyArrow).
 
-:func:`open_source` turns whatever a user passes (a source, a tuple of arrays or a path) into a source.
-Every chunk is validated as it streams (finite features, integer labels, integer ids); an error names the
-source, the column or argument and the first offending row id.
+Tables are read by one :class:`TablePlan` from a :class:`~winnow.io.columns.DataColumns` (which columns, how
+labels map to classes). :func:`open_source` turns whatever a user passes into a source. Every chunk is
+validated as it streams (finite features, integer or mapped labels, integer or string ids); an error names
+the source, the column or argument and the first offending row id.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ValidationError
+from .columns import DEFAULT_FEATURES, DataColumns, format_id, format_value
 
 __all__ = ["Chunk", "DataSource", "ArraySource", "NpzSource", "ParquetSource", "open_source"]
 
@@ -41,7 +46,8 @@ class Chunk:
     """A block of consecutive (or selected) rows of a data source.
 
     ``X``: (c, D) float32 or float64, C-contiguous, all finite (the stored dtype, never upcast);
-    ``y``: (c,) int64 labels; ``ids``: (c,) int64 row ids. Consumers must not modify the arrays.
+    ``y``: (c,) int64 labels (encoded 0..K-1); ``ids``: (c,) int64 row ids, or an object array of str for
+    a string id column. Consumers must not modify the arrays.
     """
 
     X: np.ndarray
@@ -156,7 +162,7 @@ def _to_int64(a: np.ndarray, where: str, what: str, row_ids: np.ndarray | None, 
 
 
 def _row_desc(row_ids: np.ndarray | None, i: int) -> str:
-    return f"row position {i}" if row_ids is None else f"row id {int(row_ids[i])}"
+    return f"row position {i}" if row_ids is None else f"row id {format_id(row_ids[i])}"
 
 
 def _check_feature_dtype(dtype: np.dtype, where: str, what: str) -> None:
@@ -188,8 +194,8 @@ def _check_finite(X: np.ndarray, where: str, ids: np.ndarray) -> None:
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValidationError(f"{where}: features must be finite but contain NaN or Inf (first at row id "
-                              f"{int(ids[i])})")
+        raise ValidationError(f"{where}: features must be finite but contain NaN or Inf (first at "
+                              f"{_row_desc(ids, i)})")
 
 
 # -------------------------------------------------------------------------------------------- sources
@@ -201,6 +207,10 @@ class DataSource(ABC):
     """
 
     name: str = "data"
+    #: the original label values, ``classes[i]`` encoded as label i (None: labels are stored as 0..K-1)
+    classes: tuple[Any, ...] | None = None
+    #: how the source was read, with the feature columns and classes written out (None: not a table)
+    data_columns: DataColumns | None = None
 
     @property
     @abstractmethod
@@ -225,7 +235,7 @@ class DataSource(ABC):
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def ids(self) -> np.ndarray:
-        """All row ids, (n,) int64."""
+        """All row ids, (n,) int64 (or object str ids)."""
         parts = [ch.ids for ch in self.chunks()]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
@@ -297,50 +307,78 @@ class _ArrayBacked(DataSource):
                 idx = rows[s:s + chunk_size]
                 yield self._chunk(idx, idx)
 
+    _codec: LabelCodec | None = None
+
     def _chunk(self, index: slice | np.ndarray, positions: np.ndarray) -> Chunk:
-        if self.id is None:
-            ids = positions
-        else:
-            ids = _to_int64(self.id[index], self.name, self._idname, positions, kind="ids", allow_bool=False)
-        y = _to_int64(self.y[index], self.name, self._yname, ids)
-        return Chunk(_as_features(self.X[index], self.name, ids), y, ids)
+        ids = positions if self.id is None else self._ids(self.id[index], positions)
+        return Chunk(_as_features(self.X[index], self.name, ids), self._labels(self.y[index], ids), ids)
+
+    def _labels(self, y: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        if self._codec is not None:
+            return self._codec.encode(pa.array(y), self.name, ids)
+        return _to_int64(y, self.name, self._yname, ids)
+
+    _ids_checked = False
+
+    def _ids(self, a: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+        if self._ids_checked:
+            return a
+        if a.dtype.kind in "UO":
+            return _string_ids(a, self.name, self._idname)
+        return _to_int64(a, self.name, self._idname, positions, kind="ids", allow_bool=False)
+
+    def _set_labels(self, columns: DataColumns | None) -> None:
+        """A label codec when labels are mapped (or are not numbers, to say how to map them)."""
+        cols = columns or DataColumns()
+        if cols.maps_labels or self.y.dtype.kind not in "biuf":
+            codec = LabelCodec(pa.array(self.y[:0]).type if self.y.dtype.kind != "O" else pa.string(), cols,
+                               self.name, self._yname, lambda: summarize_labels([pa.array(self.y[:])]))
+            self._codec = codec if codec.value_set is not None else None
+            self.classes = codec.classes
 
     def labels(self) -> np.ndarray:
-        return _to_int64(self.y[:], self.name, self._yname, None)
+        return self._labels(self.y[:], None)
 
     def ids(self) -> np.ndarray:
         if self.id is None:
             return np.arange(len(self), dtype=np.int64)
-        return _to_int64(self.id[:], self.name, self._idname, None, kind="ids", allow_bool=False)
+        return self._ids(self.id[:], None)
 
     _yname = "y"
     _idname = "ids"
 
 
 class ArraySource(_ArrayBacked):
-    """Arrays in memory (or memory-mapped): ``X`` (n, D) numeric, ``y`` (n,) integer labels, optional
-    ``ids`` (n,) unique integers (default: 0..n-1).
+    """Arrays in memory (or memory-mapped): ``X`` (n, D) numeric, ``y`` (n,) labels, optional ``ids`` (n,)
+    unique integers or strings (default: 0..n-1).
 
-    Labels and ids are validated and converted to int64 up front (cheap); features are checked finite as
-    they stream. float32/float64 features are yielded as stored, without copying when C-contiguous.
+    Labels are integers 0..K-1, or any values mapped by ``columns.classes`` / ``columns.positive_label``
+    (see :class:`~winnow.io.columns.DataColumns`). Labels and ids are validated and converted (int64 labels,
+    int64 or str ids) up front (cheap); features are checked finite as they stream. float32/float64 features
+    are yielded as stored, without copying when C-contiguous.
     """
 
-    def __init__(self, X: Any, y: Any, ids: Any = None, name: str = "arrays") -> None:
+    def __init__(self, X: Any, y: Any, ids: Any = None, name: str = "arrays", *,
+                 columns: DataColumns | None = None) -> None:
         self.name = str(name)
         X = np.asarray(X) if not isinstance(X, np.ndarray) else X
+        if not X.flags.writeable:  # torch warns on read-only arrays; a copy once is cheaper than a warning a chunk
+            X = X.copy()
         y = np.asarray(y)
         ids_arr = None if ids is None else np.asarray(ids)
         self._validate_shapes(X, y, ids_arr, "X", "y", "ids")
         if ids_arr is not None:
-            ids_arr = _to_int64(ids_arr, self.name, "ids", None, kind="ids", allow_bool=False)
-            uniq, counts = np.unique(ids_arr, return_counts=True)
-            if uniq.shape[0] != ids_arr.shape[0]:
-                dup = int(uniq[np.argmax(counts > 1)])
-                raise ValidationError(f"{self.name}: ids must be unique; id {dup} appears "
-                                      f"{int(counts.max())} times or more")
+            ids_arr = self._ids(ids_arr, None)
+            err = duplicate_id_error(ids_arr, self.name)
+            if err is not None:
+                raise err
         self.X = X
         self.id = ids_arr
-        self.y = _to_int64(y, self.name, "y", ids_arr if ids_arr is not None else np.arange(y.shape[0]))
+        self._ids_checked = True  # converted and checked once, above
+        self.y = y
+        self._set_labels(columns)
+        self.y = self._labels(y, ids_arr if ids_arr is not None else np.arange(y.shape[0]))
+        self._codec = None
 
 
 class NpzSource(_ArrayBacked):
@@ -354,7 +392,7 @@ class NpzSource(_ArrayBacked):
     _yname = "array 'y'"
     _idname = "array 'id'"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, columns: DataColumns | None = None, check_ids: bool = True) -> None:
         p = Path(path)
         self.name = str(p)
         if not p.is_file():
@@ -378,10 +416,27 @@ class NpzSource(_ArrayBacked):
         self.y = arrays["y"]
         self.id = arrays.get(idkey) if idkey is not None else None
         self._validate_shapes(self.X, self.y, self.id, "array 'X'", "array 'y'", self._idname)
-        if self.y.dtype.kind not in "biuf":
+        if self.y.dtype.kind not in "biufU":
             raise ValidationError(f"{p}: array 'y' must hold integer labels; got dtype {self.y.dtype}")
-        if self.id is not None and self.id.dtype.kind not in "iuf":
-            raise ValidationError(f"{p}: {self._idname} must hold integer ids; got dtype {self.id.dtype}")
+        if self.id is not None and self.id.dtype.kind not in "iufU":
+            raise ValidationError(f"{p}: {self._idname} must hold integer or string ids; got dtype "
+                                  f"{self.id.dtype}")
+        self._columns = columns
+        self._set_labels(columns)
+        if check_ids and self.id is not None:
+            check_unique_ids(lambda: (self._ids(self.id[s:s + (1 << 20)], None)
+                                      for s in range(0, len(self), 1 << 20)), self.name)
+
+
+def _string_ids(a: np.ndarray, where: str, what: str) -> np.ndarray:
+    """String ids as an object array of str (None is refused)."""
+    out = a.astype(object) if a.dtype.kind == "U" else a
+    if out.dtype.kind == "O":
+        bad = [i for i, v in enumerate(out) if not isinstance(v, str)]
+        if bad:
+            raise ValidationError(f"{where}: {what} must hold integer or string ids; got "
+                                  f"{out[bad[0]]!r} at row position {bad[0]}")
+    return out
 
 
 def _npz_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
@@ -454,20 +509,425 @@ def _iter_batches(pf: pq.ParquetFile, batch_size: int, columns: list[str]) -> It
             yield from pf.iter_batches(batch_size=batch_size, row_groups=[g], columns=columns)
 
 
-class ParquetSource(DataSource):
+# ------------------------------------------------------------------------------------- labels and ids
+def _decode(arr: pa.Array) -> pa.Array:
+    return arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    t = _value_type(t)
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+LabelSummary = list[tuple[Any, int]]
+
+
+def summarize_labels(arrays: Iterable[pa.Array | pa.ChunkedArray]) -> LabelSummary:
+    """(value, count) of every distinct non-null label value, sorted by value (mixed types by their text)."""
+    counts: dict[Any, int] = {}
+    for arr in arrays:
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        vc = pc.value_counts(_decode(arr))
+        for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
+            if v is not None:
+                counts[v] = counts.get(v, 0) + int(c)
+    try:
+        return sorted(counts.items())
+    except TypeError:
+        return sorted(counts.items(), key=lambda kv: str(kv[0]))
+
+
+def describe_labels(summary: LabelSummary, limit: int = 6) -> str:
+    """``'no' ×212, 'yes' ×88`` (the first ``limit`` values, then how many more)."""
+    out = ", ".join(f"{format_value(v)} ×{c}" for v, c in summary[:limit])
+    if len(summary) > limit:
+        out += f" and {len(summary) - limit} more values"
+    return out
+
+
+class LabelCodec:
+    """Encodes a label column's values as int64 class indices: ``classes[i]`` -> i.
+
+    Built from the column's Arrow type and the settings (``classes``, or ``positive_label`` with the distinct
+    values read by ``summary()``); ``classes`` is then the resolved tuple of original values (scikit-learn's
+    ``classes_``). Without a mapping, labels must be integers (or bools, integral floats) stored as is.
+    """
+
+    def __init__(self, label_type: pa.DataType, columns: DataColumns, where: str, what: str,
+                 summary: Callable[[], LabelSummary]) -> None:
+        from ..validation import fail
+
+        t = _value_type(label_type)
+        self.what = what
+        self.value_set: pa.Array | None = None
+        self.classes: tuple[Any, ...] | None = None
+        if not columns.maps_labels:
+            if not (_is_numeric(t) or pa.types.is_boolean(t)):
+                raise fail(f"{where}: {what} holds {t} values ({describe_labels(summary())}); map them to "
+                           "class indices with positive_label (binary: the value that means 1) or classes (every "
+                           "value, in class order); labels not mapped must be integers 0..K-1",
+                           "positive_label", "classes")
+            return
+        if columns.classes is not None:
+            values = list(columns.classes)
+        else:
+            pos = self._cast([columns.positive_label], t, where, "positive_label")[0]
+            found = summary()
+            seen = [v for v, _ in found]
+            if pos not in seen:
+                raise fail(f"{where}: positive_label {format_value(pos)} is not a value of the {what} (found "
+                           f"{describe_labels(found)}); pass one of them", "positive_label")
+            others = [v for v in seen if v != pos]
+            if not others:
+                raise fail(f"{where}: only one class (label {format_value(pos)}) in the {what}; a classifier "
+                           "needs at least two", "train")
+            if len(others) > 1:
+                raise fail(f"{where}: positive_label needs exactly two label values, but the {what} holds "
+                           f"{len(seen)} ({describe_labels(found)}); pass classes with every value in class "
+                           "order instead", "positive_label", "classes")
+            values = [others[0], pos]
+        cast = self._cast(values, t, where, "classes")
+        if len(set(cast)) != len(cast):
+            raise fail(f"{where}: classes {values} name the same label value twice once read as {t}",
+                       "classes")
+        if cast == list(range(len(cast))) and (_is_numeric(t) or pa.types.is_boolean(t)):
+            self.classes = None  # 0..K-1 stored as is: nothing to map
+            return
+        self.value_set = pa.array(cast, type=t)
+        self.classes = tuple(cast)
+
+    @staticmethod
+    def _cast(values: list[Any], t: pa.DataType, where: str, parameter: str) -> list[Any]:
+        from ..validation import fail
+
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowException, TypeError, ValueError):
+            arr = pa.array([str(v) for v in values])
+        if arr.type != t:
+            try:
+                arr = arr.cast(t) if not (pa.types.is_string(t) or pa.types.is_large_string(t)) \
+                    else pa.array([str(v) for v in values], type=t)
+            except (pa.ArrowException, TypeError, ValueError):
+                raise fail(f"{where}: {parameter} {values} cannot be read as the label column's type {t}",
+                           parameter) from None
+        return arr.to_pylist()
+
+    def encode(self, arr: pa.Array | pa.ChunkedArray, where: str, ids: np.ndarray | None) -> np.ndarray:
+        """(c,) int64 labels of ``arr`` (ids name an offending row; row positions when None)."""
+        from ..validation import fail
+
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        arr = _decode(arr)
+        if self.value_set is None:
+            return _to_int64(_scalar_numpy(arr, where, self.what, ids), where, self.what, ids)
+        if arr.null_count:
+            _scalar_numpy(arr, where, self.what, ids)  # raises, naming the row
+        if arr.type != self.value_set.type:
+            arr = arr.cast(self.value_set.type)
+        idx = pc.index_in(arr, value_set=self.value_set)
+        if idx.null_count:
+            i = int(np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))[0])
+            known = ", ".join(f"{format_value(v)} -> {k}" for k, v in enumerate(self.classes or ()))
+            raise fail(f"{where}: label {format_value(arr[i].as_py())} at {_row_desc(ids, i)} is not one of the "
+                       f"known label values ({known}); list every value in classes (in class order) when "
+                       "fitting the head, or drop the rows with other labels", "classes")
+        return idx.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _ids_of(arr: pa.Array | pa.ChunkedArray, where: str, what: str, positions: np.ndarray) -> np.ndarray:
+    """Ids of one block: int64, or an object array of str for a string id column."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = _decode(arr)
+    raw = _scalar_numpy(arr, where, what, positions)
+    if _is_text(arr.type):
+        return raw.astype(object, copy=False)
+    return _to_int64(raw, where, what, positions, kind="ids", allow_bool=False)
+
+
+def duplicate_id_error(ids: np.ndarray, where: str) -> ValidationError | None:
+    """The error for the first repeated id of ``ids`` (the one whose second occurrence comes first), or None
+    when every id is unique. Sorts a copy: O(n) memory and O(n log n) time."""
+    ids = np.asarray(ids)
+    if ids.shape[0] < 2:
+        return None
+    order = np.argsort(ids, kind="stable")
+    s = ids[order]
+    same = np.flatnonzero(s[1:] == s[:-1])
+    if same.size == 0:
+        return None
+    k = int(same[np.argmin(order[same + 1])])
+    value = s[k]
+    rows = np.sort(order[s == value])
+    times = "twice" if rows.size == 2 else f"{rows.size} times"
+    from ..validation import fail
+
+    return fail(f"{where}: id {format_id(value)} appears {times} (rows {int(rows[0])} and {int(rows[1])}, "
+                "counting data rows from 0); ids must be unique", "id_column")
+
+
+def check_unique_ids(blocks: Callable[[], Iterable[np.ndarray]], where: str) -> None:
+    """Raise if an id repeats. ``blocks()`` yields the ids in row order; ids stored in increasing order
+    (the common case) are checked in one pass with the memory of one block, others are read again into
+    memory (8 bytes per row for int64 ids) and sorted."""
+    last = None
+    for b in blocks():
+        if b.shape[0] == 0:
+            continue
+        if (last is not None and not b[0] > last) or (b.shape[0] > 1 and not np.all(b[1:] > b[:-1])):
+            break
+        last = b[-1]
+    else:
+        return
+    parts = list(blocks())
+    err = duplicate_id_error(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64), where)
+    if err is not None:
+        raise err
+
+
+# ------------------------------------------------------------------------------------------- tables
+def _list_names(names: Sequence[str], limit: int = 40) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class TablePlan:
+    """The columns of one table schema resolved from :class:`DataColumns`, and the conversion of its record
+    batches to :class:`Chunk` objects (shared by Parquet, CSV and in-memory tables).
+
+    Features: ``feature_columns`` when set; else the list column ``features_column`` (or a list column
+    named ``features``); else every integer or floating column except the label and id columns and
+    ``exclude``. The id column is optional unless named. ``label_summary(column)`` is called only when the
+    distinct label values are needed (``positive_label``, or a message about labels that are not integers).
+    """
+
+    def __init__(self, schema: pa.Schema, columns: DataColumns | None, where: str,
+                 label_summary: Callable[[str], LabelSummary]) -> None:
+        from ..validation import fail
+
+        cols = columns if columns is not None else DataColumns()
+        self.columns = cols
+        names = list(schema.names)
+        found = _list_names(names)
+        lc = cols.label
+        if lc not in names:
+            raise fail(f"{where}: label column '{lc}' not found; name it with label_column (columns: {found})",
+                       "label_column")
+        self.label_column = lc
+        idc = cols.id
+        self.id_column: str | None = None
+        if idc in names and idc != lc:
+            it = _value_type(schema.field(idc).type)
+            if not (_is_numeric(it) or _is_text(it)):
+                raise fail(f"{where}: id column '{idc}' must hold integer or string ids; got type {it}",
+                           "id_column")
+            self.id_column = idc
+        elif cols.id_column is not None:
+            raise fail(f"{where}: id column '{idc}' not found; name it with id_column or leave it out (ids "
+                       f"are then row numbers) (columns: {found})", "id_column")
+        used = {lc} | ({self.id_column} if self.id_column else set())
+        self.feature_columns: list[str] | None = None
+        self.features_column: str | None = None
+        fc = cols.features_column or DEFAULT_FEATURES
+        if cols.feature_columns is not None:
+            missing = [c for c in cols.feature_columns if c not in names]
+            if missing:
+                raise fail(f"{where}: feature_columns {_list_names(missing)} not found (columns: {found})",
+                           "feature_columns")
+            self.feature_columns = list(cols.feature_columns)
+        elif cols.features_column is not None or (fc in names and _is_list(schema.field(fc).type)):
+            if fc not in names:
+                raise fail(f"{where}: features column '{fc}' not found; pass features_column (a list<float> "
+                           f"column) or feature_columns (numeric columns) (columns: {found})",
+                           "features_column")
+            self.features_column = fc
+        else:
+            exclude = list(cols.exclude or ())
+            missing = [c for c in exclude if c not in names]
+            if missing:
+                raise fail(f"{where}: exclude names {_list_names(missing)}, not columns of the data (columns: "
+                           f"{found})", "exclude")
+            auto = [n for n in names if n not in used and n not in exclude and _is_numeric(schema.field(n).type)
+                    and not n.startswith("__index_level_")]
+            if not auto:
+                raise fail(f"{where}: no numeric feature columns besides the label and id columns; name them "
+                           f"with feature_columns, or a list column with features_column (columns: {found})",
+                           "feature_columns")
+            self.feature_columns = auto
+        if self.feature_columns is not None:
+            for c in self.feature_columns:
+                if c in used:
+                    raise fail(f"{where}: column '{c}' is the label or id column and cannot also be a feature",
+                               "feature_columns")
+                t = schema.field(c).type
+                if not _is_numeric(t):
+                    raise fail(f"{where}: feature column '{c}' must be numeric; got type {t}", "feature_columns")
+            self.dtype = (np.dtype(np.float32) if all(schema.field(c).type == pa.float32()
+                                                      for c in self.feature_columns) else np.dtype(np.float64))
+            self.D: int | None = len(self.feature_columns)
+            self.list_kind = "columns"
+        else:
+            t = schema.field(fc).type
+            if not _is_list(t) or t.value_type not in (pa.float32(), pa.float64()):
+                raise fail(f"{where}: features column '{fc}' must be a list, large_list or fixed_size_list of "
+                           f"float32 or float64; got type {t}", "features_column")
+            self.dtype = np.dtype(np.float32 if t.value_type == pa.float32() else np.float64)
+            self.list_kind = "fixed" if pa.types.is_fixed_size_list(t) else "list"
+            self.D = int(t.list_size) if self.list_kind == "fixed" else None
+            if self.D == 0:
+                raise fail(f"{where}: features column '{fc}' has list size 0; expected >= 1", "features_column")
+        self.codec = LabelCodec(schema.field(lc).type, cols, where, f"label column '{lc}'",
+                                lambda: label_summary(lc))
+        self.read = ([self.id_column] if self.id_column else []) + [lc] + (
+            self.feature_columns if self.feature_columns is not None else [self.features_column])
+
+    @property
+    def classes(self) -> tuple[Any, ...] | None:
+        """The resolved label values (``classes[i]`` encoded as i), None when labels are stored as 0..K-1."""
+        return self.codec.classes
+
+    def resolved(self) -> DataColumns:
+        """The settings with the feature columns and classes written out (what a fitted head stores)."""
+        return self.columns.with_resolved(feature_columns=self.feature_columns, classes=self.classes)
+
+    def signatures(self, schema: pa.Schema) -> dict[str, Any]:
+        return {c: _type_signature(schema.field(c).type) for c in self.read}
+
+    def ids(self, data: pa.RecordBatch | pa.Table, where: str, positions: np.ndarray) -> np.ndarray:
+        if self.id_column is None:
+            return positions
+        return _ids_of(_column(data, self.id_column), where, f"id column '{self.id_column}'", positions)
+
+    def convert(self, data: pa.RecordBatch | pa.Table, where: str, positions: np.ndarray) -> Chunk:
+        ids = self.ids(data, where, positions)
+        y = self.codec.encode(_column(data, self.label_column), where, ids)
+        X = self.features(data, where, ids)
+        _check_finite(X, where, ids)
+        return Chunk(X, y, ids)
+
+    def features(self, data: pa.RecordBatch | pa.Table, where: str, ids: np.ndarray) -> np.ndarray:
+        n = data.num_rows
+        if self.feature_columns is not None:
+            X = np.empty((n, len(self.feature_columns)), dtype=self.dtype)
+            for j, c in enumerate(self.feature_columns):
+                X[:, j] = _scalar_numpy(_column(data, c), where, f"feature column '{c}'", ids)
+            return X
+        fc, D = self.features_column, self.D
+        arr = _column(data, fc)
+        if arr.null_count:
+            i = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ValidationError(f"{where}: features column '{fc}' has a null value at {_row_desc(ids, i)}")
+        if self.list_kind == "list":
+            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+            if D is None and n:
+                D = int(lengths[0])
+            bad = np.flatnonzero(lengths != D)
+            if bad.size:
+                i = int(bad[0])
+                raise ValidationError(f"{where}: features column '{fc}' has {int(lengths[i])} values at "
+                                      f"{_row_desc(ids, i)}; expected {D} (every row must have the same length)")
+        values = arr.flatten()
+        if values.null_count:
+            i = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]) // D
+            raise ValidationError(f"{where}: features column '{fc}' has a null value inside the list at "
+                                  f"{_row_desc(ids, i)}")
+        return values.to_numpy(zero_copy_only=False, writable=True).reshape(n, D)
+
+    def first_length(self, data: pa.RecordBatch | pa.Table, where: str) -> int:
+        """D of a variable-length list column, from the first row of ``data``."""
+        arr = _column(data, self.features_column)
+        fc = self.features_column
+        if arr.null_count and arr.is_null()[0].as_py():
+            raise ValidationError(f"{where}: features column '{fc}' has a null value at row position 0")
+        d = int(pc.list_value_length(arr)[0].as_py())
+        if d == 0:
+            raise ValidationError(f"{where}: features column '{fc}' has an empty list in its first row; "
+                                  "expected >= 1 values")
+        return d
+
+
+class _TableSource(DataSource):
+    """What the table sources share: a :class:`TablePlan`, ``classes`` and the resolved ``data_columns``."""
+
+    plan: TablePlan
+
+    @property
+    def n_features(self) -> int:
+        return int(self.plan.D or 0)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of ``Chunk.X``: float32 or float64 as stored."""
+        return self.plan.dtype
+
+    @property
+    def classes(self) -> tuple[Any, ...] | None:  # type: ignore[override]
+        return self.plan.classes
+
+    @property
+    def data_columns(self) -> DataColumns:  # type: ignore[override]
+        return self.plan.resolved()
+
+    # the attribute names of earlier releases
+    @property
+    def label_column(self) -> str:
+        return self.plan.label_column
+
+    @property
+    def id_column(self) -> str | None:
+        return self.plan.id_column
+
+    @property
+    def feature_columns(self) -> list[str] | None:
+        return self.plan.feature_columns
+
+    @property
+    def features_column(self) -> str | None:
+        return self.plan.features_column
+
+
+def _columns_from(columns: DataColumns | None, label_column: str | None, id_column: str | None,
+                  features_column: str | None, feature_columns: Sequence[str] | str | None) -> DataColumns:
+    """Keyword column options folded into ``columns`` (the keywords win)."""
+    kw = DataColumns(label_column=label_column, id_column=id_column, features_column=features_column,
+                     feature_columns=feature_columns)
+    return (columns or DataColumns()).merged(kw)
+
+
+class ParquetSource(_TableSource):
     """A Parquet file, or a directory of ``*.parquet`` files read in name order as one table.
 
-    Features are one list / large_list / fixed_size_list<float32|float64> column (``features_column``) or
-    the numeric columns named by ``feature_columns``. ``label_column`` holds integer labels (bools and
-    integral floats are converted). ``id_column`` is optional; without it the id of a row is its global
+    Which columns are read is a :class:`~winnow.io.columns.DataColumns` (``columns=``, or the keyword
+    options ``label_column``, ``id_column``, ``features_column``, ``feature_columns``): features are one
+    list / large_list / fixed_size_list<float32|float64> column or numeric columns (by default every numeric
+    column except the label and id columns); labels are integers, or any values mapped by ``classes`` /
+    ``positive_label``; the id column (int64 or string) is optional, without it the id of a row is its global
     row number (0..n-1 across files in order). Files must agree on the types of the columns used.
 
     Reading is bounded in memory: ``chunks`` streams record batches of ``chunk_size`` rows, ``chunks(rows=)``
-    reads only the row groups holding the requested rows, ``labels``/``ids`` read only their column.
+    reads only the row groups holding the requested rows, ``labels``/``ids`` read only their column. Opening
+    reads the id column once to check that ids are unique (ids in increasing order need the memory of one
+    block; other orders hold every id, 8 bytes per row for int64 ids).
     """
 
-    def __init__(self, path: str | Path, *, label_column: str = "label", id_column: str = "id",
-                 features_column: str = "features", feature_columns: Sequence[str] | None = None) -> None:
+    def __init__(self, path: str | Path, *, label_column: str | None = None, id_column: str | None = None,
+                 features_column: str | None = None, feature_columns: Sequence[str] | None = None,
+                 columns: DataColumns | None = None, check_ids: bool = True) -> None:
         p = Path(path)
         self.name = str(p)
         if not p.exists():
@@ -480,96 +940,42 @@ class ParquetSource(DataSource):
         else:
             files = [p]
         self._files = files
-        self.label_column = label_column
-        if feature_columns is not None:
-            if isinstance(feature_columns, str):
-                feature_columns = [feature_columns]
-            feature_columns = [str(c) for c in feature_columns]
-            if not feature_columns:
-                raise ValidationError(f"{p}: feature_columns is empty; name at least one numeric column")
-        self.feature_columns = feature_columns
-        self.features_column = None if feature_columns is not None else features_column
-
-        self._id_request = id_column
+        cols = _columns_from(columns, label_column, id_column, features_column, feature_columns)
         self._meta: list[pq.FileMetaData] = []
         sigs: dict[str, Any] | None = None
+        first_schema: pa.Schema | None = None
         for f in files:
             try:
                 md = pq.read_metadata(f)
             except (pa.ArrowException, OSError) as e:
                 raise ValidationError(f"{f}: not a readable Parquet file ({e})") from None
+            self._meta.append(md)
             schema = md.schema.to_arrow_schema()
             if sigs is None:
-                self.id_column: str | None = id_column if id_column in schema.names else None
-                sigs = self._plan(f, schema)
+                first_schema = schema
+                self.plan = TablePlan(schema, cols, str(f), self._label_summary)
+                sigs = self.plan.signatures(schema)
             else:
-                self._check_agrees(f, schema, sigs)
-            self._meta.append(md)
+                self._check_agrees(f, schema, sigs, first_schema)
         counts = [md.num_rows for md in self._meta]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._n = int(self._offsets[-1])
         if self._n == 0:
             raise ValidationError(f"{p}: the data is empty (0 rows)")
-        if self.features_column is not None and self._list_kind == "list":
-            self._D = self._first_row_length()
-        self._columns = ([self.id_column] if self.id_column else []) + [label_column] + (
-            self.feature_columns if self.feature_columns is not None else [self.features_column])
+        if self.plan.D is None:
+            self.plan.D = self._first_row_length()
+        if check_ids and self.plan.id_column is not None:
+            check_unique_ids(lambda: self._column_blocks(self.plan.id_column, "ids", 1 << 20), self.name)
 
-    # --- schema
-    def _plan(self, f: Path, schema: pa.Schema) -> dict[str, Any]:
-        """Check the first file's schema and record the column types the other files must match."""
-        names = schema.names
-        found = ", ".join(names)
-        if self.label_column not in names:
-            raise ValidationError(f"{f}: label column '{self.label_column}' not found (pass label_column=); "
-                                  f"columns: {found}")
-        lt = schema.field(self.label_column).type
-        if not (pa.types.is_integer(lt) or pa.types.is_floating(lt) or pa.types.is_boolean(lt)):
-            raise ValidationError(f"{f}: label column '{self.label_column}' must hold integer labels; "
-                                  f"got type {lt}")
-        if self.id_column is not None:
-            it = schema.field(self.id_column).type
-            if not (pa.types.is_integer(it) or pa.types.is_floating(it)):
-                raise ValidationError(f"{f}: id column '{self.id_column}' must hold integer ids; "
-                                      f"got type {it}")
-        used = [self.label_column] + ([self.id_column] if self.id_column else [])
-        if self.feature_columns is not None:
-            missing = [c for c in self.feature_columns if c not in names]
-            if missing:
-                raise ValidationError(f"{f}: feature_columns {missing} not found; columns: {found}")
-            dtypes = []
-            for c in self.feature_columns:
-                t = schema.field(c).type
-                if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
-                    raise ValidationError(f"{f}: feature column '{c}' must be numeric; got type {t}")
-                dtypes.append(t)
-            self._dtype = (np.dtype(np.float32) if all(t == pa.float32() for t in dtypes)
-                           else np.dtype(np.float64))
-            self._D = len(self.feature_columns)
-            self._list_kind = "columns"
-            used += self.feature_columns
-        else:
-            fc = self.features_column
-            if fc not in names:
-                raise ValidationError(
-                    f"{f}: features column '{fc}' not found; pass features_column= (a list<float> column) or "
-                    f"feature_columns= (numeric columns); columns: {found}")
-            t = schema.field(fc).type
-            is_fixed = pa.types.is_fixed_size_list(t)
-            if not (is_fixed or pa.types.is_list(t) or pa.types.is_large_list(t)) or \
-                    t.value_type not in (pa.float32(), pa.float64()):
-                raise ValidationError(f"{f}: features column '{fc}' must be a list, large_list or "
-                                      f"fixed_size_list of float32 or float64; got type {t}")
-            self._dtype = np.dtype(np.float32 if t.value_type == pa.float32() else np.float64)
-            self._list_kind = "fixed" if is_fixed else "list"
-            if is_fixed:
-                self._D = int(t.list_size)
-                if self._D == 0:
-                    raise ValidationError(f"{f}: features column '{fc}' has list size 0; expected >= 1")
-            used.append(fc)
-        return {c: _type_signature(schema.field(c).type) for c in used}
+    def _label_summary(self, lc: str) -> LabelSummary:
+        out = []
+        for i in range(len(self._meta)):
+            with pq.ParquetFile(self._files[i], metadata=self._meta[i]) as pf:
+                for batch in _iter_batches(pf, 1 << 20, [lc]):
+                    out.append(batch.column(0))
+        return summarize_labels(out)
 
-    def _check_agrees(self, f: Path, schema: pa.Schema, sigs: dict[str, Any]) -> None:
+    def _check_agrees(self, f: Path, schema: pa.Schema, sigs: dict[str, Any], first_schema: Any) -> None:
         first = self._files[0]
         for c, sig in sigs.items():
             if c not in schema.names:
@@ -579,8 +985,9 @@ class ParquetSource(DataSource):
             if _type_signature(t) != sig:
                 raise ValidationError(f"{f}: column '{c}' has type {t} but {first} has "
                                       f"{_signature_str(sig)}; all files must agree on the column types")
-        if self.id_column is None and self._id_request in schema.names:
-            raise ValidationError(f"{f}: has an id column '{self._id_request}' but {first} does not; all "
+        idc = self.plan.columns.id
+        if self.plan.id_column is None and idc in schema.names and idc != self.plan.label_column:
+            raise ValidationError(f"{f}: has an id column '{idc}' but {first} does not; all "
                                   f"files must agree (or none has one, and ids are global row numbers)")
 
     def _first_row_length(self) -> int:
@@ -588,29 +995,12 @@ class ParquetSource(DataSource):
             if self._meta[i].num_rows == 0:
                 continue
             with pq.ParquetFile(f, metadata=self._meta[i]) as pf:
-                for batch in _iter_batches(pf, 1, [self.features_column]):
+                for batch in _iter_batches(pf, 1, [self.plan.features_column]):
                     if batch.num_rows:
-                        arr = batch.column(0)
-                        if arr.null_count:
-                            raise ValidationError(f"{f}: features column '{self.features_column}' has a null "
-                                                  f"value at row position 0")
-                        d = int(pc.list_value_length(arr)[0].as_py())
-                        if d == 0:
-                            raise ValidationError(f"{f}: features column '{self.features_column}' has an "
-                                                  f"empty list in its first row; expected >= 1 values")
-                        return d
+                        return self.plan.first_length(batch, str(f))
         raise ValidationError(f"{self.name}: the data is empty (0 rows)")  # pragma: no cover
 
     # --- interface
-    @property
-    def n_features(self) -> int:
-        return int(self._D)
-
-    @property
-    def dtype(self) -> np.dtype:
-        """The dtype of ``Chunk.X``: float32 or float64 as stored."""
-        return self._dtype
-
     @property
     def files(self) -> list[Path]:
         """The Parquet files read, in order."""
@@ -625,16 +1015,16 @@ class ParquetSource(DataSource):
         return _rechunk(pieces, chunk_size)
 
     def labels(self) -> np.ndarray:
-        return self._read_column(self.label_column, "labels")
+        return np.concatenate(list(self._column_blocks(self.plan.label_column, "labels", 1 << 20)))
 
     def label_blocks(self, block_size: int = 1 << 20) -> Iterator[np.ndarray]:
         block_size = _check_chunk_size(block_size)
-        return self._column_blocks(self.label_column, "labels", block_size)
+        return self._column_blocks(self.plan.label_column, "labels", block_size)
 
     def ids(self) -> np.ndarray:
-        if self.id_column is None:
+        if self.plan.id_column is None:
             return np.arange(self._n, dtype=np.int64)
-        return self._read_column(self.id_column, "ids")
+        return np.concatenate(list(self._column_blocks(self.plan.id_column, "ids", 1 << 20)))
 
     # --- reading
     def _open(self, i: int) -> pq.ParquetFile:
@@ -645,11 +1035,12 @@ class ParquetSource(DataSource):
             if self._meta[i].num_rows == 0:
                 continue
             pos = int(self._offsets[i])
+            where = str(self._files[i])
             with self._open(i) as pf:
-                for batch in _iter_batches(pf, chunk_size, self._columns):
+                for batch in _iter_batches(pf, chunk_size, self.plan.read):
                     m = batch.num_rows
                     if m:
-                        yield self._convert(batch, i, np.arange(pos, pos + m, dtype=np.int64))
+                        yield self.plan.convert(batch, where, np.arange(pos, pos + m, dtype=np.int64))
                         pos += m
 
     def _take(self, rows: np.ndarray) -> Iterator[Chunk]:
@@ -669,56 +1060,12 @@ class ParquetSource(DataSource):
                 for start, part_local, part_global in zip(starts, np.split(local, cuts), np.split(sel, cuts),
                                                           strict=True):
                     g = int(groups[start])
-                    table = pf.read_row_group(g, columns=self._columns)
+                    table = pf.read_row_group(g, columns=self.plan.read)
                     table = table.take(pa.array(part_local - gstarts[g]))
-                    yield self._convert(table, i, part_global)
-
-    def _convert(self, data: pa.RecordBatch | pa.Table, i: int, positions: np.ndarray) -> Chunk:
-        where = str(self._files[i])
-        if self.id_column is not None:
-            iname = f"id column '{self.id_column}'"
-            raw = _scalar_numpy(_column(data, self.id_column), where, iname, positions)
-            ids = _to_int64(raw, where, iname, positions, kind="ids", allow_bool=False)
-        else:
-            ids = positions
-        lname = f"label column '{self.label_column}'"
-        y = _to_int64(_scalar_numpy(_column(data, self.label_column), where, lname, ids), where, lname, ids)
-        X = self._features(data, where, ids)
-        _check_finite(X, where, ids)
-        return Chunk(X, y, ids)
-
-    def _features(self, data: pa.RecordBatch | pa.Table, where: str, ids: np.ndarray) -> np.ndarray:
-        n, D = data.num_rows, self._D
-        if self.feature_columns is not None:
-            X = np.empty((n, D), dtype=self._dtype)
-            for j, c in enumerate(self.feature_columns):
-                X[:, j] = _scalar_numpy(_column(data, c), where, f"feature column '{c}'", ids)
-            return X
-        fc = self.features_column
-        arr = _column(data, fc)
-        if arr.null_count:
-            i = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValidationError(f"{where}: features column '{fc}' has a null value at row id {int(ids[i])}")
-        if self._list_kind == "list":
-            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-            bad = np.flatnonzero(lengths != D)
-            if bad.size:
-                i = int(bad[0])
-                raise ValidationError(f"{where}: features column '{fc}' has {int(lengths[i])} values at row "
-                                      f"id {int(ids[i])}; expected {D} (every row must have the same length)")
-        values = arr.flatten()
-        if values.null_count:
-            i = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]) // D
-            raise ValidationError(f"{where}: features column '{fc}' has a null value inside the list at row "
-                                  f"id {int(ids[i])}")
-        return values.to_numpy(zero_copy_only=False, writable=True).reshape(n, D)
-
-    def _read_column(self, column: str, kind: str) -> np.ndarray:
-        return np.concatenate(list(self._column_blocks(column, kind, 1 << 20)))
+                    yield self.plan.convert(table, str(self._files[i]), part_global)
 
     def _column_blocks(self, column: str, kind: str, block_size: int) -> Iterator[np.ndarray]:
-        """One integer column (labels or ids) in row order, in blocks of at most ``block_size`` rows."""
-        what = f"{'label' if kind == 'labels' else 'id'} column '{column}'"
+        """The labels (encoded) or the ids in row order, in blocks of at most ``block_size`` rows."""
         for i in range(len(self._files)):
             if self._meta[i].num_rows == 0:
                 continue
@@ -728,53 +1075,123 @@ class ParquetSource(DataSource):
                 for batch in _iter_batches(pf, block_size, [column]):
                     m = batch.num_rows
                     positions = np.arange(pos, pos + m, dtype=np.int64)
-                    vals = _scalar_numpy(batch.column(0), where, what, None)
-                    yield _to_int64(vals, where, what, None if self.id_column else positions, kind=kind,
-                                    allow_bool=kind == "labels")
+                    if kind == "labels":
+                        yield self.plan.codec.encode(batch.column(0), where,
+                                                     None if self.plan.id_column else positions)
+                    else:
+                        yield _ids_of(batch.column(0), where, f"id column '{column}'", positions)
                     pos += m
 
 
 # ---------------------------------------------------------------------------------------- open_source
-_ACCEPTED = ("a DataSource, an (X, y) or (X, y, ids) tuple of arrays, or a path to an .npz file, a .parquet "
-             "file or a directory of .parquet files")
+#: the inputs accepted, in the words of the command line (a path) and of Python (any other object)
+ACCEPTED_FILES = ".csv, .tsv (optionally .gz), .parquet, a directory of Parquet files, .npz"
+_ACCEPTED = (f"a path ({ACCEPTED_FILES}), a pandas or polars DataFrame, a PyArrow Table, an (X, y) or "
+             "(X, y, ids) tuple of arrays, Features or a DataSource")
+_CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".csv.bz2", ".tsv.bz2")
 
 
-def open_source(spec: Any, *, argument: str = "data", **kwargs: Any) -> DataSource:
+def is_csv_path(p: Path) -> bool:
+    return p.name.lower().endswith(_CSV_SUFFIXES)
+
+
+def _is_frame(spec: Any) -> bool:
+    """A pandas or polars DataFrame, or a PyArrow Table / RecordBatch (without importing pandas/polars)."""
+    import sys
+
+    if isinstance(spec, (pa.Table, pa.RecordBatch)):
+        return True
+    for mod in ("pandas", "polars"):
+        m = sys.modules.get(mod)
+        if m is not None and isinstance(spec, m.DataFrame):
+            return True
+    return False
+
+
+def _is_features(spec: Any) -> bool:
+    return type(spec).__name__ == "Features" and hasattr(spec, "as_tuple") and hasattr(spec, "path")
+
+
+def open_source(spec: Any, *, argument: str = "data", columns: DataColumns | None = None,
+                defaults: DataColumns | None = None, **kwargs: Any) -> DataSource:
     """Turn ``spec`` into a :class:`DataSource`.
 
-    ``spec``: a DataSource (returned as is), an ``(X, y)`` or ``(X, y, ids)`` tuple of arrays
-    (-> :class:`ArraySource`, kwargs such as ``name=`` passed on), or a path (str/Path): ``*.npz`` ->
-    :class:`NpzSource`; ``*.parquet`` or a directory -> :class:`ParquetSource` (kwargs passed on).
-    ``argument`` names the argument in error messages.
+    ``spec``: a DataSource (returned as is); an ``(X, y)`` or ``(X, y, ids)`` tuple of arrays or
+    :class:`~winnow.core.models.Features` (-> :class:`ArraySource`, ``name=`` passed on); a pandas or
+    polars DataFrame or a PyArrow Table / RecordBatch (-> :class:`~winnow.io.tables.ArrowSource`); or a
+    path: ``*.csv`` / ``*.tsv`` (optionally ``.gz``) -> :class:`~winnow.io.tables.CsvSource`; ``*.parquet``
+    or a directory -> :class:`ParquetSource`; ``*.npz`` -> :class:`NpzSource`.
+    ``columns`` (:class:`~winnow.io.columns.DataColumns`, or the keywords ``label_column``, ``id_column``,
+    ``features_column``, ``feature_columns``, ``exclude``, ``classes``, ``positive_label``) says how to read a
+    table; ``defaults`` are settings used where ``columns`` leaves a field unset (a head's stored settings:
+    on arrays and .npz only its ``classes`` apply, and only to labels that are not numbers: integer labels in
+    arrays are taken as encoded 0..K-1). ``argument`` names the argument in error messages.
     """
+    from ..validation import fail
+    from .columns import _FEATURE_FIELDS
+
+    col_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in DataColumns.__dataclass_fields__}
+    if col_kw:
+        columns = (columns or DataColumns()).merged(DataColumns(**col_kw))
+    explicit = columns or DataColumns()
+    cols = (defaults or DataColumns()).merged(explicit)
+    mapping = DataColumns(classes=cols.classes, positive_label=cols.positive_label)
+
+    def array_mapping(y: Any) -> DataColumns:
+        # integer labels in arrays are taken as encoded already, unless the mapping is given explicitly
+        if explicit.maps_labels or np.asarray(y).dtype.kind not in "biuf":
+            return mapping
+        return DataColumns()
+    names_given = [k for k in ("label_column", "id_column", *_FEATURE_FIELDS) if explicit.is_set(k)]
     if isinstance(spec, DataSource):
-        if kwargs:
-            raise ValidationError(f"{argument}: options {sorted(kwargs)} cannot be applied to an already "
-                                  f"opened data source")
+        if kwargs or explicit != DataColumns():
+            raise ValidationError(f"{argument}: options {sorted(kwargs) + sorted(explicit.to_dict())} cannot be "
+                                  f"applied to an already opened data source")
         return spec
+    if _is_features(spec):
+        if spec.X is None:
+            spec = spec.path
+        else:
+            spec = tuple(spec.as_tuple())
     if isinstance(spec, tuple):
         if len(spec) not in (2, 3):
             raise ValidationError(f"{argument}: a tuple must be (X, y) or (X, y, ids); got a tuple of "
                                   f"{len(spec)} items")
+        if names_given:
+            raise fail(f"{argument}: {', '.join(names_given)} name table columns and do not apply to arrays",
+                       *names_given)
         try:
-            return ArraySource(*spec, **kwargs)
+            return ArraySource(*spec, columns=array_mapping(spec[1]), **kwargs)
         except TypeError as e:
             raise ValidationError(f"{argument}: invalid options for arrays ({e})") from None
+    if _is_frame(spec):
+        from .tables import ArrowSource
+
+        return ArrowSource(spec, columns=cols, name=kwargs.pop("name", argument), **kwargs)
     if isinstance(spec, (str, Path)):
         p = Path(spec)
         if not p.exists():
-            raise ValidationError(f"{argument}: path {p} does not exist; expected {_ACCEPTED}")
+            raise ValidationError(f"{argument}: path {p} does not exist; expected {ACCEPTED_FILES}")
         suffix = p.suffix.lower()
-        if p.is_dir() or suffix == ".parquet":
-            try:
-                return ParquetSource(p, **kwargs)
-            except TypeError as e:
-                raise ValidationError(f"{argument}: invalid options for Parquet data ({e})") from None
+        try:
+            if p.is_dir() or suffix == ".parquet":
+                return ParquetSource(p, columns=cols, **kwargs)
+            if is_csv_path(p):
+                from .tables import CsvSource
+
+                return CsvSource(p, columns=cols, **kwargs)
+        except TypeError as e:
+            raise ValidationError(f"{argument}: invalid options for {p.name} ({e})") from None
         if suffix == ".npz":
-            if kwargs:
-                raise ValidationError(f"{argument}: options {sorted(kwargs)} do not apply to .npz data "
-                                      f"(arrays X, y and optional id are read by name)")
-            return NpzSource(p)
-        raise ValidationError(f"{argument}: {p} has an unsupported extension {p.suffix or '(none)'}; "
-                              f"expected {_ACCEPTED}")
-    raise ValidationError(f"{argument}: cannot read data from a {type(spec).__name__}; expected {_ACCEPTED}")
+            if kwargs or names_given:
+                raise fail(f"{argument}: {', '.join(sorted(kwargs) + names_given)} do not apply to .npz data "
+                           f"(arrays X, y and optional id are read by name)", *names_given)
+            src = NpzSource(p)
+            mapped = array_mapping(src.y[:0])
+            if mapped != DataColumns():
+                src._columns = mapped
+                src._set_labels(mapped)
+            return src
+        raise fail(f"{argument}: {p} has an unsupported extension {p.suffix or '(none)'}; expected "
+                   f"{ACCEPTED_FILES}", argument)
+    raise fail(f"{argument}: cannot read data from a {type(spec).__name__}; expected {_ACCEPTED}", argument)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from .. import validation as V
 from ..errors import ValidationError
+from .columns import format_id
 from .sources import ArraySource, Chunk, DataSource
 
 __all__ = ["SUBSET_METADATA", "MATERIALIZE_LIMIT", "SubsetSource", "subset_source", "LoadedSubset", "load_subset",
@@ -106,10 +107,14 @@ def load_subset(subset: str | Path, train: Any) -> LoadedSubset:
     if "id" not in table.column_names:
         raise V.fail(f"subset {p} has no 'id' column (expected id and weight, as Subsampler.write writes)",
                      "subset")
+    id_type = table.schema.field("id").type
     ids = table.column("id").to_numpy()
-    if ids.dtype.kind not in "iu":
-        raise V.fail(f"subset {p}: column 'id' must hold integer ids, got {ids.dtype}", "subset")
-    ids = ids.astype(np.int64)
+    if pa.types.is_string(id_type) or pa.types.is_large_string(id_type):
+        ids = ids.astype(object)
+    elif ids.dtype.kind not in "iu":
+        raise V.fail(f"subset {p}: column 'id' must hold integer or string ids, got {id_type}", "subset")
+    else:
+        ids = ids.astype(np.int64)
     if "weight" in table.column_names:
         w = table.column("weight").to_numpy(zero_copy_only=False).astype(np.float64)
     else:
@@ -119,14 +124,20 @@ def load_subset(subset: str | Path, train: Any) -> LoadedSubset:
     bad = ~np.isfinite(w) | (w <= 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise V.fail(f"subset {p}: weights must be finite and > 0; id {int(ids[i])} has weight {w[i]!r} "
+        raise V.fail(f"subset {p}: weights must be finite and > 0; id {format_id(ids[i])} has weight "
+                     f"{w[i]!r} "
                      f"({int(bad.sum())} bad weights)", "subset")
     uniq, counts = np.unique(ids, return_counts=True)
     if uniq.shape[0] != ids.shape[0]:
-        raise V.fail(f"subset {p}: ids must be unique; id {int(uniq[np.argmax(counts > 1)])} appears more than "
-                     "once", "subset")
+        raise V.fail(f"subset {p}: ids must be unique; id {format_id(uniq[np.argmax(counts > 1)])} appears "
+                     "more than once", "subset")
     src = V.open_data(train, "train")
     train_ids = src.ids()
+    if (train_ids.dtype.kind == "O") != (ids.dtype.kind == "O"):
+        kinds = ("string" if ids.dtype.kind == "O" else "integer", "string" if train_ids.dtype.kind == "O"
+                 else "integer")
+        raise V.fail(f"subset {p} holds {kinds[0]} ids but train ({src.name}) has {kinds[1]} ids; read train "
+                     "with the id column the subset was made with (id_column)", "subset", "id_column")
     order = np.argsort(train_ids, kind="stable")
     sorted_ids = train_ids[order]
     pos = np.searchsorted(sorted_ids, ids)

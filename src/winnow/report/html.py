@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..io.columns import plain_id  # noqa: E402
 from ..io.outputs import atomic_path  # noqa: E402
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -113,4 +114,4 @@ def top_points_rows(ids: np.ndarray, labels: np.ndarray, influence: np.ndarray, 
                     k: int = 10, harmful: bool = True) -> list[list[Any]]:
     """Rows (id, label, influence, self-influence) of the k most harmful (largest) or helpful points."""
     order = np.argsort(-influence if harmful else influence)[:k]
-    return [[int(ids[i]), int(labels[i]), float(influence[i]), float(self_infl[i])] for i in order]
+    return [[plain_id(ids[i]), int(labels[i]), float(influence[i]), float(self_infl[i])] for i in order]
