@@ -213,12 +213,6 @@ class InfluenceEstimator(Protocol):
 
     def score(self, test: Any, *, self_influence: bool | None = None, extra: Sequence[Any] = ()) -> pa.Table: ...
 
-    def _score_file_metadata(self) -> dict[str, str]:
-        """The metadata of a scores file: signs, the prepared columns' and the run's settings, the head's
-        stationarity figure and class names (read once the column sets are prepared)."""
-        return {**SIGN_METADATA, **self.score_metadata_, **self._stationarity_metadata(),
-                **classes_metadata(self.head)}
-
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
                      overwrite: bool = False, self_influence: bool | None = None, extra: Sequence[Any] = (),
                      parts: bool = False, resume: bool = False) -> Any: ...
@@ -356,6 +350,12 @@ class InfluenceAnalyzer:
         parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "test_ids"}
         return pa.table(cols).replace_schema_metadata(self._score_file_metadata())
+
+    def _score_file_metadata(self) -> dict[str, str]:
+        """The metadata of a scores file: signs, the prepared columns' and the run's settings, the head's
+        stationarity figure and class names (read once the column sets are prepared)."""
+        return {**SIGN_METADATA, **self.score_metadata_, **self._stationarity_metadata(),
+                **classes_metadata(self.head)}
 
     def write_scores(self, test: Any, out: str | Path, *, pairs_out: str | Path | None = None,
                      overwrite: bool = False, self_influence: bool | None = None,
