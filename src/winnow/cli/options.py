@@ -49,7 +49,7 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     # stationarity of the head
     "refit=True": "--refit", "allow_nonstationary=True": "--allow-nonstationary",
     # the report of a run
-    "scores": "SCORES", "top": "--top",
+    "scores": "SCORES", "top": "--top", "show": "--show",
 }
 
 

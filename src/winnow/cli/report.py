@@ -16,11 +16,14 @@ ScoresArg = Annotated[Path, typer.Argument(
 
 
 def write_run_report(scores: Path, report: Path, *, overwrite: bool, quiet: bool, top: int = 20,
-                     argument: str = "report") -> Path:
-    """Write the report of ``scores`` to ``report`` and say so (the shared last step of both commands)."""
-    from ..report.run import run_report
+                     argument: str = "report", show: int = 0) -> Path:
+    """Write the report of ``scores`` to ``report`` and say so (the shared last step of both commands); with
+    ``show`` > 0 also print that many of the most harmful and most helpful points."""
+    from ..report.run import top_points_text, write_scores_report
 
-    path = run_report(scores, report, top=top, overwrite=overwrite, argument=argument)
+    path, summary = write_scores_report(scores, report, top=top, overwrite=overwrite, argument=argument)
+    if show > 0:
+        typer.echo(top_points_text(summary, show))
     say(quiet, f"wrote {path}")
     return path
 
@@ -31,6 +34,8 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Where to write the HTML report (default: SCORES with "
                                              "the suffix .html).")] = None,
     top: ReportTop = 20,
+    show: Annotated[int, typer.Option("--show", min=0, help="Also print this many of the most harmful and most "
+                                      "helpful points on the terminal (0: none).")] = 5,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """An HTML report of your influence scores: the most harmful and most helpful training points, influence
@@ -39,4 +44,4 @@ def report_cmd(
     from ..report.run import default_report_path
 
     write_run_report(scores, out if out is not None else default_report_path(scores), overwrite=overwrite,
-                     quiet=quiet, top=top, argument="out")
+                     quiet=quiet, top=top, argument="out", show=min(show, top))

@@ -487,7 +487,7 @@ def _stationarity_text(st: dict[str, Any] | None) -> str:
         return (f"‖∇R‖∞ / s = {num(rel)} ≤ {num(thr)}: the head sits at its optimum, so the influence formulas "
                 f"(which assume a stationary point) apply." + refit)
     return (f"‖∇R‖∞ / s = {num(rel)} > {num(thr)}: the head was NOT at its optimum when scored, so the scores can "
-            f"be off. Refit the head (`winnow fit-head`) and score again." + refit)
+            f"be off. Score again with `--refit` (or fit the head with `winnow fit-head`)." + refit)
 
 
 def _top_section(report: Any, summary: dict[str, Any], harmful: bool) -> None:
@@ -652,13 +652,48 @@ def run_report(scores: str | Path, out: str | Path | None = None, *, top: int = 
                sample_size: int = SAMPLE_SIZE, batch_size: int = 65536, argument: str = "out") -> Path:
     """Write the HTML report of a scores file (``out``; default next to it with suffix .html) and return its
     path. Refuses an existing ``out`` unless ``overwrite``; nothing is written when the scores cannot be read."""
+    return write_scores_report(scores, out, top=top, overwrite=overwrite, sample_size=sample_size,
+                               batch_size=batch_size, argument=argument)[0]
+
+
+def write_scores_report(scores: str | Path, out: str | Path | None = None, *, top: int = 20,
+                        overwrite: bool = False, sample_size: int = SAMPLE_SIZE, batch_size: int = 65536,
+                        argument: str = "out") -> tuple[Path, dict[str, Any]]:
+    """:func:`run_report` that also returns the summary it drew (see :func:`summarize_scores`)."""
     from ..io.outputs import check_output_path
 
     top = check_integer(top, "top", minimum=1)
     out = default_report_path(scores) if out is None else Path(out)
     check_output_path(out, overwrite, argument=argument)
     summary = _summarize_with_samples(scores, top=top, sample_size=sample_size, batch_size=batch_size)
-    return scores_report(summary).write(out, overwrite=overwrite, argument=argument)
+    return scores_report(summary).write(out, overwrite=overwrite, argument=argument), summary
+
+
+def top_points_text(summary: dict[str, Any], k: int | None = None) -> str:
+    """The most harmful and most helpful training points of ``summary`` as plain text for a terminal: one
+    line per point (rank, id, label with its class name, influence, loss_change_if_removed)."""
+    n = summary["n"]
+    lines: list[str] = []
+    for word, recs in (("harmful", summary["harmful"]), ("helpful", summary["helpful"])):
+        recs = recs[:k] if k is not None else recs
+        sign = "raise" if word == "harmful" else "lower"
+        lines.append(f"most {word} training points (they {sign} the mean test loss; removing one changes it by "
+                     f"loss_change_if_removed):")
+        if not recs:
+            lines.append("  none")
+            continue
+        rows = [("rank", "id", "label", "influence", "loss_change_if_removed")]
+        for i, r in enumerate(recs, 1):
+            lc = r.get("loss_change_if_removed")
+            if lc is None and n:
+                lc = -r["influence"] / n
+            label = str(r["label"]) + (f" ({r['class']})" if r.get("class") is not None else "")
+            rows.append((str(i), str(r["id"]), label, f"{r['influence']:.4g}", f"{lc:+.3g}"))
+        widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
+        for row in rows:
+            lines.append("  " + "  ".join(c.ljust(w) if j < 3 else c.rjust(w)
+                                           for j, (c, w) in enumerate(zip(row, widths, strict=True))))
+    return "\n".join(lines)
 
 
 def _summarize_with_samples(scores: str | Path, **kwargs: Any) -> dict[str, Any]:
