@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from ..errors import NotFittedError, ValidationError
-from ..progress import track_rows
+from ..progress import track
 from .autodiff import AutodiffHead, ModelFunction, check_labels_for, resolve_loss
 from .heads import DTYPE, Head, head_from_torch
 from .influence import SCORE_COLUMNS, SIGN_METADATA
@@ -240,9 +240,7 @@ def extract_features(model: torch.nn.Module, head: HeadSpec, data: Any, *, out: 
     dev = model_device(model)
     suffix = Path(out).suffix.lower() if out is not None else None
     if out is not None:
-        if suffix not in (".parquet", ".npz"):
-            raise ValidationError(f"out: {out} must end in .parquet or .npz")
-        check_output_path(out, overwrite, argument="out")
+        check_output_path(out, overwrite, argument="out", formats="features")
     captured: list[torch.Tensor] = []
 
     def hook(_m: torch.nn.Module, inputs: tuple[Any, ...], _out: Any) -> None:
@@ -258,7 +256,8 @@ def extract_features(model: torch.nn.Module, head: HeadSpec, data: Any, *, out: 
     try:
         with eval_mode(model, "extract_features"), torch.no_grad():
             total = len(src) if src.in_memory else 0
-            for x, y, ids in track_rows(src.batches(), total, "features", progress and total > 0):
+            for x, y, ids in track(src.batches(), total, "features", "rows", count=lambda b: len(b[1]),
+                                    enabled=progress):
                 captured.clear()
                 x = x.to(dev) if isinstance(x, torch.Tensor) else x
                 model(x)
@@ -579,7 +578,8 @@ class ModelInfluence:
             self.direction_info_ = self.solve_info_
             n = self.n_train_
             first = True
-            for G, ids, y in track_rows(self.iter_gradients(self.train_, "train"), n, "scoring pass", self.progress):
+            for G, ids, y in track(self.iter_gradients(self.train_, "train"), n, "scoring pass", "rows",
+                                   count=lambda b: len(b[1]), enabled=self.progress):
                 infl = -(G @ direction)
                 cols: dict[str, np.ndarray] = {"id": ids, "label": y, "influence": infl.cpu().numpy(),
                                                "loss_change_if_removed": (-infl / n).cpu().numpy()}
