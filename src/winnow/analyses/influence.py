@@ -31,7 +31,7 @@ from ..engine.columns import ColumnFunction, ScoreColumns, ScoreKernel
 from ..engine.engine import Engine, check_rows, current_engine
 from ..engine.passes import fit_curvature, load_rows, mean_test_gradient, open_for_head, test_gradients
 from ..errors import NotFittedError, ValidationError
-from ..io.outputs import ParquetStreamWriter, check_output_path
+from ..io.outputs import check_output_path, table_writer
 from ..io.parts import PartsDirectory, digest_array, head_fingerprint, source_fingerprint
 from ..validation import check_chunk_size, check_damping, check_head
 
@@ -111,9 +111,9 @@ def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path,
     from ..io.parts import part_schema
 
     # ``chunks`` is lazy: refuse existing outputs before any pass over the data runs
-    check_output_path(out, overwrite, argument="--out")
+    check_output_path(out, overwrite, argument="--out", formats="table")
     if pairs_out is not None:
-        check_output_path(pairs_out, overwrite, argument="--pairs")
+        check_output_path(pairs_out, overwrite, argument="--pairs", formats="table")
     with ExitStack() as stack:
         w = pw = None
         test_ids = None
@@ -123,10 +123,10 @@ def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path,
             P = cols.pop("pairs", None)
             if w is None:
                 schema = pa.schema(fields) if fields is not None else part_schema(cols)
-                w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite, argument="--out",
+                w = stack.enter_context(table_writer(out, schema, overwrite=overwrite, argument="--out",
                                                             metadata=metadata()))
                 if pairs_out is not None:
-                    pw = stack.enter_context(ParquetStreamWriter(pairs_out, PAIR_SCHEMA, overwrite=overwrite,
+                    pw = stack.enter_context(table_writer(pairs_out, PAIR_SCHEMA, overwrite=overwrite,
                                                                  argument="--pairs", metadata=PAIR_METADATA))
             w.write(**{k: cols[k] for k in schema.names})
             if pw is not None and P is not None:

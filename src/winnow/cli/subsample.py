@@ -61,7 +61,7 @@ def subsample(
         "--memorize-threshold", min=0.0, help="paper: D; points with memorization score > D are kept.")] = None,
     memorize_quantile: Annotated[float | None, typer.Option(
         "--memorize-quantile", min=0.0, max=1.0, help="paper: D = this quantile of the scores (0.9: the top "
-        "10%% memorize). Neither given: chosen on VALID.")] = None,
+        "10% memorize). Neither given: chosen on VALID.")] = None,
     sharpness: Annotated[float | None, typer.Option(
         "--sharpness", min=0.0, help="influence: k in π = σ((τ − φ)·k / range(φ)); 0 = uniform. Default: "
         "chosen on VALID.")] = None,
@@ -87,7 +87,7 @@ def subsample(
     from ..core.heads import load_head
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="out")
+    check_output_path(out, overwrite, argument="out", formats="table")
     if json_out is not None:
         check_output_path(json_out, overwrite, argument="json_out")
     h = load_head(head)
