@@ -62,8 +62,11 @@ def print_check(check: Any) -> None:
         ratios = [x for x in (r.min_ratio_positive, r.min_ratio_negative) if x is not None]
         t.add_row(*map(_fmt, (r.test_id, r.test_label, r.D_plus, f"{r.n_positive_exceeding}/{r.n_positive}",
                               r.D_minus, f"{r.n_negative_exceeding}/{r.n_negative}",
-                              min(ratios) if ratios else None, r.holds)))
+                              min(ratios) if ratios else None, r.verdict)))
     con.print(t)
+    if check.theorem3 and all(r.vacuous for r in check.theorem3):
+        con.print("Theorem 3 holds only vacuously here: its thresholds are 0 (or no point has that sign of "
+                  "I_loss), so it says nothing about memorization on this head.", highlight=False)
 
     m = check.memorization
     if m is not None:
@@ -87,7 +90,7 @@ def print_check(check: Any) -> None:
 
     sr = check.sign_rule
     if sr is not None:
-        t = Table(title=f"Theorem 4 (eq. 91) on {sr.n_pairs} sampled pairs: I_loss > 0 iff y_t ≠ y_p")
+        t = Table(title=f"Theorem 4 (eq. 91) on {sr.pairs_text}: I_loss > 0 iff y_t ≠ y_p")
         for c in ("y_t", "y_p", "pairs", "rule holds", "hold rate", "kernel > 0"):
             t.add_column(c, justify="right")
         for a in (0, 1):
