@@ -44,6 +44,7 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     # models
     "params": "--params", "solver": "--solver", "max_dense": "--max-dense", "rank": "--rank",
     "n_train": "--pairs-train", "n_test": "--pairs-test", "regularize": "--regularize", "device": "--device",
+    "factory": "--factory", "trust_model_file=True": "--trust-model-file",
 }
 
 
@@ -146,3 +147,15 @@ def engine_for(workers: int | None, scheduler: str | None, *, chunk_size: int = 
     from ..engine.engine import Engine
 
     return Engine(workers=workers, scheduler=scheduler, chunk_size=chunk_size, progress=not quiet)
+
+
+# model files: the safe route (weights + the code that builds the model) and the explicit trust of a pickle
+ModelFactory = Annotated[str | None, typer.Option(
+    "--factory", metavar="MODULE:FUNCTION",
+    help="The function (or class) that builds the model, as module:name (e.g. mypkg.nets:make_cnn), called "
+         "with no arguments; MODEL then holds its weights (torch.save(model.state_dict(), path)), read "
+         "without running any code from the file. The module must be importable (installed, on PYTHONPATH "
+         "or in the current directory).")]
+TrustModelFile = Annotated[bool, typer.Option(
+    "--trust-model-file", help="Read MODEL as a whole pickled model (torch.save(model, path)). Unpickling "
+                               "runs whatever code the file holds: only for files you trust.")]
