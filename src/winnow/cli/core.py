@@ -60,7 +60,7 @@ def fit_head(
     from ..api import fit_head as api_fit_head
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="out")
+    check_output_path(out, overwrite, argument="out", formats="npz")
     src = source_from(train, label_column, id_column, features_column, feature_columns)
     sample_weight = normalizer = None
     if weights is not None:
@@ -119,7 +119,7 @@ def influence(
     partitioned = wants_parts(out, parts=parts, workers=workers, scheduler=scheduler, resume=resume,
                               partition_rows=partition_rows)
     if not partitioned:
-        check_output_path(out, overwrite, argument="out")
+        check_output_path(out, overwrite, argument="out", formats="table")
         if pairs is not None:
             check_output_path(pairs, overwrite, argument="pairs_out")
     h = load_head(head)
@@ -186,8 +186,9 @@ def validate_loo(
 
 @app.command("demo")
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("winnow-demo"),
-    overwrite: Overwrite = True, quiet: Quiet = False,
+    out: Annotated[Path, typer.Option("--out", help="Output folder (refused if it holds files, unless "
+                                      "--overwrite).")] = Path("winnow-demo"),
+    overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Run the whole pipeline on a bundled real data set and write scores + report.html to --out."""
     from ..demo.pipeline import run_demo
