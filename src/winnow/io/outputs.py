@@ -91,7 +91,7 @@ def check_output_path(path: str | os.PathLike[str], overwrite: bool, argument: s
     if formats is not None:
         ext = check_output_format(p, formats, argument)
         if ext == ".csv":
-            check_output_path(sidecar_path(p), overwrite, argument)
+            check_output_path(sidecar_path(p), overwrite, argument, formats="json")
     if p.is_dir():
         raise OutputExistsError(f"{argument} {p} is an existing directory; expected a file path",
                                 parameters=(argument,))
@@ -285,7 +285,7 @@ class CsvStreamWriter(ParquetStreamWriter):
                                   f"cannot store; use a path ending in .parquet", parameters=(argument,))
         self.sidecar = sidecar_path(self.path) if self.schema.metadata else None
         if self.sidecar is not None:
-            check_output_path(self.sidecar, overwrite, argument)
+            check_output_path(self.sidecar, overwrite, argument, formats="json")
 
     def _ensure_open(self) -> pq.ParquetWriter:
         if self._closed:
@@ -414,7 +414,7 @@ def write_json(path: str | os.PathLike[str], obj: Any, overwrite: bool = False,
     except (TypeError, ValueError) as e:
         raise ValidationError(f"{argument}: cannot write {path} as JSON ({e})") from None
     p = Path(path)
-    with atomic_path(p, overwrite, argument) as tmp:
+    with atomic_path(p, overwrite, argument, formats="json") as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
     return p
 
