@@ -77,11 +77,12 @@ def fit_head(
 @app.command("influence")
 def influence(
     train: TrainArg, head: HeadOpt, test: TestOpt,
-    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet): id, "
+    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet, or .csv "
+                                      "with the metadata in <out>.json): id, "
                                       "label, influence (>0 harmful to the test loss, <0 helpful), "
                                       "loss_change_if_removed (= -influence/n), self_influence.")],
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Also write the pairwise I_loss in long format "
-                                               "(test_id, train_id, influence): T·n rows.")] = None,
+                                               "(test_id, train_id, influence): T·n rows (.parquet or .csv).")] = None,
     newton: Annotated[bool, typer.Option("--newton", help="Also write `leverage` and "
                                          "`loss_change_if_removed_newton`: the Newton-step (leverage-corrected) "
                                          "removal (1/n)·H₋ₚ⁻¹g_p evaluated in the mean test loss to second order "

@@ -201,7 +201,7 @@ def extract_features_cmd(
 @app.command("model-influence")
 def model_influence_cmd(
     model: ModelArg, train: ModelData, test: TestData,
-    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet): id, label, "
+    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet or .csv): id, label, "
                                       "influence (>0 harmful), loss_change_if_removed, self_influence.")],
     params: Annotated[str | None, typer.Option("--params", help="Comma-separated module or parameter names to "
                                                "differentiate (default: all parameters).")] = None,

@@ -47,7 +47,8 @@ def subsample(
     head: Annotated[Path, typer.Option("--head", help="Head fitted on TRAIN (`winnow fit-head`, .npz).")],
     keep: Annotated[float, typer.Option("--keep", help="Fraction of TRAIN to keep, in (0, 1]: exactly "
                                         "round(keep·n) rows are kept.")],
-    out: Annotated[Path, typer.Option("--out", help="SUBSET.parquet: one row per kept point: id, label, weight, "
+    out: Annotated[Path, typer.Option("--out", help="SUBSET (.parquet, or .csv with the choices in <out>.json): "
+                                      "one row per kept point: id, label, weight, "
                                       "inclusion_probability and the scores used.")],
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation data: the influence policy scores "
                                                "points on it; every choice (sharpness, D, ratio) is made on it."
@@ -119,7 +120,8 @@ def subsample(
 @app.command("evaluate-subset")
 def evaluate_subset(
     train: TrainArg,
-    subset: Annotated[Path, typer.Option("--subset", help="SUBSET.parquet from `winnow subsample` (id, weight).")],
+    subset: Annotated[Path, typer.Option("--subset", help="SUBSET (.parquet or .csv) from `winnow subsample` "
+                                         "(id, weight).")],
     test: Annotated[Path, typer.Option("--test", help="Test data: touched only to report the metrics.")],
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation data (needed by --curve).")] = None,
     head: Annotated[Path | None, typer.Option("--head", help="Head fitted on TRAIN (its λ and kind; scores the "
