@@ -507,7 +507,8 @@ def removal_experiment(head: Head, train: Any, test: Any, *, fraction: float = 0
     s = {c: curv.solve(G[torch.as_tensor(m, device=dev)].mean(0)) for c, m in masks.items()}
     rng = np.random.default_rng(seed)
     out = []
-    for lab in labels:
+    for lab in track(labels, 2 * len(labels), "section-8 retrains", "retrains", count=lambda _: 2,
+                     enabled=progress):
         cls_rows = np.flatnonzero(ytr == lab)
         m = int(round(fraction * cls_rows.size))
         if m < 1:

@@ -260,7 +260,7 @@ def check_head_cmd(
     m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
     res = theorem1_check(m, head, train, test, l2=l2, regularize=regularize.value, damping=damping,
                          n_train=pairs_train, n_test=pairs_test, seed=seed, max_dense=max_dense, rank=rank,
-                         batch_size=batch_size, device=device)
+                         batch_size=batch_size, device=device, progress=not quiet)
     typer.echo(f"head {res.head_name!r}: {res.n_head_params} of {res.n_params} parameters ({res.method})")
     typer.echo(f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}, sign agreement {res.sign_agreement:.3f}, "
                f"I_head/I median {res.ratio_quantiles.get('q50', float('nan')):.3g}")

@@ -393,10 +393,12 @@ class ModelHessian:
     """
 
     def __init__(self, fn: ModelFunction, data: ModelData, loss: str, *, l2: float, damping: float,
-                 n: int, col_chunk: int | None = None, batch_size: int = 256, hvp_mode: str = "rev") -> None:
+                 n: int, col_chunk: int | None = None, batch_size: int = 256, hvp_mode: str = "rev",
+                 progress: bool = False) -> None:
         if hvp_mode not in ("fwd", "rev"):
             raise ValidationError(f"hvp_mode must be 'fwd' or 'rev', got {hvp_mode!r}")
         self.hvp_mode = hvp_mode
+        self.progress = bool(progress)  # a bar over the columns when the dense matrix is built
         self.fn, self.data, self.loss = fn, data, loss
         self.l2, self.damping, self.n = float(l2), float(damping), int(n)
         self.n_params = fn.n_params
@@ -512,7 +514,7 @@ class ModelInfluence:
             check_labels_for(K, self.loss_, self.train_.labels(), "train labels", what="the model")
             self.hessian_ = ModelHessian(self.fn_, self.train_, self.loss_, l2=self.l2, damping=self.damping,
                                          n=self.n_train_, col_chunk=self.col_chunk, batch_size=self.batch_size,
-                                         hvp_mode=self.hvp_mode)
+                                         hvp_mode=self.hvp_mode, progress=self.progress)
             self.solver_ = make_solver(self.solver, self.fn_.n_params, max_dense=self.max_dense)
             self.solver_.fit(self.hessian_)
         return self
