@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import re
 import warnings
@@ -144,6 +145,7 @@ def test_vacuous_theorem3_is_said_in_words_json_and_report(files, tmp_path, caps
     assert t3["vacuous"] is True and t3["holds"] is True and t3["vacuous_test_points"] == 1
     p = t3["test_points"][0]
     assert p["D_plus"] == 0.0 and p["D_minus"] == 0.0 and p["vacuous"] is True
+    assert math.copysign(1.0, p["D_minus"]) == 1.0 and "-0 " not in out  # a zero threshold is 0, not -0
     assert p["verdict"].startswith("vacuously") and p["min_ratio_positive"] is None
     assert "Infinity" not in text and "NaN" not in text
     assert "holds only vacuously" in (tmp_path / "t.html").read_text()
@@ -159,9 +161,11 @@ def test_theorem3_verdicts():
                 n_negative_exceeding_weighted=2, min_ratio_positive=2.0, min_ratio_negative=2.0)
     assert Theorem3Result(**base).verdict == "yes" and not Theorem3Result(**base).vacuous
     r = Theorem3Result(**{**base, "D_minus": 0.0})
-    assert r.verdict == "yes (D⁻ = 0: that part vacuously)" and r.vacuous_minus and not r.vacuous
+    assert r.verdict == "yes (D⁻ = 0: vacuous)" and r.vacuous_minus and not r.vacuous
     r = Theorem3Result(**{**base, "n_positive": 0, "n_positive_exceeding": 0, "D_minus": 0.0})
     assert r.vacuous and r.verdict == "vacuously (no point has I > 0, D⁻ = 0)"
+    r = Theorem3Result(**{**base, "D_plus": 0.0, "D_minus": 0.0})
+    assert r.vacuous and r.verdict == "vacuously (D⁺ = D⁻ = 0)" and r.holds
     assert Theorem3Result(**{**base, "n_negative_exceeding": 1}).verdict == "NO"
 
 

@@ -136,7 +136,8 @@ class Theorem3Result:
 
     @property
     def verdict(self) -> str:
-        """``holds`` in words: "yes", "NO", or "vacuously (...)" / "yes (... vacuously ...)" with the reason."""
+        """``holds`` in words: "yes", "NO", "vacuously (D⁺ = D⁻ = 0)" (the reasons in brackets) or, when one
+        part says nothing, "yes (D⁻ = 0: vacuous)"."""
         if not self.holds:
             return "NO"
         why = []
@@ -145,10 +146,10 @@ class Theorem3Result:
                 why.append(f"D{sign} = 0" if not D > 0 else f"no point has I {'>' if sign == '⁺' else '<'} 0")
         if self.vacuous:
             if not self.D_plus > 0 and not self.D_minus > 0:
-                return "vacuously (D⁺ = D⁻ = 0: any point with I ≠ 0 exceeds them)"
+                return "vacuously (D⁺ = D⁻ = 0)"
             return f"vacuously ({', '.join(why)})"
         if why:
-            return f"yes ({why[0]}: that part vacuously)"
+            return f"yes ({why[0]}: vacuous)"
         return "yes"
 
     def summary(self) -> dict[str, Any]:
@@ -215,12 +216,12 @@ def theorem3(head: Head, curvature: Curvature, train: Any, test: Any, *, test_po
     results = []
     for j in range(k):
         D_plus = float(t_plus_inf[j] * lam_min / max_psi[j])
-        D_minus = float(t_minus_inf[j] * lam_min / max_psi[j])
+        D_minus = float(t_minus_inf[j] * lam_min / max_psi[j]) + 0.0  # + 0.0: an empty T⁻ sum is -0.0
         pos, neg = sign[:, j] > 0, sign[:, j] < 0
         results.append(Theorem3Result(
             test_row=int(rows[j]), test_id=int(idt[j]), test_label=int(yt[j]), lambda_min=lam_min,
             hessian_eig_max=float(1.0 / lam_min), max_abs_psi=float(max_psi[j]),
-            T_plus=float(t_plus_inf[j]), T_minus=float(t_minus_inf[j]), D_plus=D_plus, D_minus=D_minus,
+            T_plus=float(t_plus_inf[j]), T_minus=float(t_minus_inf[j]) + 0.0, D_plus=D_plus, D_minus=D_minus,
             n_positive=int(pos.sum()), n_positive_exceeding=int((pos & (scores > D_plus)).sum()),
             n_negative=int(neg.sum()), n_negative_exceeding=int((neg & (scores > D_minus)).sum()),
             n_zero=int((sign[:, j] == 0).sum()),
