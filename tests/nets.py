@@ -15,6 +15,11 @@ class Net(torch.nn.Module):
         return self.fc(self.body(x))
 
 
+def small_mlp() -> torch.nn.Module:
+    """Linear(4, 3) → tanh → Linear(3, 1): a model factory for the command-line tests (MODEL holds its weights)."""
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+
+
 def data(n: int = 80, d: int = 6, k: int = 2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)

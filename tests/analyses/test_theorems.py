@@ -388,8 +388,9 @@ def test_check_theorems_passes_damping_to_the_l2_sweep():
     direct = th.removal_experiment(head, (X, y), (Xt, yt), fraction=0.1, seed=2, damping=30.0)
     assert [r.predicted_delta_pos for r in check.removal] == pytest.approx([r.predicted_delta_pos for r in direct],
                                                                            rel=1e-9)
-    rng = np.random.default_rng(2)  # the pairs of sign_rule
-    t, p = rng.integers(0, len(yt), size=400), rng.integers(0, len(y), size=400)
+    # the pairs of sign_rule: 400 distinct (test, train) pairs, flat index test·n + train
+    flat = np.random.default_rng(2).choice(len(yt) * len(y), size=400, replace=False)
+    t, p = flat // len(y), flat % len(y)
     theta = ref.fit_scipy("logistic", X, y, 1, 0.05)
     U, Ut = np.c_[X, np.ones(len(X))], np.c_[Xt, np.ones(len(Xt))]
 

@@ -48,7 +48,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     # a small PyTorch model (one output: sigmoid + BCE) with its inputs, for the model commands
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
-    torch.save(model, d / "model.pt")
+    torch.save(model.state_dict(), d / "model.pt")  # weights only: built by --factory nets:small_mlp
     rng = np.random.default_rng(0)
     Xm = rng.standard_normal((30, 4)).astype(np.float32)
     ym = (rng.random(30) < 0.5).astype(np.int64)
@@ -58,6 +58,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     np.savez(d / "inputs_label2.npz", X=Xm, y=ym2)
     return {p.stem: p for p in d.iterdir()}
 
+
+FACTORY = ["--factory", "nets:small_mlp"]  # builds the model whose weights MODEL holds (tests/nets.py)
 
 # argv of each command, with TRAIN (or the model inputs), the head and every output it can write under ``out``
 Argv = Callable[[dict[str, Path], Path, Path, Path], list[str]]
@@ -81,11 +83,11 @@ ARGV: dict[str, Argv] = {
     "evaluate-subset": lambda f, tr, hd, out: ["evaluate-subset", tr, "--head", hd, "--subset", f["subset"],
                                                "--test", f["test"], "--json", out / "e.json"],
     "extract-features": lambda f, tr, hd, out: ["extract-features", f["model"], tr, "--head", "2", "--out",
-                                                out / "features.npz", "--head-out", out / "head.npz"],
+                                                out / "features.npz", "--head-out", out / "head.npz", *FACTORY],
     "model-influence": lambda f, tr, hd, out: ["model-influence", f["model"], "--train", tr, "--test", f["inputs"],
-                                               "--out", out / "scores.parquet"],
+                                               "--out", out / "scores.parquet", *FACTORY],
     "check-head": lambda f, tr, hd, out: ["check-head", f["model"], "--head", "2", "--train", tr, "--test",
-                                          f["inputs"], "--json", out / "c.json"],
+                                          f["inputs"], "--json", out / "c.json", *FACTORY],
     "demo": lambda f, tr, hd, out: ["demo", "--out", out / "demo"],
 }
 

@@ -211,22 +211,26 @@ def test_cli_extract_features_model_influence_check_head(tmp_path):
 
     net = trained_net()
     X, y = data()
-    torch.save(net, tmp_path / "model.pt")
+    factory = ["--factory", "nets:Net"]
+    torch.save(net.state_dict(), tmp_path / "model.pt")  # weights; --factory builds the Net
     np.savez(tmp_path / "train.npz", X=X.numpy(), y=y.numpy())
     np.savez(tmp_path / "test.npz", X=X[:10].numpy(), y=y[:10].numpy())
     main(["extract-features", str(tmp_path / "model.pt"), str(tmp_path / "train.npz"), "--head", "fc",
-          "--out", str(tmp_path / "f.parquet"), "--head-out", str(tmp_path / "h.npz"), "--l2", "0.01", "--quiet"])
+          "--out", str(tmp_path / "f.parquet"), "--head-out", str(tmp_path / "h.npz"), "--l2", "0.01", "--quiet",
+          *factory])
     assert open_source(tmp_path / "f.parquet").n_features == 5
     main(["model-influence", str(tmp_path / "model.pt"), "--train", str(tmp_path / "train.npz"), "--test",
-          str(tmp_path / "test.npz"), "--out", str(tmp_path / "s.parquet"), "--l2", "0.01", "--quiet"])
+          str(tmp_path / "test.npz"), "--out", str(tmp_path / "s.parquet"), "--l2", "0.01", "--quiet",
+          *factory])
     assert pq.read_table(tmp_path / "s.parquet").num_rows == len(y)
     main(["check-head", str(tmp_path / "model.pt"), "--head", "fc", "--train", str(tmp_path / "train.npz"),
           "--test", str(tmp_path / "test.npz"), "--l2", "0.01", "--damping", "1e-3", "--pairs-train", "20",
-          "--pairs-test", "5", "--json", str(tmp_path / "t1.json"), "--report", str(tmp_path / "t1.html"), "--quiet"])
+          "--pairs-test", "5", "--json", str(tmp_path / "t1.json"), "--report", str(tmp_path / "t1.html"), "--quiet",
+          *factory])
     assert (tmp_path / "t1.html").exists() and "spearman" in (tmp_path / "t1.json").read_text()
     with pytest.raises(SystemExit) as e:
         main(["check-head", str(tmp_path / "model.pt"), "--head", "nope", "--train", str(tmp_path / "train.npz"),
-              "--test", str(tmp_path / "test.npz")])
+              "--test", str(tmp_path / "test.npz"), *factory])
     assert e.value.code == 2
     torch.save(net.state_dict(), tmp_path / "sd.pt")
     with pytest.raises(SystemExit):

@@ -208,8 +208,10 @@ def test_save_npz(tmp_path):
         save_npz(p, X=X)
     save_npz(p, overwrite=True, X=X[:2])
     assert np.load(p)["X"].shape == (2, 3)
-    q = save_npz(tmp_path / "head", argument="path", weight=np.ones(3), kind=np.array("logistic"))
+    q = save_npz(tmp_path / "head.npz", argument="path", weight=np.ones(3), kind=np.array("logistic"))
     assert q == tmp_path / "head.npz" and str(np.load(q)["kind"]) == "logistic"
+    with pytest.raises(ValidationError, match=r"path .*head has no extension.*\.npz"):
+        save_npz(tmp_path / "head", argument="path", weight=np.ones(3))
     assert _files(tmp_path) == ["data.npz", "head.npz"]
     with pytest.raises(ValidationError, match="at least one array"):
         save_npz(tmp_path / "none.npz")

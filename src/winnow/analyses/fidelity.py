@@ -51,7 +51,7 @@ from ..engine.columns import ScoreColumns
 from ..engine.passes import checked_curvature, hessian_pass, load_rows, mean_test_gradient, open_for_head
 from ..errors import NotPositiveDefiniteError, ValidationError
 from ..io.columns import format_id
-from ..progress import track_rows
+from ..progress import track
 from ..validation import check_head_data
 
 NEWTON_COLUMNS = ("leverage", "loss_change_if_removed_newton")
@@ -577,7 +577,7 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
             plan.append(("most harmful", np.sort(order[:m])))
             plan.append(("most helpful", np.sort(order[::-1][:m])))
     groups = []
-    for kind, rows in track_rows(([k, r] for k, r in plan), len(plan), "group retrains", progress):
+    for kind, rows in track(plan, len(plan), "group retrains", "retrains", enabled=progress):
         pred, _, _ = predict_group_removal(given, curv, ctx, X[rows], y[rows], renormalize=renormalize)
         pred.kind = kind
         pred.actual = actual_loss_change(base, X, y, rows, (Xte, yte), renormalize=renormalize)

@@ -40,7 +40,7 @@ from ..engine.passes import (
     test_gradients,
 )
 from ..errors import NotFittedError, ValidationError
-from ..io.outputs import ParquetStreamWriter, check_output_path
+from ..io.outputs import check_output_path, table_writer
 from ..io.parts import PartsDirectory, digest_array, head_fingerprint, source_fingerprint
 from ..validation import check_chunk_size, check_damping, check_head
 
@@ -133,9 +133,9 @@ def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path,
     from ..io.parts import part_schema
 
     # ``chunks`` is lazy: refuse existing outputs before any pass over the data runs
-    check_output_path(out, overwrite, argument="--out")
+    check_output_path(out, overwrite, argument="--out", formats="table")
     if pairs_out is not None:
-        check_output_path(pairs_out, overwrite, argument="--pairs")
+        check_output_path(pairs_out, overwrite, argument="--pairs", formats="table")
     with ExitStack() as stack:
         w = pw = None
         test_ids = None
@@ -146,11 +146,11 @@ def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path,
             if w is None:
                 schema = pa.schema(fields) if fields is not None else part_schema(cols)
                 schema = _id_types(schema, {"id": cols.get("id")})
-                w = stack.enter_context(ParquetStreamWriter(out, schema, overwrite=overwrite, argument="--out",
+                w = stack.enter_context(table_writer(out, schema, overwrite=overwrite, argument="--out",
                                                             metadata=metadata()))
                 if pairs_out is not None:
                     pair_schema = _id_types(PAIR_SCHEMA, {"test_id": test_ids, "train_id": cols.get("id")})
-                    pw = stack.enter_context(ParquetStreamWriter(pairs_out, pair_schema, overwrite=overwrite,
+                    pw = stack.enter_context(table_writer(pairs_out, pair_schema, overwrite=overwrite,
                                                                  argument="--pairs", metadata=PAIR_METADATA))
             w.write(**{k: cols[k] for k in schema.names})
             if pw is not None and P is not None:

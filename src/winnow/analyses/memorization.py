@@ -239,10 +239,11 @@ class MemorizationResult:
 def write_points(result: MemorizationResult, path: Any, *, overwrite: bool = False,
                  argument: str = "--points-out") -> Any:
     """Write one row per training point (``id``, ``label``, ``memorization``, ``memorize`` and, when computed,
-    ``helps_fraction``, ``hurts_fraction``) to Parquet, atomically."""
+    ``helps_fraction``, ``hurts_fraction``) to Parquet (``.parquet``) or CSV (``.csv``, metadata in
+    ``<path>.json``), atomically."""
     import pyarrow as pa
 
-    from ..io.outputs import ParquetStreamWriter
+    from ..io.outputs import table_writer
 
     fields = [("id", pa.int64()), ("label", pa.int64()), ("memorization", pa.float64()), ("memorize", pa.bool_())]
     cols: dict[str, np.ndarray] = {"id": result.ids, "label": result.labels, "memorization": result.scores,
@@ -253,7 +254,7 @@ def write_points(result: MemorizationResult, path: Any, *, overwrite: bool = Fal
     meta = {**MEMORIZATION_METADATA, "winnow.memorize_threshold": repr(float(result.threshold)),
             "winnow.helps_fraction": "fraction of test points with I_loss(z_t, z_p) < 0 (z_p lowers their loss)",
             "winnow.hurts_fraction": "fraction of test points with I_loss(z_t, z_p) > 0 (z_p raises their loss)"}
-    with ParquetStreamWriter(path, pa.schema(fields), overwrite=overwrite, argument=argument,
+    with table_writer(path, pa.schema(fields), overwrite=overwrite, argument=argument,
                              metadata=meta) as w:
         w.write(**cols)
     return path

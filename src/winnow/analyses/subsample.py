@@ -56,10 +56,10 @@ from .. import validation as V
 from ..core.heads import Head
 from ..errors import ConvergenceError, ValidationError
 from ..evaluation.subset import classification_metrics, fit_subset
-from ..io.outputs import ParquetStreamWriter, check_output_path, write_json
+from ..io.outputs import check_output_path, table_writer, write_json
 from ..io.sources import DataSource
 from ..io.subsets import SUBSET_METADATA, subset_source
-from ..progress import track_rows
+from ..progress import track
 from .sampling import allocate, budget_size, systematic_sample
 
 POLICIES = ("paper", "influence", "random")
@@ -400,7 +400,7 @@ class Subsampler:
         best = params[0]
         if len(params) > 1:
             best_score = float("nan")
-            for (p,) in track_rows([(p,) for p in params], len(params), "tuning " + self.policy, self.progress):
+            for p in track(params, len(params), "tuning " + self.policy, "candidates", enabled=self.progress):
                 res = self._evaluate(proportional, p)
                 self.candidates_["policy"].append(res)
                 if _better(metric, res[f"valid_{metric}"], best_score):
@@ -428,7 +428,7 @@ class Subsampler:
                             f"out of their class budgets (proportional ratio: {allowed})"})
                 cands = [b for b in cands if shortfall(b) <= allowed]
             best_b, best_score = proportional, float("nan")
-            for (b,) in track_rows([(b,) for b in cands], len(cands), "tuning the class ratio", self.progress):
+            for b in track(cands, len(cands), "tuning the class ratio", "candidates", enabled=self.progress):
                 res = self._evaluate(b, best)
                 self.candidates_["ratio"].append(res)
                 if _better(metric, res[f"valid_{metric}"], best_score):
@@ -598,15 +598,16 @@ class Subsampler:
         return out
 
     def write(self, out: str | Path, *, json_out: str | Path | None = None, overwrite: bool = False) -> Path:
-        """Write the SUBSET Parquet (summary in its metadata) and optionally the JSON summary, atomically."""
+        """Write the SUBSET table (``.parquet``; or ``.csv``, its metadata then in ``<out>.json``) with the summary
+        in its metadata, and optionally the JSON summary, atomically."""
         self._check()
-        check_output_path(out, overwrite, argument="out")
+        check_output_path(out, overwrite, argument="out", formats="table")
         if json_out is not None:
             check_output_path(json_out, overwrite, argument="json_out")
         table = self.table()
         summary = self.summary()
         meta = {**SUBSET_METADATA, "winnow.subsample": json.dumps(_jsonable_summary(summary))}
-        with ParquetStreamWriter(out, table.schema, overwrite=overwrite, argument="out", metadata=meta) as w:
+        with table_writer(out, table.schema, overwrite=overwrite, argument="out", metadata=meta) as w:
             w.write_table(table)
         if json_out is not None:
             write_json(json_out, summary, overwrite=overwrite, argument="json_out")

@@ -49,6 +49,7 @@ from ..engine.passes import (
 from ..errors import ValidationError
 from ..io.columns import format_id, plain_id
 from ..io.sources import open_source
+from ..progress import track
 from ..validation import check_head_data
 from .memorization import MemorizationResult, choose_threshold, eigenbasis, memorization_scores
 from .memorization import sign_statistics as memorization_sign_statistics
@@ -89,6 +90,9 @@ class Theorem3Result:
     says: all of them). ``*_pointwise`` uses each point's own T±(z_p, z_t) instead of the infimum and
     ``*_weighted`` the eigenvalue-weighted sum of eq. 71 (both sharper, both implied by the proof).
     ``min_ratio_*`` = min score / D over the points of that sign (> 1 iff the statement holds; inf if D = 0).
+    A part of the statement is *vacuous* when its threshold is 0 (every point with I_loss ≠ 0 has a nonzero
+    gradient, hence a positive score: the bound says nothing) or no training point has that sign of I_loss;
+    ``vacuous`` is true when both parts are, and then ``holds`` carries no information.
     """
 
     test_row: int
@@ -117,9 +121,43 @@ class Theorem3Result:
     def holds(self) -> bool:
         return (self.n_positive_exceeding == self.n_positive and self.n_negative_exceeding == self.n_negative)
 
+    @property
+    def vacuous_plus(self) -> bool:
+        """The I_loss > 0 part says nothing: D⁺ = 0 or no training point has I_loss > 0."""
+        return not self.D_plus > 0 or self.n_positive == 0
+
+    @property
+    def vacuous_minus(self) -> bool:
+        """The I_loss < 0 part says nothing: D⁻ = 0 or no training point has I_loss < 0."""
+        return not self.D_minus > 0 or self.n_negative == 0
+
+    @property
+    def vacuous(self) -> bool:
+        return self.vacuous_plus and self.vacuous_minus
+
+    @property
+    def verdict(self) -> str:
+        """``holds`` in words: "yes", "NO", "vacuously (D⁺ = D⁻ = 0)" (the reasons in brackets) or, when one
+        part says nothing, "yes (D⁻ = 0: vacuous)"."""
+        if not self.holds:
+            return "NO"
+        why = []
+        for sign, D, vac in (("⁺", self.D_plus, self.vacuous_plus), ("⁻", self.D_minus, self.vacuous_minus)):
+            if vac:
+                why.append(f"D{sign} = 0" if not D > 0 else f"no point has I {'>' if sign == '⁺' else '<'} 0")
+        if self.vacuous:
+            if not self.D_plus > 0 and not self.D_minus > 0:
+                return "vacuously (D⁺ = D⁻ = 0)"
+            return f"vacuously ({', '.join(why)})"
+        if why:
+            return f"yes ({why[0]}: vacuous)"
+        return "yes"
+
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d["holds"] = self.holds
+        d["vacuous_plus"], d["vacuous_minus"], d["vacuous"] = self.vacuous_plus, self.vacuous_minus, self.vacuous
+        d["verdict"] = self.verdict
         return d
 
 
@@ -179,12 +217,12 @@ def theorem3(head: Head, curvature: Curvature, train: Any, test: Any, *, test_po
     results = []
     for j in range(k):
         D_plus = float(t_plus_inf[j] * lam_min / max_psi[j])
-        D_minus = float(t_minus_inf[j] * lam_min / max_psi[j])
+        D_minus = float(t_minus_inf[j] * lam_min / max_psi[j]) + 0.0  # + 0.0: an empty T⁻ sum is -0.0
         pos, neg = sign[:, j] > 0, sign[:, j] < 0
         results.append(Theorem3Result(
             test_row=int(rows[j]), test_id=plain_id(idt[j]), test_label=int(yt[j]), lambda_min=lam_min,
             hessian_eig_max=float(1.0 / lam_min), max_abs_psi=float(max_psi[j]),
-            T_plus=float(t_plus_inf[j]), T_minus=float(t_minus_inf[j]), D_plus=D_plus, D_minus=D_minus,
+            T_plus=float(t_plus_inf[j]), T_minus=float(t_minus_inf[j]) + 0.0, D_plus=D_plus, D_minus=D_minus,
             n_positive=int(pos.sum()), n_positive_exceeding=int((pos & (scores > D_plus)).sum()),
             n_negative=int(neg.sum()), n_negative_exceeding=int((neg & (scores > D_minus)).sum()),
             n_zero=int((sign[:, j] == 0).sum()),
@@ -246,13 +284,17 @@ class SignRuleResult:
     ``kernel_positive_rate``: fraction with ũ_tᵀH⁻¹ũ_p > 0. ``hold_kernel_mismatches``: pairs where
     "holds" and "kernel > 0" disagree (0 up to ties I_loss = 0 or a saturated residual).
     ``removal_hold_rate``: eqs. 92–95 on the predicted removal change −I_loss/n (≥ 0 for equal labels,
-    < 0 for different ones). ``pair_*`` arrays (N,) keep the sampled pairs (row positions in test/train)
-    and their values for plots; they are not part of ``summary()``.
+    < 0 for different ones). ``n_pairs`` distinct pairs were used: ``pairs_requested`` drawn without
+    replacement, or every one of the n·T pairs (``all_pairs``) when there are no more than that. ``pair_*``
+    arrays (N,) keep the pairs (row positions in test/train) and their values for plots; they are not part
+    of ``summary()``.
     """
 
     l2: float
     n_pairs: int
     seed: int
+    pairs_requested: int
+    all_pairs: bool
     hold_rate: float
     kernel_positive_rate: float
     removal_hold_rate: float
@@ -269,6 +311,12 @@ class SignRuleResult:
     pair_yp: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
     pair_test_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
     pair_train_rows: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def pairs_text(self) -> str:
+        """The pairs used, in words: "68 058 pairs (all of them)" or "100 000 sampled pairs"."""
+        n = f"{self.n_pairs:,}".replace(",", " ")
+        return f"{n} pairs (all of them)" if self.all_pairs else f"{n} sampled pairs"
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -290,7 +338,8 @@ def _nonneg_stats(source: Any, chunk_size: int, progress: bool = False,
 
 def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs: int = 100_000, seed: int = 0,
               chunk_size: int = 65536, progress: bool = False, engine: Engine | None = None) -> SignRuleResult:
-    """Theorem 4 (eq. 91) on ``pairs`` (test, train) pairs drawn uniformly with replacement (``seed``)."""
+    """Theorem 4 (eq. 91) on ``pairs`` distinct (test, train) pairs drawn uniformly without replacement
+    (``seed``); on all n·T pairs when there are no more than ``pairs``."""
     _require_sigmoid(head, "the sign rule")
     if pairs < 1:
         raise ValidationError(f"pairs must be >= 1, got {pairs}")
@@ -302,9 +351,14 @@ def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs:
     _require_both_classes(yte, f"test set {te.name}")
     _require_both_classes(tr.labels(), f"training set {tr.name}")
     n, T = len(tr), len(yte)
-    rng = np.random.default_rng(seed)
-    t_idx = rng.integers(0, T, size=pairs)
-    p_idx = rng.integers(0, n, size=pairs)
+    requested = int(pairs)
+    all_pairs = requested >= n * T
+    if all_pairs:
+        flat = np.arange(n * T, dtype=np.int64)
+        pairs = n * T
+    else:
+        flat = np.sort(np.random.default_rng(seed).choice(n * T, size=requested, replace=False))
+    t_idx, p_idx = flat // n, flat % n
     uniq, inv = np.unique(p_idx, return_inverse=True)
     Xp, yp, _ = load_rows(tr, uniq, engine=engine)
     infl, kern, lf = np.empty(pairs), np.empty(pairs), np.empty(pairs)
@@ -330,7 +384,8 @@ def sign_rule(head: Head, curvature: Curvature, train: Any, test: Any, *, pairs:
     f_tr, r_tr = _nonneg_stats(tr, chunk_size, progress, engine)
     f_te, r_te = float((Xte >= 0).mean()), float((Xte >= 0).all(1).mean())
     return SignRuleResult(
-        l2=head.l2, n_pairs=int(pairs), seed=int(seed), hold_rate=float(hold.mean()),
+        l2=head.l2, n_pairs=int(pairs), seed=int(seed), pairs_requested=requested, all_pairs=bool(all_pairs),
+        hold_rate=float(hold.mean()),
         kernel_positive_rate=float(kpos.mean()), removal_hold_rate=float(removal_hold.mean()),
         hold_kernel_mismatches=int((hold != kpos).sum()),
         table={"pairs": cnt.tolist(), "hold": hcnt.tolist(), "kernel_positive": kcnt.tolist(),
@@ -363,7 +418,7 @@ def sign_rule_vs_l2(head: Head, train: Any, test: Any, *, l2_grid: tuple[float, 
     Xte, yte, _ = load_rows(te, engine=engine)
     rows = []
     prev = head
-    for lam in sorted(float(v) for v in l2_grid):
+    for lam in track(sorted(float(v) for v in l2_grid), len(l2_grid), "λ sweep", "refits", enabled=progress):
         if not np.isfinite(lam) or lam < 0:
             raise ValidationError(f"l2_grid values must be finite and >= 0, got {lam}")
         h = refit_logistic(prev, tr, lam, engine=engine)
@@ -454,7 +509,8 @@ def removal_experiment(head: Head, train: Any, test: Any, *, fraction: float = 0
     s = {c: curv.solve(G[torch.as_tensor(m, device=dev)].mean(0)) for c, m in masks.items()}
     rng = np.random.default_rng(seed)
     out = []
-    for lab in labels:
+    for lab in track(labels, 2 * len(labels), "section-8 retrains", "retrains", count=lambda _: 2,
+                     enabled=progress):
         cls_rows = np.flatnonzero(ytr == lab)
         m = int(round(fraction * cls_rows.size))
         if m < 1:
@@ -498,7 +554,9 @@ class TheoremCheck:
         t3 = [r.summary() for r in self.theorem3]
         return {
             "head": self.head, "n_train": self.n_train, "n_test": self.n_test,
-            "theorem3": {"holds": all(r.holds for r in self.theorem3), "test_points": t3},
+            "theorem3": {"holds": all(r.holds for r in self.theorem3),
+                         "vacuous": bool(self.theorem3) and all(r.vacuous for r in self.theorem3),
+                         "vacuous_test_points": sum(r.vacuous for r in self.theorem3), "test_points": t3},
             "memorization": self.memorization.summary() if self.memorization is not None else None,
             "sign_rule": self.sign_rule.summary() if self.sign_rule is not None else None,
             "l2_sweep": self.l2_sweep,

@@ -4,11 +4,37 @@ command line's flags (``winnow.cli.options.FLAGS``), and exit with status 2."""
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 
 from ..errors import WinnowError
+
+
+def _tidy_help() -> None:
+    """Typer's rich help writes a type for on/off flags (``--quiet  <bool>``), which take no value; show none,
+    as its plain help does."""
+    from typer.core import TyperOption
+
+    show = TyperOption.display_type_rich
+    if getattr(show, "_winnow", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return show(self, ctx)  # type: ignore[arg-type]
+
+    display_type_rich._winnow = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_tidy_help()
 
 app = typer.Typer(
     name="winnow",
@@ -45,17 +71,55 @@ def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """``warnings.showwarning`` for the command line: ``warning: <message>`` on one line, no source line."""
+    typer.secho(f"warning: {_one_line(str(message))}", fg="yellow", err=True)
+
+
+class _OneLineLog(logging.Handler):
+    """Log records of WARNING and above (a library's ``logger.warning``, warnings routed through
+    ``logging.captureWarnings``) as ``warning: <message>`` / ``error: <message>`` on one line."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.name == "py.warnings":  # "file.py:12: UserWarning: text\n  source line"
+                m = re.match(r"^.*?:\d+: (?:[\w.]+): (.*)$", msg.strip().splitlines()[0] if msg.strip() else "")
+                msg = m.group(1) if m else msg
+            level = "warning" if record.levelno < logging.ERROR else "error"
+            typer.secho(f"{level}: {_one_line(msg)}", fg="yellow" if level == "warning" else "red", err=True)
+        except Exception:  # a broken record must not end the command
+            self.handleError(record)
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """While a command runs, every warning prints as one line: Python warnings (winnow's own, torch's,
+    scikit-learn's...) and records logged at WARNING or above by any library."""
+    root = logging.getLogger()
+    handler = _OneLineLog()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # a warning is one line too, without the source line
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning winnow's own errors and usage errors into one line and status 2."""
+    """Entry point: run the app, turning winnow's own errors and usage errors into one line and status 2;
+    warnings print as one line each (``warning: ...``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    import warnings
-
-    def one_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
-        typer.secho(f"warning: {' '.join(str(message).split())}", fg="yellow", err=True)
-
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = one_line  # a warning is one line too, without the source line
+        with _one_line_warnings():
             rv = app(args=args, standalone_mode=False)
     except WinnowError as exc:
         from .options import cli_message

@@ -71,7 +71,7 @@ def fit_head(
     from ..api import fit_head as api_fit_head
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="out")
+    check_output_path(out, overwrite, argument="out", formats="npz")
     cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
                         positive_label)
     src = source_from(train, cols)
@@ -94,11 +94,12 @@ def fit_head(
 @app.command("influence")
 def influence(
     train: TrainArg, head: HeadOpt, test: TestOpt,
-    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet): id, "
+    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet, or .csv "
+                                      "with the metadata in <out>.json): id, "
                                       "label, influence (>0 harmful to the test loss, <0 helpful), "
                                       "loss_change_if_removed (= -influence/n), self_influence.")],
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Also write the pairwise I_loss in long format "
-                                               "(test_id, train_id, influence): T·n rows.")] = None,
+                                               "(test_id, train_id, influence): T·n rows (.parquet or .csv).")] = None,
     newton: Annotated[bool, typer.Option("--newton", help="Also write `leverage` and "
                                          "`loss_change_if_removed_newton`: the Newton-step (leverage-corrected) "
                                          "removal (1/n)·H₋ₚ⁻¹g_p evaluated in the mean test loss to second order "
@@ -138,7 +139,7 @@ def influence(
     partitioned = wants_parts(out, parts=parts, workers=workers, scheduler=scheduler, resume=resume,
                               partition_rows=partition_rows)
     if not partitioned:
-        check_output_path(out, overwrite, argument="out")
+        check_output_path(out, overwrite, argument="out", formats="table")
         if pairs is not None:
             check_output_path(pairs, overwrite, argument="pairs_out")
     if report is not None:
@@ -223,8 +224,9 @@ def validate_loo(
 
 @app.command("demo")
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("winnow-demo"),
-    overwrite: Overwrite = True, quiet: Quiet = False,
+    out: Annotated[Path, typer.Option("--out", help="Output folder (refused if it holds files, unless "
+                                      "--overwrite).")] = Path("winnow-demo"),
+    overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Run the whole pipeline on a bundled real data set and write scores + report.html to --out."""
     from ..demo.pipeline import run_demo

@@ -9,10 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from . import app
-from .options import Damping, Overwrite, Quiet, say
+from .options import Damping, ModelFactory, Overwrite, Quiet, TrustModelFile, say
 
-ModelArg = Annotated[Path, typer.Argument(help="A whole model saved with torch.save(model, path) (a pickled "
-                                               "nn.Module: load only files you trust).")]
+ModelArg = Annotated[Path, typer.Argument(help="The model's weights, saved with torch.save(model.state_dict(), "
+                                               "path); --factory builds the model they go into. A whole "
+                                               "pickled model only with --trust-model-file.")]
 HeadName = Annotated[str, typer.Option("--head", help="Name of the head module inside the model, as in "
                                        "model.named_modules() (e.g. fc, classifier.3).")]
 ModelData = Annotated[Path, typer.Option("--train", help="Model inputs: .npz with arrays X (n, ...), y (n,) and "
@@ -42,25 +43,114 @@ RegOpt = Annotated[Regularize, typer.Option("--regularize", help="Which paramete
                                             "(tensors with >= 2 dims, not biases) or all.")]
 
 
-def load_model(path: Path, device: str | None = None) -> Any:
-    """A model saved whole with ``torch.save(model, path)``, in eval mode on ``device``."""
+def _import_factory(spec: str) -> Any:
+    """The callable named by ``module:name`` (``name`` may be dotted: ``module:Class.build``)."""
+    import importlib
+    import os
+    import sys
+
+    from ..validation import fail
+
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise fail(f"factory must be written module:function (or module:Class), e.g. mypkg.nets:make_cnn; "
+                   f"got {spec!r}", "factory")
+    if os.getcwd() not in sys.path:  # a module next to the user's files, as `python -m` would find it
+        sys.path.append(os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as e:
+        raise fail(f"factory {spec}: cannot import module {module!r} ({e}); install it or put it on "
+                   f"PYTHONPATH", "factory") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise fail(f"factory {spec}: {module} has no attribute {attr!r}", "factory")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise fail(f"factory {spec}: {attr} is a {type(obj).__name__}, not a function or class", "factory")
+    return obj
+
+
+def _state_dict(obj: Any) -> dict[str, Any] | None:
+    """``obj`` as a state_dict: a dict of tensors, or a checkpoint holding one under ``state_dict`` /
+    ``model_state_dict`` / ``model``; None if it is neither."""
     import torch
 
-    from ..errors import ValidationError
+    if isinstance(obj, dict):
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and _state_dict(inner) is not None:
+                return inner
+    return None
+
+
+def load_model(path: Path, device: str | None = None, *, factory: str | None = None,
+               trust_model_file: bool = False) -> Any:
+    """The model to analyse, in eval mode on ``device``.
+
+    Safe route (the default): ``path`` holds weights only (``torch.save(model.state_dict(), path)``, or a
+    checkpoint dict holding one), read with ``torch.load(weights_only=True)``, which runs no code from the
+    file, and ``factory`` (``module:function`` or ``module:Class``, called with no arguments) builds the
+    model they are loaded into (in the weights' floating dtype). A whole pickled model
+    (``torch.save(model, path)``) is read only with ``trust_model_file=True``: unpickling it can run any code
+    the file holds.
+    """
+    import pickle
+
+    import torch
+
+    from ..validation import fail
 
     if not path.exists():
-        raise ValidationError(f"MODEL: {path} does not exist")
+        raise fail(f"model: {path} does not exist", "model")
+    build = _import_factory(factory) if factory is not None else None
+    where = device or "cpu"
+    if trust_model_file:
+        try:
+            obj = torch.load(path, map_location=where, weights_only=False)
+        except Exception as e:  # unpickling errors come in many types
+            raise fail(f"model: cannot load {path} with torch.load ({type(e).__name__}: {e}); keep the model's "
+                       f"class importable", "model") from None
+    else:
+        try:
+            obj = torch.load(path, map_location=where, weights_only=True)
+        except pickle.UnpicklingError:
+            raise fail(f"model: {path} is a whole pickled model, which can run code when it is loaded; save "
+                       f"its weights with torch.save(model.state_dict(), path) and pass factory "
+                       f"module:function that builds the model, or pass trust_model_file=True if you trust "
+                       f"this file", "model", "factory", "trust_model_file=True") from None
+        except Exception as e:
+            raise fail(f"model: cannot load {path} with torch.load ({type(e).__name__}: {e})", "model") from None
+    if isinstance(obj, torch.nn.Module):
+        if build is not None:
+            raise fail(f"model: {path} holds a whole model; factory is for a file of weights (a state_dict)",
+                       "model", "factory")
+        return obj.eval()  # a model read from a file is analysed as it predicts
+    state = _state_dict(obj)
+    if state is None:
+        raise fail(f"model: {path} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors) "
+                   f"or a torch.nn.Module", "model")
+    if build is None:
+        raise fail(f"model: {path} holds weights only (a state_dict); pass factory module:function that "
+                   f"builds the model to load them into", "model", "factory")
     try:
-        obj = torch.load(path, map_location=device or "cpu", weights_only=False)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValidationError(f"MODEL: cannot load {path} with torch.load ({type(e).__name__}: {e}); save the "
-                              f"whole module with torch.save(model, path) and keep its class importable") from None
-    if isinstance(obj, dict):
-        raise ValidationError(f"MODEL: {path} holds a state_dict (a dict of tensors), not a module; save the whole "
-                              f"module with torch.save(model, path)")
-    if not isinstance(obj, torch.nn.Module):
-        raise ValidationError(f"MODEL: {path} holds a {type(obj).__name__}, expected a torch.nn.Module")
-    return obj.eval()  # a model read from a file is analysed as it predicts
+        model = build()
+    except Exception as e:
+        raise fail(f"factory {factory}: calling it failed ({type(e).__name__}: {e})", "factory") from None
+    if not isinstance(model, torch.nn.Module):
+        raise fail(f"factory {factory} returned a {type(model).__name__}, expected a torch.nn.Module",
+                   "factory")
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:  # the model computes in its weights' precision (float64 weights stay exact)
+        model = model.to(dtypes.pop())
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise fail(f"model: the weights in {path} do not fit the model factory {factory} builds: missing "
+                   f"{list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}",
+                   "model", "factory")
+    return model.to(where).eval()
 
 
 @app.command("extract-features")
@@ -73,6 +163,7 @@ def extract_features_cmd(
     head_out: Annotated[Path | None, typer.Option("--head-out", help="Also write the head's weights for `winnow "
                                                   "influence --head` (nn.Linear heads only, .npz).")] = None,
     l2: L2 = 1e-3, batch_size: BatchSize = 256, device: Device = None,
+    factory: ModelFactory = None, trust_model_file: TrustModelFile = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Run MODEL over DATA and save the input of its head module (the featurizer's output) for every row."""
@@ -80,10 +171,10 @@ def extract_features_cmd(
     from ..errors import ValidationError
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="out")
+    check_output_path(out, overwrite, argument="out", formats="features")
     if head_out is not None:
         check_output_path(head_out, overwrite, argument="head_out")
-    m = load_model(model, device)
+    m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
     name, mod = find_module(m, head)
     h = None
     if head_out is not None:
@@ -110,7 +201,7 @@ def extract_features_cmd(
 @app.command("model-influence")
 def model_influence_cmd(
     model: ModelArg, train: ModelData, test: TestData,
-    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet): id, label, "
+    out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet or .csv): id, label, "
                                       "influence (>0 harmful), loss_change_if_removed, self_influence.")],
     params: Annotated[str | None, typer.Option("--params", help="Comma-separated module or parameter names to "
                                                "differentiate (default: all parameters).")] = None,
@@ -121,16 +212,17 @@ def model_influence_cmd(
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Also write pairwise influence (test_id, "
                                                "train_id, influence).")] = None,
     max_dense: Annotated[int, typer.Option("--max-dense", min=1, help="Largest P for the dense solver.")] = 20000,
-    batch_size: BatchSize = 256, device: Device = None, overwrite: Overwrite = False, quiet: Quiet = False,
+    batch_size: BatchSize = 256, device: Device = None, factory: ModelFactory = None,
+    trust_model_file: TrustModelFile = False, overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Influence of every training point with respect to all (or --params) parameters of MODEL."""
     from ..core.models import ModelInfluence
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="out")
+    check_output_path(out, overwrite, argument="out", formats="table")
     if pairs is not None:
         check_output_path(pairs, overwrite, argument="pairs_out")
-    m = load_model(model, device)
+    m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
     plist = [p.strip() for p in params.split(",") if p.strip()] if params else None
     mi = ModelInfluence(m, params=plist, l2=l2, regularize=regularize.value, damping=damping,
                         solver=solver.value, max_dense=max_dense, batch_size=batch_size, device=device,
@@ -154,7 +246,8 @@ def check_head_cmd(
     rank: Annotated[int, typer.Option("--rank", min=1, help="Lanczos rank for big models.")] = 100,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers to this JSON file.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report with the figures.")] = None,
-    batch_size: BatchSize = 256, device: Device = None, overwrite: Overwrite = False, quiet: Quiet = False,
+    batch_size: BatchSize = 256, device: Device = None, factory: ModelFactory = None,
+    trust_model_file: TrustModelFile = False, overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Theorem 1 check: is influence on the head's parameters a good stand-in for influence on all of them?"""
     from ..evaluation.theorem1 import theorem1_check
@@ -164,10 +257,10 @@ def check_head_cmd(
     for p, arg in ((json_out, "json_out"), (report, "report")):
         if p is not None:
             check_output_path(p, overwrite, argument=arg)
-    m = load_model(model, device)
+    m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
     res = theorem1_check(m, head, train, test, l2=l2, regularize=regularize.value, damping=damping,
                          n_train=pairs_train, n_test=pairs_test, seed=seed, max_dense=max_dense, rank=rank,
-                         batch_size=batch_size, device=device)
+                         batch_size=batch_size, device=device, progress=not quiet)
     typer.echo(f"head {res.head_name!r}: {res.n_head_params} of {res.n_params} parameters ({res.method})")
     typer.echo(f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}, sign agreement {res.sign_agreement:.3f}, "
                f"I_head/I median {res.ratio_quantiles.get('q50', float('nan')):.3g}")

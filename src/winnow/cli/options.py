@@ -50,6 +50,8 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "refit=True": "--refit", "allow_nonstationary=True": "--allow-nonstationary",
     # the report of a run
     "scores": "SCORES", "top": "--top", "show": "--show",
+    # model files
+    "factory": "--factory", "trust_model_file=True": "--trust-model-file",
 }
 
 
@@ -221,3 +223,15 @@ ClassesOpt = Annotated[str | None, typer.Option(
 PositiveLabel = Annotated[str | None, typer.Option(
     "--positive-label", help="For two classes: the label value that means 1 (the other one means 0), e.g. "
                              "`--positive-label yes`. Stored in the head.")]
+
+
+# model files: the safe route (weights + the code that builds the model) and the explicit trust of a pickle
+ModelFactory = Annotated[str | None, typer.Option(
+    "--factory", metavar="MODULE:FUNCTION",
+    help="The function (or class) that builds the model, as module:name (e.g. mypkg.nets:make_cnn), called "
+         "with no arguments; MODEL then holds its weights (torch.save(model.state_dict(), path)), read "
+         "without running any code from the file. The module must be importable (installed, on PYTHONPATH "
+         "or in the current directory).")]
+TrustModelFile = Annotated[bool, typer.Option(
+    "--trust-model-file", help="Read MODEL as a whole pickled model (torch.save(model, path)). Unpickling "
+                               "runs whatever code the file holds: only for files you trust.")]

@@ -117,15 +117,12 @@ def lep(
 
     from ..analyses.lep import SearchResult, two_sample_search
     from ..core.heads import load_head
-    from ..errors import ValidationError
     from ..io.outputs import atomic_path, check_output_path, write_json
 
     if json_out is not None:
         check_output_path(json_out, overwrite, argument="json_out")
     if plot is not None:
-        check_output_path(plot, overwrite, argument="plot")
-        if plot.suffix.lower() != ".png":
-            raise ValidationError(f"--plot {plot}: expected a .png path")
+        check_output_path(plot, overwrite, argument="plot", formats=(".png",))
     h = load_head(head)
     cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
                         positive_label)

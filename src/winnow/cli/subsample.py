@@ -51,7 +51,8 @@ def subsample(
     head: Annotated[Path, typer.Option("--head", help="Head fitted on TRAIN (`winnow fit-head`, .npz).")],
     keep: Annotated[float, typer.Option("--keep", help="Fraction of TRAIN to keep, in (0, 1]: exactly "
                                         "round(keep·n) rows are kept.")],
-    out: Annotated[Path, typer.Option("--out", help="SUBSET.parquet: one row per kept point: id, label, weight, "
+    out: Annotated[Path, typer.Option("--out", help="SUBSET (.parquet, or .csv with the choices in <out>.json): "
+                                      "one row per kept point: id, label, weight, "
                                       "inclusion_probability and the scores used.")],
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation data: the influence policy scores "
                                                "points on it; every choice (sharpness, D, ratio) is made on it."
@@ -65,7 +66,7 @@ def subsample(
         "--memorize-threshold", min=0.0, help="paper: D; points with memorization score > D are kept.")] = None,
     memorize_quantile: Annotated[float | None, typer.Option(
         "--memorize-quantile", min=0.0, max=1.0, help="paper: D = this quantile of the scores (0.9: the top "
-        "10%% memorize). Neither given: chosen on VALID.")] = None,
+        "10% memorize). Neither given: chosen on VALID.")] = None,
     sharpness: Annotated[float | None, typer.Option(
         "--sharpness", min=0.0, help="influence: k in π = σ((τ − φ)·k / range(φ)); 0 = uniform. Default: "
         "chosen on VALID.")] = None,
@@ -92,7 +93,7 @@ def subsample(
     from ..core.heads import load_head
     from ..io.outputs import check_output_path
 
-    check_output_path(out, overwrite, argument="out")
+    check_output_path(out, overwrite, argument="out", formats="table")
     if json_out is not None:
         check_output_path(json_out, overwrite, argument="json_out")
     h = load_head(head)
@@ -125,7 +126,8 @@ def subsample(
 @app.command("evaluate-subset")
 def evaluate_subset(
     train: TrainArg,
-    subset: Annotated[Path, typer.Option("--subset", help="SUBSET.parquet from `winnow subsample` (id, weight).")],
+    subset: Annotated[Path, typer.Option("--subset", help="SUBSET (.parquet or .csv) from `winnow subsample` "
+                                         "(id, weight).")],
     test: Annotated[Path, typer.Option("--test", help="Test data: touched only to report the metrics.")],
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation data (needed by --curve).")] = None,
     head: Annotated[Path | None, typer.Option("--head", help="Head fitted on TRAIN (its λ and kind; scores the "

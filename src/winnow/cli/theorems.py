@@ -56,18 +56,27 @@ def print_check(check: Any) -> None:
     from rich.table import Table
 
     con = Console()
+    if not con.is_terminal:  # a file or a pipe: wide enough that the tables keep their numbers whole
+        con = Console(width=120)
     con.print(f"[bold]{check.head}[/bold]  n_train = {check.n_train}, n_test = {check.n_test}")
 
     lam = check.theorem3[0].lambda_min if check.theorem3 else float("nan")
     t = Table(title=f"Theorem 3: I_loss > 0 (< 0) ⇒ score > D⁺ (> D⁻); λ_min(H⁻¹) = {lam:.4g}")
-    for c in ("test id", "y_t", "D⁺", "I>0: > D⁺", "D⁻", "I<0: > D⁻", "min score/D", "holds"):
-        t.add_column(c, justify="right")
+    for c in ("test id", "y_t", "D⁺", "I>0: > D⁺", "D⁻", "I<0: > D⁻", "min score/D"):
+        t.add_column(c, justify="right", overflow="fold")  # a narrow screen wraps numbers, never cuts them
+    t.add_column("holds", justify="right", no_wrap=True)  # the verdict in words, never cut
     for r in check.theorem3:
         ratios = [x for x in (r.min_ratio_positive, r.min_ratio_negative) if x is not None]
         t.add_row(*map(_fmt, (r.test_id, r.test_label, r.D_plus, f"{r.n_positive_exceeding}/{r.n_positive}",
                               r.D_minus, f"{r.n_negative_exceeding}/{r.n_negative}",
-                              min(ratios) if ratios else None, r.holds)))
+                              min(ratios) if ratios else None, r.verdict)))
     con.print(t)
+    if check.theorem3 and all(r.vacuous for r in check.theorem3):
+        con.print("Theorem 3 holds only vacuously here: its thresholds are 0 (or no point has that sign of "
+                  "I_loss), so it says nothing about memorization on this head.", highlight=False)
+    elif any(r.vacuous_plus or r.vacuous_minus for r in check.theorem3):
+        con.print("vacuous: a threshold of 0 is exceeded by every point with I_loss ≠ 0 (and a sign no point "
+                  "has asks nothing), so that part of Theorem 3 says nothing.", highlight=False)
 
     m = check.memorization
     if m is not None:
@@ -91,7 +100,7 @@ def print_check(check: Any) -> None:
 
     sr = check.sign_rule
     if sr is not None:
-        t = Table(title=f"Theorem 4 (eq. 91) on {sr.n_pairs} sampled pairs: I_loss > 0 iff y_t ≠ y_p")
+        t = Table(title=f"Theorem 4 (eq. 91) on {sr.pairs_text}: I_loss > 0 iff y_t ≠ y_p")
         for c in ("y_t", "y_p", "pairs", "rule holds", "hold rate", "kernel > 0"):
             t.add_column(c, justify="right")
         for a in (0, 1):
@@ -137,8 +146,8 @@ def check_theorems_cmd(
                                                "file/directory with a `label` column.")],
     head: Annotated[Path, typer.Option("--head", help="Head weights written by `winnow fit-head` (.npz).")],
     test: Annotated[Path, typer.Option("--test", help="Test/validation data, same formats as TRAIN.")],
-    pairs: Annotated[int, typer.Option("--pairs", min=1, help="Sampled (test, train) pairs for the sign "
-                                       "rule (Theorem 4).")] = 100_000,
+    pairs: Annotated[int, typer.Option("--pairs", min=1, help="Distinct (test, train) pairs sampled for the "
+                                       "sign rule (Theorem 4); all of them when there are no more.")] = 100_000,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the pairs, the Theorem 3 test points and the "
                                       "removed rows.")] = 0,
     test_points: Annotated[int, typer.Option("--test-points", min=1, help="Test points for Theorem 3.")] = 5,

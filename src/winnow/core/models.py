@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from ..errors import NotFittedError, ValidationError
-from ..progress import track_rows
+from ..progress import track
 from .autodiff import AutodiffHead, ModelFunction, check_labels_for, resolve_loss
 from .heads import DTYPE, Head, head_from_torch
 from .influence import SCORE_COLUMNS, SIGN_METADATA
@@ -242,9 +242,7 @@ def extract_features(model: torch.nn.Module, head: HeadSpec, data: Any, *, out: 
     dev = model_device(model)
     suffix = Path(out).suffix.lower() if out is not None else None
     if out is not None:
-        if suffix not in (".parquet", ".npz"):
-            raise ValidationError(f"out: {out} must end in .parquet or .npz")
-        check_output_path(out, overwrite, argument="out")
+        check_output_path(out, overwrite, argument="out", formats="features")
     captured: list[torch.Tensor] = []
 
     def hook(_m: torch.nn.Module, inputs: tuple[Any, ...], _out: Any) -> None:
@@ -260,7 +258,8 @@ def extract_features(model: torch.nn.Module, head: HeadSpec, data: Any, *, out: 
     try:
         with eval_mode(model, "extract_features"), torch.no_grad():
             total = len(src) if src.in_memory else 0
-            for x, y, ids in track_rows(src.batches(), total, "features", progress and total > 0):
+            for x, y, ids in track(src.batches(), total, "features", "rows", count=lambda b: len(b[1]),
+                                    enabled=progress):
                 captured.clear()
                 x = x.to(dev) if isinstance(x, torch.Tensor) else x
                 model(x)
@@ -396,10 +395,12 @@ class ModelHessian:
     """
 
     def __init__(self, fn: ModelFunction, data: ModelData, loss: str, *, l2: float, damping: float,
-                 n: int, col_chunk: int | None = None, batch_size: int = 256, hvp_mode: str = "rev") -> None:
+                 n: int, col_chunk: int | None = None, batch_size: int = 256, hvp_mode: str = "rev",
+                 progress: bool = False) -> None:
         if hvp_mode not in ("fwd", "rev"):
             raise ValidationError(f"hvp_mode must be 'fwd' or 'rev', got {hvp_mode!r}")
         self.hvp_mode = hvp_mode
+        self.progress = bool(progress)  # a bar over the columns when the dense matrix is built
         self.fn, self.data, self.loss = fn, data, loss
         self.l2, self.damping, self.n = float(l2), float(damping), int(n)
         self.n_params = fn.n_params
@@ -515,7 +516,7 @@ class ModelInfluence:
             check_labels_for(K, self.loss_, self.train_.labels(), "train labels", what="the model")
             self.hessian_ = ModelHessian(self.fn_, self.train_, self.loss_, l2=self.l2, damping=self.damping,
                                          n=self.n_train_, col_chunk=self.col_chunk, batch_size=self.batch_size,
-                                         hvp_mode=self.hvp_mode)
+                                         hvp_mode=self.hvp_mode, progress=self.progress)
             self.solver_ = make_solver(self.solver, self.fn_.n_params, max_dense=self.max_dense)
             self.solver_.fit(self.hessian_)
         return self
@@ -581,7 +582,8 @@ class ModelInfluence:
             self.direction_info_ = self.solve_info_
             n = self.n_train_
             first = True
-            for G, ids, y in track_rows(self.iter_gradients(self.train_, "train"), n, "scoring pass", self.progress):
+            for G, ids, y in track(self.iter_gradients(self.train_, "train"), n, "scoring pass", "rows",
+                                   count=lambda b: len(b[1]), enabled=self.progress):
                 infl = -(G @ direction)
                 cols: dict[str, np.ndarray] = {"id": ids, "label": y, "influence": infl.cpu().numpy(),
                                                "loss_change_if_removed": (-infl / n).cpu().numpy()}

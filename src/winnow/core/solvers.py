@@ -248,10 +248,15 @@ def build_dense(op: Any, block: int = 256) -> torch.Tensor:
 
 
 def matvec_columns(op: Any, block: int = 256) -> torch.Tensor:
-    """H = [op.matvec(e_1) … op.matvec(e_P)], computed ``block`` identity columns at a time, (P, P)."""
+    """H = [op.matvec(e_1) … op.matvec(e_P)], computed ``block`` identity columns at a time, (P, P).
+    An operator with ``progress`` true shows the columns done."""
+    from ..progress import track
+
     P = int(op.n_params)
     H = torch.empty(P, P, dtype=op.dtype, device=op.device)
-    for s in range(0, P, block):
+    starts = range(0, P, block)
+    for s in track(starts, P, "Hessian columns", "columns", count=lambda s: min(P, s + block) - s,
+                   enabled=bool(getattr(op, "progress", False))):
         e = min(P, s + block)
         E = torch.zeros(P, e - s, dtype=op.dtype, device=op.device)
         E[torch.arange(s, e), torch.arange(e - s)] = 1.0

@@ -27,7 +27,7 @@ def write_parquet_dataset(path: Path, X: np.ndarray, y: np.ndarray, overwrite: b
     return path
 
 
-def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = True, progress: bool = True,
+def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = False, progress: bool = True,
              loo_points: int = 60, seed: int = 0, data: Split | None = None,
              report: Report | None = None, model: bool = True) -> dict[str, Path]:
     """The whole pipeline on ``data`` (default: digit embeddings, digit >= 5 vs < 5): fit a logistic head,
@@ -35,17 +35,18 @@ def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = True, progres
     against actual leave-one-out retraining, check the paper's theorems and the relative Hessian, and write
     train/test Parquet, head.npz, scores.parquet and report.html under ``out``.
 
-    ``report`` lets a caller put its own sections first; ``model`` adds the PyTorch part: a small MLP
-    featurizer + head trained on the digit images, head-only vs full-model influence (Theorem 1)."""
+    A folder ``out`` that already holds files is refused unless ``overwrite``. ``report`` lets a caller put
+    its own sections first; ``model`` adds the PyTorch part: a small MLP featurizer + head trained on the
+    digit images, head-only vs full-model influence (Theorem 1)."""
     from ..analyses.fidelity import NewtonColumns, compare_removal_methods
     from ..analyses.lep import two_sample_search
     from ..analyses.memorization import MemorizationColumns
     from ..analyses.theorems import check_theorems
     from ..evaluation.lds import linear_datamodeling_score
+    from ..io.outputs import check_output_dir
     from ..report import lds_section, lep_section, removal_methods_section, theorems_section
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, overwrite, argument="out")
     data = data if data is not None else load_digits_embeddings(binary=True, seed=seed)
     train_path = write_parquet_dataset(out / "train.parquet", data.X_train, data.y_train, overwrite)
     test_path = write_parquet_dataset(out / "test.parquet", data.X_test, data.y_test, overwrite)

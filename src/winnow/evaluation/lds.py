@@ -35,7 +35,7 @@ from .. import validation as V
 from .._moved import moved_names
 from ..analyses.fidelity import _check_head, loss_from_logits, predict_group_removal, prepare_newton, refit_tight
 from ..core.heads import Head, as_tensor
-from ..progress import track_rows
+from ..progress import track
 
 MIN_SUBSETS = 10
 
@@ -120,8 +120,7 @@ def linear_datamodeling_score(head: Head, train: Any, test: Any, *, subsets: int
     predicted = (masks.astype(np.float64) @ I.T) / n   # (M, T): +(1/n) Σ_{p∈S} I_loss(t, p)
     actual = np.empty((subsets, len(yte)))
     newton_pred = np.full((subsets, len(yte)), np.nan)
-    for m in track_rows(([i] for i in range(subsets)), subsets, "LDS retrains", progress):
-        i = m[0]
+    for i in track(range(subsets), subsets, "LDS retrains", "retrains", enabled=progress):
         removed = np.flatnonzero(~masks[i])
         fitted = retrain_without(base, X, y, removed, renormalize=renormalize)
         actual[i] = base.losses(Xte_t, yte_t, fitted.theta_).cpu().numpy()

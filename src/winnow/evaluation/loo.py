@@ -19,7 +19,7 @@ from .. import validation as V
 from ..analyses.influence import InfluenceAnalyzer
 from ..core.heads import Head, as_tensor
 from ..errors import ValidationError
-from ..progress import track_rows
+from ..progress import track
 
 
 @dataclass
@@ -102,12 +102,13 @@ def leave_one_out(head: Head, train: Any, test: Any, *, points: int | np.ndarray
     base_loss = mean_loss(base, Xte_t, yte_t, base.theta_)
     actual = np.empty(len(rows))
     w = np.ones(n)
-    for j, p in enumerate(track_rows(([int(r)] for r in rows), len(rows), "leave-one-out", progress)):
-        w[p[0]] = 0.0
+    for j, p in enumerate(track((int(r) for r in rows), len(rows), "leave-one-out", "retrains",
+                                 enabled=progress)):
+        w[p] = 0.0
         m = copy.deepcopy(base)
         m.fit(X, y, sample_weight=w, normalizer=n, init=base.theta_)
         actual[j] = mean_loss(m, Xte_t, yte_t, m.theta_) - base_loss
-        w[p[0]] = 1.0
+        w[p] = 1.0
     pearson = float(np.corrcoef(predicted, actual)[0, 1])
     spearman = float(stats.spearmanr(predicted, actual).statistic)
     return LeaveOneOutResult(ids=ids[rows], predicted=predicted, actual=actual, pearson=pearson,

@@ -27,7 +27,7 @@ from .. import validation as V
 from .._moved import moved_names
 from ..analyses.influence import InfluenceAnalyzer
 from ..core.heads import Head, LogisticHead, SoftmaxHead, as_tensor
-from ..progress import track_rows
+from ..progress import track
 
 RANKINGS = ("self_influence", "loss", "valid_influence", "random")
 RANKING_LABELS = {"self_influence": "self-influence", "loss": "training loss",
@@ -156,8 +156,8 @@ def evaluate_mislabel(train: Any, *, head_kind: str = "auto", l2: float = 1e-3, 
     at: dict[str, list[np.ndarray]] = {r: [] for r in RANKINGS}
     accs = []
     n_flipped = 0
-    for s in track_rows(([i] for i in range(seeds)), seeds, "mislabel seeds", progress):
-        rng = np.random.default_rng([seed, s[0]])
+    for s in track(range(seeds), seeds, "mislabel seeds", "seeds", enabled=progress):
+        rng = np.random.default_rng([seed, s])
         y_noisy, flipped = flip_labels(y, flip, K, rng)
         n_flipped = len(flipped)
         head = _new_head(head_kind, l2, K, tol).fit(X, y_noisy)

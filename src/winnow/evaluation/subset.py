@@ -17,7 +17,7 @@ from .. import validation as V
 from ..core.heads import Head, SoftmaxHead, as_tensor
 from ..io.sources import open_source
 from ..io.subsets import load_subset, subset_source
-from ..progress import track_rows
+from ..progress import track
 
 __all__ = ["classification_metrics", "fit_subset", "SubsetEvaluation", "evaluate_subset", "CURVE_FRACTIONS"]
 
@@ -181,7 +181,7 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
     rows.append({"method": name, "weighted": sub.weighted, "n_kept": int(sub.rows.shape[0]),
                  **_agg([test_metrics(h_sub)])})
     res = []
-    for s in range(int(seeds)):
+    for s in track(range(int(seeds)), int(seeds), "random-subset retrains", "retrains", enabled=progress):
         r, w = _stratified_random(labels, counts, sub.weighted, np.random.default_rng([s, 104729]))
         res.append(test_metrics(fit_subset(head, src, r, w if sub.weighted else None,
                                            float(len(src)) if sub.weighted else None, labels=labels)))
@@ -209,7 +209,7 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
             for wt in ws:
                 for f in fractions:
                     combos.append((p, bool(wt), float(f)))
-        for ((p, wt, f),) in track_rows([(c,) for c in combos], len(combos), "curve", progress):
+        for p, wt, f in track(combos, len(combos), "curve", "points", enabled=progress):
             # every choice (k, D, ratio) is made afresh on VALID at each fraction: a D that suits one budget
             # can exceed a smaller one
             sampler = Subsampler(f, policy=p, weighted=wt, tune_ratio=meta.get("tune_ratio"), seed=0,

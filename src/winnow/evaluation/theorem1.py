@@ -118,7 +118,7 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
                    n_test: int = 20, seed: int = 0, max_dense: int = 6000, rank: int = 100,
                    batch_size: int = 256, device: torch.device | str | None = None,
                    params: str | Sequence[str] | None = None, hessian: torch.Tensor | None = None,
-                   sweep: Sequence[float] = ()) -> Theorem1Result:
+                   sweep: Sequence[float] = (), progress: bool = False) -> Theorem1Result:
     """Compare head-only with full-model influence on ``n_test`` × ``n_train`` sampled pairs (seeded).
 
     ``l2``/``regularize``: the training objective's L2 (as in :class:`winnow.core.models.ModelInfluence`);
@@ -127,8 +127,8 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
     parameters as the curvature outside the top-``rank`` space). ``hessian``: the dense damped H already
     built for the same model, data, l2 and damping (e.g. ``ModelInfluence(...).solver_.hessian_``), to
     skip rebuilding it. ``sweep``: other total dampings at which to repeat the comparison (dense only;
-    cheap, from the same eigendecomposition) — how much the verdict depends on the damping. Returns a
-    :class:`Theorem1Result`.
+    cheap, from the same eigendecomposition) — how much the verdict depends on the damping. ``progress``
+    shows the passes over TRAIN. Returns a :class:`Theorem1Result`.
     """
     damping = check_damping(damping)
     head_name, _ = find_module(model, head)
@@ -151,14 +151,14 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
         lname = resolve_loss(loss, K)
         check_labels_for(K, lname, tr.labels(), "train labels", what="the model")
         check_labels_for(K, lname, te.labels(), "test labels", what="the model")
-        op = ModelHessian(fn, tr, lname, l2=l2, damping=damping, n=n, batch_size=batch_size)
+        op = ModelHessian(fn, tr, lname, l2=l2, damping=damping, n=n, batch_size=batch_size, progress=progress)
         C = np.concatenate([np.arange(fn.slice_of(nm).start, fn.slice_of(nm).stop) for nm in head_names])
         Fidx = np.setdiff1d(np.arange(fn.n_params), C)
         rng = np.random.default_rng(seed)
         rows_p = np.sort(rng.choice(n, size=min(n_train, n), replace=False))
         T = len(te)
         rows_t = np.sort(rng.choice(T, size=min(n_test, T), replace=False))
-        Gp, gnorm = _gradients_and_stationarity(fn, tr, lname, rows_p, l2, n)
+        Gp, gnorm = _gradients_and_stationarity(fn, tr, lname, rows_p, l2, n, progress)
         Gt, _ = _gradients_and_stationarity(fn, te, lname, rows_t, None, T)
         null = op.null_directions()
         if fn.n_params <= max_dense:
@@ -189,12 +189,14 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
 
 
 def _gradients_and_stationarity(fn: ModelFunction, data: ModelData, loss: str, rows: np.ndarray,
-                                l2: float | None, n: int) -> tuple[torch.Tensor, float]:
+                                l2: float | None, n: int, progress: bool = False) -> tuple[torch.Tensor, float]:
     """Per-example gradients of ``rows`` (k, P), and ‖∇R‖∞ over all of ``data`` when ``l2`` is given."""
+    from ..progress import track
+
     out = []
     total = torch.zeros(fn.n_params, dtype=fn.dtype, device=fn.device)
     start = 0
-    for x, y, _ in data.batches():
+    for x, y, _ in track(data.batches(), n, "gradients", "rows", count=lambda b: len(b[1]), enabled=progress):
         c = len(y)
         sel = rows[(rows >= start) & (rows < start + c)] - start
         xt, yt = fn.prepare(x), y.to(fn.device)

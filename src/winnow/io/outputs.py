@@ -4,15 +4,22 @@ Every writer here writes to a hidden temporary file next to the target (``.NAME.
 renames it over the target with :func:`os.replace` only once the content is complete; on an error the
 temporary file is removed and the target is untouched. An existing target is refused unless
 ``overwrite=True`` (:class:`~winnow.errors.OutputExistsError`, naming the command-line argument).
+
+An output's extension says its format (:data:`OUTPUT_FORMATS`): tables of one row per training point
+(scores, pairs, points, subsets) are Parquet (``.parquet``) or CSV (``.csv``), JSON ``.json``, heads ``.npz``,
+reports ``.html``; any other extension is refused before anything is computed. CSV has no place for
+metadata: a CSV table whose Parquet twin would carry schema metadata gets it in a sidecar JSON file next to
+it, ``<out>.json`` (e.g. ``scores.csv.json``), an object of the same key/value strings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -24,15 +31,67 @@ import pyarrow.parquet as pq
 
 from ..errors import OutputExistsError, ValidationError
 
-__all__ = ["check_output_path", "atomic_path", "ParquetStreamWriter", "write_json", "save_npz"]
+__all__ = ["OUTPUT_FORMATS", "ARGUMENT_FORMATS", "check_output_path", "check_output_format", "check_output_dir",
+           "atomic_path", "ParquetStreamWriter", "CsvStreamWriter", "table_writer", "read_table", "sidecar_path",
+           "write_json", "save_npz"]
+
+#: The extensions each kind of output may have; the extension chooses the format where there are several.
+OUTPUT_FORMATS: dict[str, tuple[str, ...]] = {
+    "table": (".parquet", ".csv"),   # scores, pairs, memorization points, subsets
+    "parquet": (".parquet",),
+    "features": (".parquet", ".npz"),
+    "json": (".json",),
+    "npz": (".npz",),
+    "html": (".html",),
+    "image": (".png", ".svg", ".pdf"),
+}
 
 
-def check_output_path(path: str | os.PathLike[str], overwrite: bool, argument: str = "--out") -> Path:
+#: The formats of the outputs whose argument says what they are (``--json`` is JSON wherever it appears); an
+#: ``--out`` differs from command to command and is given explicitly.
+ARGUMENT_FORMATS: dict[str, str] = {
+    "json_out": "json", "--json": "json", "report": "html", "--report": "html", "pairs_out": "table",
+    "--pairs": "table", "points_out": "table", "--points-out": "table", "head_out": "npz", "--head-out": "npz",
+}
+
+
+def check_output_format(path: str | os.PathLike[str], formats: str | Sequence[str],
+                        argument: str = "--out") -> str:
+    """The extension of ``path`` (lower case) if it is one of ``formats`` (a key of :data:`OUTPUT_FORMATS`
+    or a list of extensions); otherwise a ValidationError naming ``argument`` and the extensions accepted."""
+    allowed = OUTPUT_FORMATS[formats] if isinstance(formats, str) else tuple(formats)
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in allowed:
+        has = f"ends in {p.suffix!r}" if p.suffix else "has no extension"
+        choices = " or ".join(allowed)
+        raise ValidationError(f"{argument} {p} {has}; the extension chooses the format written: use a path "
+                              f"ending in {choices}", parameters=(argument,))
+    return ext
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """Where a CSV table's metadata goes: ``<path>.json``."""
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def check_output_path(path: str | os.PathLike[str], overwrite: bool, argument: str = "--out",
+                      formats: str | Sequence[str] | None = None) -> Path:
     """Check that ``path`` may be written and create its parent directories; return it as a Path.
 
-    Raises OutputExistsError if ``path`` exists and ``overwrite`` is false, or if it is a directory.
+    Raises OutputExistsError if ``path`` exists and ``overwrite`` is false, or if it is a directory;
+    ValidationError if ``formats`` is given and ``path``'s extension is not one of them
+    (:func:`check_output_format`; by default those :data:`ARGUMENT_FORMATS` gives for ``argument``). A
+    ``.csv`` table's sidecar (``<path>.json``) is checked too.
     """
     p = Path(path)
+    if formats is None:
+        formats = ARGUMENT_FORMATS.get(argument)
+    if formats is not None:
+        ext = check_output_format(p, formats, argument)
+        if ext == ".csv":
+            check_output_path(sidecar_path(p), overwrite, argument, formats="json")
     if p.is_dir():
         raise OutputExistsError(f"{argument} {p} is an existing directory; expected a file path",
                                 parameters=(argument,))
@@ -43,6 +102,25 @@ def check_output_path(path: str | os.PathLike[str], overwrite: bool, argument: s
     except (FileExistsError, NotADirectoryError):
         raise ValidationError(f"{argument} {p}: cannot create the parent directory {p.parent} "
                               f"(a file of that name is in the way)", parameters=(argument,)) from None
+    return p
+
+
+def check_output_dir(path: str | os.PathLike[str], overwrite: bool, argument: str = "--out") -> Path:
+    """Check that the folder ``path`` may be written into and create it; return it as a Path.
+
+    An existing folder that holds anything is refused unless ``overwrite`` (its files of the same names are
+    then replaced), with the message every output gives; a file in the way is refused always.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputExistsError(f"{argument} {p} is an existing file; expected a folder", parameters=(argument,))
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{argument} {p} exists; pass --overwrite to replace it", parameters=(argument,))
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValidationError(f"{argument} {p}: cannot create the folder (a file is in the way)",
+                              parameters=(argument,)) from None
     return p
 
 
@@ -70,13 +148,14 @@ def _commit(tmp: Path, p: Path, overwrite: bool, argument: str) -> None:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], overwrite: bool = False,
-                argument: str = "--out") -> Iterator[Path]:
+                argument: str = "--out", formats: str | Sequence[str] | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` to write to; on success it is renamed to ``path``.
 
     On an exception (including KeyboardInterrupt) the temporary file is removed, nothing appears at
-    ``path`` and the exception propagates. The body must create the file at the yielded path.
+    ``path`` and the exception propagates. The body must create the file at the yielded path. ``formats``:
+    the extensions ``path`` may have (:func:`check_output_format`).
     """
-    p = check_output_path(path, overwrite, argument)
+    p = check_output_path(path, overwrite, argument, formats)
     tmp = _tmp_path(p)
     try:
         yield tmp
@@ -97,8 +176,11 @@ class ParquetStreamWriter:
     block call ``close()`` (publish) or ``abort()`` (discard).
     """
 
+    suffix = ".parquet"
+
     def __init__(self, path: str | os.PathLike[str], schema: pa.Schema, overwrite: bool = False,
                  argument: str = "--out", metadata: Mapping[str, str] | None = None) -> None:
+        check_output_format(path, (self.suffix,), argument)
         if not isinstance(schema, pa.Schema):
             raise ValidationError(f"{argument}: schema must be a pyarrow.Schema; got {type(schema).__name__}")
         if metadata:
@@ -187,6 +269,84 @@ class ParquetStreamWriter:
             self.abort()
 
 
+class CsvStreamWriter(ParquetStreamWriter):
+    """:class:`ParquetStreamWriter`'s twin for ``.csv``: the same columns streamed as CSV (a header line, then
+    the rows), published atomically. CSV has no metadata: ``metadata`` goes to the sidecar ``<path>.json``
+    (:func:`sidecar_path`), published with the table. List columns (one vector per row) cannot be CSV."""
+
+    suffix = ".csv"
+
+    def __init__(self, path: str | os.PathLike[str], schema: pa.Schema, overwrite: bool = False,
+                 argument: str = "--out", metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(path, schema, overwrite, argument, metadata)
+        nested = [f.name for f in self.schema if pa.types.is_nested(f.type)]
+        if nested:
+            raise ValidationError(f"{argument} {self.path}: columns {nested} hold one vector per row, which CSV "
+                                  f"cannot store; use a path ending in .parquet", parameters=(argument,))
+        self.sidecar = sidecar_path(self.path) if self.schema.metadata else None
+        if self.sidecar is not None:
+            check_output_path(self.sidecar, overwrite, argument, formats="json")
+
+    def _ensure_open(self) -> pq.ParquetWriter:
+        if self._closed:
+            raise ValidationError(f"{self.argument} {self.path}: the writer is already closed")
+        if self._writer is None:
+            from pyarrow import csv
+
+            self._writer = csv.CSVWriter(str(self._tmp), self.schema.remove_metadata())  # type: ignore[assignment]
+        return self._writer  # type: ignore[return-value]
+
+    def write_table(self, table: pa.Table) -> None:
+        super().write_table(table.replace_schema_metadata(None) if table.schema.metadata else table)
+
+    def close(self) -> Path:
+        """Finish the file (and its metadata sidecar) and rename them into place."""
+        if self._closed:
+            return self.path
+        if self.sidecar is not None:
+            meta = {k.decode(): v.decode() for k, v in (self.schema.metadata or {}).items()}
+            try:
+                write_json(self.sidecar, meta, overwrite=self.overwrite, argument=self.argument)
+            except BaseException:
+                self.abort()
+                raise
+        try:
+            return super().close()
+        except BaseException:
+            if self.sidecar is not None:
+                _remove(self.sidecar)
+            raise
+
+
+def table_writer(path: str | os.PathLike[str], schema: pa.Schema, overwrite: bool = False,
+                 argument: str = "--out", metadata: Mapping[str, str] | None = None) -> ParquetStreamWriter:
+    """A streaming writer for a table of rows, in the format ``path``'s extension names: Parquet for
+    ``.parquet``, CSV (metadata in ``<path>.json``) for ``.csv``; other extensions are refused."""
+    ext = check_output_format(path, "table", argument)
+    cls = CsvStreamWriter if ext == ".csv" else ParquetStreamWriter
+    return cls(path, schema, overwrite=overwrite, argument=argument, metadata=metadata)
+
+
+def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> tuple[pa.Table, dict[str, str]]:
+    """A table written by :func:`table_writer` and its metadata: Parquet (schema metadata) or CSV (the
+    sidecar ``<path>.json``, empty if absent). ``columns``: those of them to read (missing ones are skipped).
+    Raises what pyarrow raises for an unreadable file."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        from pyarrow import csv
+
+        table = csv.read_csv(p)
+        if columns is not None:
+            table = table.select([c for c in columns if c in table.column_names])
+        side = sidecar_path(p)
+        meta = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+        return table, {str(k): str(v) for k, v in meta.items()}
+    pf = pq.ParquetFile(p)
+    names = pf.schema_arrow.names
+    table = pf.read(columns=None if columns is None else [c for c in columns if c in names])
+    return table, {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
+
+
 def _to_arrow(values: Any, field: pa.Field, argument: str) -> pa.Array:
     """A numpy column (1-D, or 2-D for list types) as an Arrow array of ``field``'s type."""
     t = field.type
@@ -214,7 +374,10 @@ def _to_arrow(values: Any, field: pa.Field, argument: str) -> pa.Array:
 
 
 def _jsonable(obj: Any) -> Any:
-    """``obj`` with numpy scalars/arrays, paths and tuples converted to plain JSON types."""
+    """``obj`` with numpy scalars/arrays, paths and tuples converted to plain JSON types, and non-finite
+    floats (inf, nan) written as null: strict JSON has no Infinity or NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {_json_key(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -222,11 +385,13 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return _jsonable(obj.item())
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if isinstance(obj, (set, frozenset)):
         return [_jsonable(v) for v in sorted(obj, key=repr)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
     return obj
 
 
@@ -240,30 +405,28 @@ def _json_key(k: Any) -> Any:
 
 def write_json(path: str | os.PathLike[str], obj: Any, overwrite: bool = False,
                argument: str = "--json") -> Path:
-    """Write ``obj`` as indented JSON (numpy scalars/arrays converted), atomically; return the path."""
+    """Write ``obj`` as indented strict JSON, atomically; return the path. numpy scalars and arrays become
+    numbers and lists, non-finite floats (inf, nan) null; ``path`` must end in .json."""
+    check_output_format(path, "json", argument)
     data = _jsonable(obj)
     try:
-        text = json.dumps(data, indent=2)
+        text = json.dumps(data, indent=2, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValidationError(f"{argument}: cannot write {path} as JSON ({e})") from None
     p = Path(path)
-    with atomic_path(p, overwrite, argument) as tmp:
+    with atomic_path(p, overwrite, argument, formats="json") as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
     return p
 
 
 def save_npz(path: str | os.PathLike[str], overwrite: bool = False, argument: str = "--out",
              **arrays: Any) -> Path:
-    """Save ``arrays`` uncompressed (so that they can be memory-mapped) to an .npz file, atomically.
-
-    Like ``np.savez``, ``.npz`` is appended to ``path`` if it has another suffix; the path written is
-    returned.
+    """Save ``arrays`` uncompressed (so that they can be memory-mapped) to an .npz file, atomically; ``path``
+    must end in .npz. Returns the path written.
     """
     if not arrays:
         raise ValidationError(f"{argument}: save_npz needs at least one array to save")
     p = Path(path)
-    if p.suffix != ".npz":
-        p = p.with_name(p.name + ".npz")
-    with atomic_path(p, overwrite, argument) as tmp:
+    with atomic_path(p, overwrite, argument, formats="npz") as tmp:
         np.savez(tmp, **arrays)
     return p

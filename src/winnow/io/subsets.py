@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .. import validation as V
 from ..errors import ValidationError
 from .columns import format_id
+from .outputs import read_table
 from .sources import ArraySource, Chunk, DataSource
 
 __all__ = ["SUBSET_METADATA", "MATERIALIZE_LIMIT", "SubsetSource", "subset_source", "LoadedSubset", "load_subset",
@@ -99,11 +99,9 @@ def load_subset(subset: str | Path, train: Any) -> LoadedSubset:
     if not p.exists():
         raise V.fail(f"subset {p} does not exist", "subset")
     try:
-        pf = pq.ParquetFile(p)
-        table = pf.read(columns=[c for c in ("id", "weight") if c in pf.schema_arrow.names])
-        meta = pf.schema_arrow.metadata or {}
-    except (pa.ArrowException, OSError) as e:
-        raise V.fail(f"subset {p} is not a readable Parquet file ({e})", "subset") from None
+        table, meta = read_table(p, columns=("id", "weight"))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise V.fail(f"subset {p} is not a readable Parquet or CSV file ({e})", "subset") from None
     if "id" not in table.column_names:
         raise V.fail(f"subset {p} has no 'id' column (expected id and weight, as Subsampler.write writes)",
                      "subset")
@@ -151,11 +149,11 @@ def load_subset(subset: str | Path, train: Any) -> LoadedSubset:
     srt = np.argsort(rows, kind="stable")
     rows, w = rows[srt], w[srt]
     summary: dict[str, Any] = {}
-    raw = meta.get(b"winnow.subsample")
+    raw = meta.get("winnow.subsample")
     if raw:
         try:
-            summary = json.loads(raw.decode())
-        except (ValueError, UnicodeDecodeError):
+            summary = json.loads(raw)
+        except ValueError:
             summary = {}
     weighted = bool(summary.get("weighted", not np.allclose(w, 1.0)))
     if summary and summary.get("n_train") not in (None, len(src)):

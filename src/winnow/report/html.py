@@ -77,7 +77,7 @@ class Report:
 
     def write(self, path: str | Path, overwrite: bool = False, argument: str = "report") -> Path:
         """Write the HTML atomically (an existing ``path`` is refused unless ``overwrite``)."""
-        with atomic_path(path, overwrite=overwrite, argument=argument) as tmp:
+        with atomic_path(path, overwrite=overwrite, argument=argument, formats="html") as tmp:
             Path(tmp).write_text(self.html(), encoding="utf-8")
         return Path(path)
 

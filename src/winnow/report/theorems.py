@@ -42,19 +42,24 @@ def influence_pairs_figure(result: SignRuleResult) -> Any:
 def theorems_section(report: Any, results: TheoremCheck) -> Any:
     """Add Theorem 3, memorization, the 2×2 sign table with its condition rates, influence histograms by
     (y_t, y_p), the λ sweep and the removal experiment to a ``winnow.report.Report``."""
-    report.section("Theorem 3: memorization thresholds",
-                   "D± = 𝒯±·λ_min / max|ψ| (λ_min: smallest eigenvalue of H⁻¹). The theorem says every "
-                   "training point with I_loss > 0 (< 0) has memorization score > D⁺ (> D⁻).")
+    text = ("D± = 𝒯±·λ_min / max|ψ| (λ_min: smallest eigenvalue of H⁻¹). The theorem says every "
+            "training point with I_loss > 0 (< 0) has memorization score > D⁺ (> D⁻). A threshold of 0 "
+            "makes its part vacuous: any point with I_loss ≠ 0 has a positive score.")
+    if results.theorem3 and all(r.vacuous for r in results.theorem3):
+        text += (" Here Theorem 3 holds only vacuously: its thresholds are 0 (or no point has that sign of "
+                 "I_loss), so it says nothing about memorization on this head.")
+    report.section("Theorem 3: memorization thresholds", text)
     report.reading(theorem3_reading(sum(bool(r.holds) for r in results.theorem3), len(results.theorem3)))
     report.table(["test id", "y_t", "D⁺", "I>0", "exceed D⁺", "D⁻", "I<0", "exceed D⁻", "holds"],
                  [[r.test_id, r.test_label, r.D_plus, r.n_positive, r.n_positive_exceeding, r.D_minus,
-                   r.n_negative, r.n_negative_exceeding, r.holds] for r in results.theorem3])
+                   r.n_negative, r.n_negative_exceeding, r.verdict] for r in results.theorem3])
     if results.memorization is not None:
         memorization_section(report, results.memorization)
     sr = results.sign_rule
     if sr is not None:
+        seed = "" if sr.all_pairs else f" (seed {sr.seed})"
         report.section("Theorem 4: sign of influence vs labels",
-                       f"{sr.n_pairs} sampled (test, train) pairs (seed {sr.seed}). Eq. 91: I_loss > 0 when "
+                       f"{sr.pairs_text} (test, train){seed}. Eq. 91: I_loss > 0 when "
                        f"y_t ≠ y_p and < 0 when y_t = y_p; it holds exactly when ũ_tᵀH⁻¹ũ_p > 0.")
         report.reading(sign_rule_reading(sr.hold_rate))
         rows = []
