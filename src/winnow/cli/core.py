@@ -169,7 +169,7 @@ def influence(
                                 cluster_timeout=cluster_timeout, quiet=quiet,
                                 allow_nonstationary=allow_nonstationary)
         if report is not None:
-            write_run_report(out, report, overwrite=overwrite, quiet=quiet)
+            write_run_report(out, report, overwrite=overwrite, quiet=quiet, show=5)
         return
     from ..analyses.relative import make_curvature
 
@@ -181,7 +181,7 @@ def influence(
     an.write_scores(te, out, pairs_out=pairs, overwrite=overwrite, extra=extra)
     say(quiet, f"wrote {out}" + (f" and {pairs}" if pairs else ""))
     if report is not None:
-        write_run_report(out, report, overwrite=overwrite, quiet=quiet)
+        write_run_report(out, report, overwrite=overwrite, quiet=quiet, show=5)
 
 
 @app.command("validate-loo")

@@ -209,7 +209,8 @@ def polish_head(head: Any, train: Any, refit: bool, quiet: bool) -> Any:
 # the report of a run (`winnow report`, `winnow influence --report`)
 ReportOut = Annotated[Path | None, typer.Option(
     "--report", help="Also write an HTML report of the scores (the most harmful and helpful points, influence "
-                     "and self-influence by label, memorization, the run's settings), as `winnow report` does.")]
+                     "and self-influence by label, memorization, the run's settings), as `winnow report` does, "
+                     "and print the five most harmful and most helpful points.")]
 ReportTop = Annotated[int, typer.Option("--top", help="How many of the most harmful and of the most helpful "
                                                       "training points the report lists (>= 1).")]
 

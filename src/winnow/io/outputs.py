@@ -327,6 +327,14 @@ def table_writer(path: str | os.PathLike[str], schema: pa.Schema, overwrite: boo
     return cls(path, schema, overwrite=overwrite, argument=argument, metadata=metadata)
 
 
+def csv_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of a CSV table written by :func:`table_writer`: its sidecar ``<path>.json`` (empty if
+    absent)."""
+    side = sidecar_path(path)
+    meta = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
 def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> tuple[pa.Table, dict[str, str]]:
     """A table written by :func:`table_writer` and its metadata: Parquet (schema metadata) or CSV (the
     sidecar ``<path>.json``, empty if absent). ``columns``: those of them to read (missing ones are skipped).
@@ -338,9 +346,7 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = Non
         table = csv.read_csv(p)
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
-        side = sidecar_path(p)
-        meta = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
-        return table, {str(k): str(v) for k, v in meta.items()}
+        return table, csv_metadata(p)
     pf = pq.ParquetFile(p)
     names = pf.schema_arrow.names
     table = pf.read(columns=None if columns is None else [c for c in columns if c in names])

@@ -119,7 +119,13 @@ def _open_scores(scores: str | Path) -> _Scores:
         raise fail(f"scores {p} is not a winnow scores file: it has no {' or '.join(repr(c) for c in missing)} "
                    f"column (columns: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}); give the "
                    f"scores written by `winnow influence --out` with --test", "scores")
-    meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in (schema.metadata or {}).items()}
+    if kind == "csv":  # a CSV's metadata lives in its sidecar
+        from ..io.outputs import csv_metadata
+
+        meta = csv_metadata(p)
+    else:
+        meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                for k, v in (schema.metadata or {}).items()}
     return _Scores(p, kind, names, meta, files, manifest)
 
 
