@@ -182,3 +182,37 @@ def test_bad_labels_and_ids_fail_naming_the_fix(files, head, capsys):
     fails(["influence", d / "train.csv", "--head", head, "--test", _variant(files, "unk.csv", unknown),
            "--out", scores, "-q"], capsys, "label 'maybe' at row id 'p-3'", "--classes")
     assert not scores.exists()
+
+
+def test_later_commands_on_csv_equal_parquet(files, head, capsys):
+    """validate-loo, check-theorems and subsample read the CSV through the head's stored columns and give the
+    numbers of the same data as Parquet (features list, int labels, int ids) to 1e-12."""
+    d = files["dir"]
+    X, y = files["X"], files["y"]
+    pq.write_table(pa.table({"id": np.arange(60, 120), "label": y[60:120],
+                             "features": pa.array(list(X[60:120]), pa.list_(pa.float64()))}), d / "valid.parquet")
+    as_parquet = ["--features-column", "features", "--label-column", "label", "--classes", "0,1"]
+    out = {}
+    for route, ext, flags in (("csv", "csv", []), ("pq", "parquet", as_parquet)):
+        tr, te, va = d / f"train.{ext}", d / f"test.{ext}", d / f"valid.{ext}"
+        assert run(["validate-loo", tr, "--head", head, "--test", te, "--points", "4", "-q", *flags,
+                    "--json", d / f"loo_{route}.json"]) == 0
+        assert run(["check-theorems", tr, "--head", head, "--test", te, "--test-points", "2", "-q", *flags,
+                    "--json", d / f"thm_{route}.json"]) == 0
+        assert run(["subsample", tr, "--head", head, "--valid", va, "--keep", "0.5", "-q", *flags,
+                    "--out", d / f"sub_{route}.parquet"]) == 0
+        out[route] = (json.loads((d / f"loo_{route}.json").read_text()),
+                      json.loads((d / f"thm_{route}.json").read_text()),
+                      pq.read_table(d / f"sub_{route}.parquet"))
+    (loo_c, thm_c, sub_c), (loo_p, thm_p, sub_p) = out["csv"], out["pq"]
+    for key in ("predicted", "actual"):
+        np.testing.assert_allclose(loo_c[key], loo_p[key], rtol=1e-12, atol=1e-15)
+    assert [int(i.removeprefix("p-")) for i in loo_c["ids"]] == [int(i) for i in loo_p["ids"]]
+    for a, b in zip(thm_c["theorem3"]["test_points"], thm_p["theorem3"]["test_points"], strict=True):
+        assert a["test_row"] == b["test_row"] and a["test_id"] == f"p-{b['test_id']}"
+        for key in ("lambda_min", "max_abs_psi", "D_plus", "D_minus", "n_positive", "n_negative"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-15)
+    assert thm_c["sign_rule"]["table"] == thm_p["sign_rule"]["table"]
+    np.testing.assert_allclose(thm_c["memorization"]["threshold"], thm_p["memorization"]["threshold"], rtol=1e-12)
+    assert [int(i.removeprefix("p-")) for i in sub_c["id"].to_pylist()] == sub_p["id"].to_pylist()
+    np.testing.assert_allclose(sub_c["weight"].to_numpy(), sub_p["weight"].to_numpy(), rtol=1e-12)
