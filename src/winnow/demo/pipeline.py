@@ -12,7 +12,8 @@ from ..analyses.influence import InfluenceAnalyzer
 from ..core.heads import LogisticHead
 from ..datasets import Split, load_digits_embeddings
 from ..io.outputs import atomic_path
-from ..report.html import Report, influence_by_label_figure, top_points_rows
+from ..report.html import Report
+from ..report.run import scores_report, summarize_with_samples
 
 DEMO_L2 = 1e-3
 
@@ -61,9 +62,6 @@ def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = False, progre
     loo = compare_removal_methods(head, train_path, test_path, points=loo_points, seed=seed, progress=progress)
 
     infl = scores.column("influence").to_numpy()
-    labels = scores.column("label").to_numpy()
-    ids = scores.column("id").to_numpy()
-    selfi = scores.column("self_influence").to_numpy()
     proba = head.predict_proba(data.X_test)
     acc = float(np.mean((proba > 0.5) == data.y_test))
 
@@ -76,13 +74,8 @@ def run_demo(out: str | Path = "winnow-demo", *, overwrite: bool = False, progre
         ["helpful points (influence < 0)", int((infl < 0).sum())],
         ["memorize (score > D, D = 0.9 quantile)", int(scores.column("memorize").to_numpy().sum())],
     ])
-    rep.section("Influence by label", "influence = −ḡ_testᵀ H⁻¹ g_p (paper eq. 27 averaged over the test set). "
-                "Positive: the point raises the test loss; negative: it lowers it.")
-    rep.figure(influence_by_label_figure(infl, labels))
-    header = ["id", "label", "influence", "self-influence"]
-    rep.section("Most harmful training points").table(header, top_points_rows(ids, labels, infl, selfi))
-    rep.section("Most helpful training points").table(header, top_points_rows(ids, labels, infl, selfi,
-                                                                              harmful=False))
+    # the same sections `winnow report` draws from a user's own scores
+    scores_report(summarize_with_samples(scores_path, top=10), report=rep)
     removal_methods_section(rep, loo, title="Prediction vs actual leave-one-out retraining")
     lds_section(rep, linear_datamodeling_score(head, train_path, test_path, subsets=30, seed=seed))
     lep_section(rep, two_sample_search(head, train_path, test_path, full=True, sampler="leverage", seed=seed))

@@ -16,7 +16,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io.columns import plain_id  # noqa: E402
 from ..io.outputs import atomic_path  # noqa: E402
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -82,20 +81,6 @@ class Report:
         return Path(path)
 
 
-def influence_by_label_figure(influence: np.ndarray, labels: np.ndarray) -> Any:
-    """Histogram of the influence on the test loss, one colour per training label."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    lo, hi = np.quantile(influence, [0.005, 0.995])
-    bins = np.linspace(lo, hi, 60) if hi > lo else 30
-    for lab in np.unique(labels):
-        ax.hist(influence[labels == lab], bins=bins, alpha=0.55, label=f"label {lab}")
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("influence on mean test loss (> 0 harmful, < 0 helpful)")
-    ax.set_ylabel("training points")
-    ax.legend()
-    return fig
-
-
 def loo_scatter_figure(predicted: np.ndarray, actual: np.ndarray, pearson: float, spearman: float,
                        label: str = "first order") -> Any:
     """Predicted vs actual change of mean test loss under leave-one-out retraining."""
@@ -108,10 +93,3 @@ def loo_scatter_figure(predicted: np.ndarray, actual: np.ndarray, pearson: float
     ax.set_title(f"Pearson {pearson:.4f}, Spearman {spearman:.4f}")
     ax.legend(loc="upper left")
     return fig
-
-
-def top_points_rows(ids: np.ndarray, labels: np.ndarray, influence: np.ndarray, self_infl: np.ndarray,
-                    k: int = 10, harmful: bool = True) -> list[list[Any]]:
-    """Rows (id, label, influence, self-influence) of the k most harmful (largest) or helpful points."""
-    order = np.argsort(-influence if harmful else influence)[:k]
-    return [[plain_id(ids[i]), int(labels[i]), float(influence[i]), float(self_infl[i])] for i in order]

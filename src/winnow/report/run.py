@@ -558,11 +558,12 @@ def _by_label_figure(summary: dict[str, Any], samples_note: str) -> Any:
     return fig
 
 
-def scores_report(summary: dict[str, Any], title: str | None = None) -> Any:
-    """The report (a :class:`winnow.report.Report`) of a summary from :func:`summarize_scores`."""
+def scores_report(summary: dict[str, Any], title: str | None = None, report: Any = None) -> Any:
+    """The report (a :class:`winnow.report.Report`) of a summary from :func:`summarize_scores`; with ``report``
+    its sections are added to that report instead of a new one."""
     from .html import Report
 
-    rep = Report(title or f"winnow report: {Path(summary['source']).name}")
+    rep = report if report is not None else Report(title or f"winnow report: {Path(summary['source']).name}")
     n = summary["n"]
     rows, text = _settings_rows(summary["settings"], n)
     rep.section("Your run", f"scores: {summary['source']} ({summary['format']}); columns: "
@@ -671,7 +672,7 @@ def write_scores_report(scores: str | Path, out: str | Path | None = None, *, to
     top = check_integer(top, "top", minimum=1)
     out = default_report_path(scores) if out is None else Path(out)
     check_output_path(out, overwrite, argument=argument)
-    summary = _summarize_with_samples(scores, top=top, sample_size=sample_size, batch_size=batch_size)
+    summary = summarize_with_samples(scores, top=top, sample_size=sample_size, batch_size=batch_size)
     return scores_report(summary).write(out, overwrite=overwrite, argument=argument), summary
 
 
@@ -702,7 +703,7 @@ def top_points_text(summary: dict[str, Any], k: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def _summarize_with_samples(scores: str | Path, **kwargs: Any) -> dict[str, Any]:
+def summarize_with_samples(scores: str | Path, **kwargs: Any) -> dict[str, Any]:
     """``summarize_scores`` plus ``_samples`` (label -> the label's sample (m, 2)) for the histograms."""
     captured: dict[str, Any] = {}
     summary = summarize_scores(scores, _capture=captured, **kwargs)
