@@ -199,6 +199,20 @@ def _check_finite(X: np.ndarray, where: str, ids: np.ndarray) -> None:
 
 
 # -------------------------------------------------------------------------------------------- sources
+def row_blocks(n: int, chunk_size: int, rows: np.ndarray | None) -> Iterator[tuple[slice | np.ndarray,
+                                                                                   np.ndarray]]:
+    """The blocks an in-memory source yields: (index, row positions) for consecutive slices of at most
+    ``chunk_size`` of its ``n`` rows, or of the sorted ``rows`` (index = the positions themselves)."""
+    if rows is None:
+        for s in range(0, n, chunk_size):
+            e = min(s + chunk_size, n)
+            yield slice(s, e), np.arange(s, e, dtype=np.int64)
+    else:
+        for s in range(0, rows.shape[0], chunk_size):
+            idx = rows[s:s + chunk_size]
+            yield idx, idx
+
+
 class DataSource(ABC):
     """A data set read as a stream of :class:`Chunk` objects, in storage order.
 
@@ -297,15 +311,8 @@ class _ArrayBacked(DataSource):
         return self._iter(chunk_size, rows)
 
     def _iter(self, chunk_size: int, rows: np.ndarray | None) -> Iterator[Chunk]:
-        n = len(self)
-        if rows is None:
-            for s in range(0, n, chunk_size):
-                e = min(s + chunk_size, n)
-                yield self._chunk(slice(s, e), np.arange(s, e, dtype=np.int64))
-        else:
-            for s in range(0, rows.shape[0], chunk_size):
-                idx = rows[s:s + chunk_size]
-                yield self._chunk(idx, idx)
+        for index, positions in row_blocks(len(self), chunk_size, rows):
+            yield self._chunk(index, positions)
 
     _codec: LabelCodec | None = None
 

@@ -33,6 +33,7 @@ from .sources import (
     _TableSource,
     check_unique_ids,
     duplicate_id_error,
+    row_blocks,
     summarize_labels,
 )
 
@@ -84,15 +85,10 @@ class ArrowSource(_TableSource):
         return self._iter(chunk_size, rows)
 
     def _iter(self, chunk_size: int, rows: np.ndarray | None) -> Iterator[Chunk]:
-        n = len(self)
-        if rows is None:
-            for s in range(0, n, chunk_size):
-                m = min(chunk_size, n - s)
-                yield self.plan.convert(self.table.slice(s, m), self.name, np.arange(s, s + m, dtype=np.int64))
-        else:
-            for s in range(0, rows.shape[0], chunk_size):
-                idx = rows[s:s + chunk_size]
-                yield self.plan.convert(self.table.take(pa.array(idx)), self.name, idx)
+        for index, positions in row_blocks(len(self), chunk_size, rows):
+            part = (self.table.slice(index.start, index.stop - index.start) if isinstance(index, slice)
+                    else self.table.take(pa.array(index)))
+            yield self.plan.convert(part, self.name, positions)
 
     def labels(self) -> np.ndarray:
         ids = None if self.plan.id_column is None else self.ids()
