@@ -307,7 +307,8 @@ def check_head_cmd(
         typer.echo(f"‖T1‖/‖Q_CᵀΛ_CQ_C‖ = {res.t1_relative:.3g}; median |T2|/|main term| = "
                    f"{res.t2_relative.get('q50', float('nan')):.3g}")
     for note in res.notes:
-        typer.echo(f"note: {note}")
+        if note != res.stationarity_note:  # that one was said as a warning
+            typer.echo(f"note: {note}")
     typer.echo(f"verdict: {res.verdict}")
     if json_out is not None:
         write_json(json_out, res.summary(), overwrite=overwrite, argument="json_out")

@@ -81,6 +81,8 @@ class Theorem1Result:
     #: ‖∇R(θ̂)‖∞ relative to the mean per-example gradient s = mean ‖g_p‖∞ over the sampled training points
     #: (``Stationarity.as_dict``; s estimated from the sample, the gradient pass is over all rows)
     stationarity: dict[str, Any] | None = None
+    #: the note (also a UserWarning) said when the relative figure is above the threshold
+    stationarity_note: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """Scalars only (JSON-friendly)."""
@@ -186,17 +188,20 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
     # s, the mean size of one example's gradient, from the uniformly sampled training points (an unbiased
     # estimate of (1/n) Σ ‖g_i‖∞ at no extra pass)
     st = Stationarity(gradient_norm=gnorm, gradient_scale=float(Gp.abs().amax(1).mean()))
+    msg = None
     if not st.ok:
         msg = (f"θ̂ is not a stationary point of the training objective: ‖∇R(θ̂)‖∞ = {gnorm:.2e} (relative "
                f"{st.relative:.1e} > {st.threshold:.0e}, with λ = {l2:g}); influence functions assume a minimum, so "
                "both influences are approximate. Give the L2 strength the model was trained with (its weight "
                "decay), or polish the model first (winnow.refine_model)")
+        notes.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
     return Theorem1Result(
         n_params=fn.n_params, n_head_params=len(C), head_name=head_name, n_train=n, train_rows=rows_p,
         test_rows=rows_t, influence_full=I_full, influence_head=I_head, pearson=pearson, spearman=spearman,
         sign_agreement=sign, ratio_quantiles=_quantiles(ratio), ratio_within_2x=within, damping=float(damping),
-        gradient_norm=gnorm, verdict=verdict, trusted=ok, notes=notes, stationarity=st.as_dict(), **res)
+        gradient_norm=gnorm, verdict=verdict, trusted=ok, notes=notes, stationarity=st.as_dict(),
+        stationarity_note=msg, **res)
 
 
 def _gradients_and_stationarity(fn: ModelFunction, data: ModelData, loss: str, rows: np.ndarray,
