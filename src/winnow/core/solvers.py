@@ -180,10 +180,10 @@ class DenseSolver(InverseHVPSolver):
         if P > self.max_params:
             gb = 8 * P * P / 1e9
             raise ValidationError(
-                f"solver 'dense' cannot take P = {P} parameters (max_dense = {self.max_params}; the Hessian "
-                f"alone would take {gb:.1f} GB): use 'cg' (exact to a tolerance, one HVP pass per iteration), "
-                f"'lanczos' (low-rank + damping approximation, cheap for many right-hand sides) or 'lissa', "
-                f"raise max_dense if the memory is there, or restrict params to a subset",
+                f"solver 'dense' cannot take P = {P} parameters (max_dense = {self.max_params}, raise it if the "
+                f"memory is there: the Hessian alone would take {gb:.1f} GB): use 'cg' (exact to a tolerance, one "
+                f"HVP pass per iteration), 'lanczos' (low-rank + damping approximation, cheap for many right-hand "
+                f"sides) or 'lissa', or restrict params to a subset",
                 parameters=("solver", "max_dense", "params"))
         H = build_dense(op, block=self.block)
         H = 0.5 * (H + H.T)
