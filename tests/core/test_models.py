@@ -175,7 +175,7 @@ def test_full_model_influence_predicts_leave_one_out_retraining():
 def test_solver_choice_errors_and_warnings(tmp_path):
     net = trained_net()
     X, y = data()
-    with pytest.raises(ValidationError, match="too many for the dense solver.*solver='cg'"):
+    with pytest.raises(ValidationError, match="solver 'dense' cannot take P = .*use 'cg'"):
         ModelInfluence(net, l2=1e-2, solver="dense", max_dense=10).fit((X, y))
     with pytest.warns(ConvergenceWarning, match="relative residual"):
         mi = ModelInfluence(net, l2=1e-2, damping=1e-3, solver=CGSolver(max_iter=2)).fit((X, y))

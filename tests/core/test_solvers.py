@@ -105,7 +105,7 @@ def test_indefinite_matrix_cg_lissa_dense():
 
 def test_dense_refuses_too_many_params_and_names_alternatives():
     op = MatrixOperator(torch.eye(30, dtype=torch.float64))
-    with pytest.raises(ValidationError, match="solver='cg'.*lanczos"):
+    with pytest.raises(ValidationError, match="solver 'dense' cannot take.*'cg'.*'lanczos'"):
         DenseSolver(max_params=20).fit(op)
     assert isinstance(make_solver("auto", 30, max_dense=20), CGSolver)
     assert isinstance(make_solver("auto", 10, max_dense=20), DenseSolver)

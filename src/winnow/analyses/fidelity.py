@@ -343,7 +343,8 @@ class GroupPrediction:
 
     ``first_order`` = ḡ_tᵀ(−H⁻¹∇R_S(θ̂)) (without ``renormalize``: Σ_{p∈S} loss_change_if_removed);
     ``newton`` = ḡ_tᵀΔ + ½ΔᵀH_tΔ and ``newton_exact`` = L(θ̂ + Δ) − L(θ̂) with the Newton step Δ on the
-    reduced objective; ``actual`` from retraining (NaN when not retrained).
+    reduced objective; ``actual`` from retraining (NaN when not retrained); ``stationarity`` the predicting
+    head's ‖∇R(θ̂)‖∞ figure (``Stationarity.as_dict``) where :func:`group_effect` measured it.
     """
 
     size: int
@@ -353,6 +354,7 @@ class GroupPrediction:
     newton_exact: float
     actual: float = float("nan")
     kind: str = "given"
+    stationarity: dict[str, Any] | None = None
 
     def as_row(self) -> list[Any]:
         return [self.kind, self.size, self.fraction, self.actual, self.first_order, self.newton, self.newton_exact]
@@ -495,6 +497,7 @@ def group_effect(head: Head, train: Any, test: Any, subset: Any, *, retrain: boo
                                        allow_nonstationary=allow_nonstationary)
     ctx = prepare_newton(given, curv, (Xte, yte), n_train=len(y), exact=True)
     pred, _, _ = predict_group_removal(given, curv, ctx, X[rows], y[rows], renormalize=renormalize)
+    pred.stationarity = curv.stationarity.as_dict() if curv.stationarity is not None else None
     if retrain:
         base = refit_tight(head, X, y, tol)
         pred.actual = actual_loss_change(base, X, y, rows, (Xte, yte), renormalize=renormalize)
@@ -519,6 +522,8 @@ class GroupDivergenceResult:
     groups: list[GroupPrediction]
     n_train: int
     renormalize: bool
+    #: the predicting head's ‖∇R(θ̂)‖∞ figure (``Stationarity.as_dict``)
+    stationarity: dict[str, Any] | None = None
 
     def rows(self) -> list[list[Any]]:
         return [g.as_row() for g in self.groups]
@@ -582,7 +587,9 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
         pred.kind = kind
         pred.actual = actual_loss_change(base, X, y, rows, (Xte, yte), renormalize=renormalize)
         groups.append(pred)
-    return GroupDivergenceResult(groups=groups, n_train=n, renormalize=renormalize)
+    return GroupDivergenceResult(groups=groups, n_train=n, renormalize=renormalize,
+                                 stationarity=curv.stationarity.as_dict() if curv.stationarity is not None
+                                 else None)
 
 
 # figures and report sections live in winnow.report.fidelity

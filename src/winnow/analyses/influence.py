@@ -125,10 +125,11 @@ def _metadata(columns: Sequence[ScoreColumns]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------- outputs
 def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path, fields: list | None = None,
                        *, pairs_out: str | Path | None = None, overwrite: bool = False,
-                       metadata: Any = dict) -> Path:
+                       metadata: Any = dict, final_metadata: Any = None) -> Path:
     """Write per-chunk score dicts (as yielded by ``iter_scores``) to Parquet at ``out`` and, when the chunks
     carry ``pairs`` (c, T) and ``test_ids``, the long-format pairs to ``pairs_out``. Both files are written
-    to temporary names and renamed only when complete; ``metadata()`` is called at the first chunk. The
+    to temporary names and renamed only when complete; ``metadata()`` is called at the first chunk and
+    ``final_metadata()`` (optional) after the last one, for figures the pass itself measures. The
     schema is ``fields`` or, when None, that of the first chunk's columns."""
     from ..io.parts import part_schema
 
@@ -156,6 +157,8 @@ def write_score_stream(chunks: Iterable[dict[str, np.ndarray]], out: str | Path,
             if pw is not None and P is not None:
                 c, T = P.shape
                 pw.write(test_id=np.tile(test_ids, c), train_id=np.repeat(cols["id"], T), influence=P.reshape(-1))
+        if w is not None and final_metadata is not None:
+            w.add_metadata(final_metadata())
     return Path(out)
 
 

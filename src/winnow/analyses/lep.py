@@ -19,7 +19,7 @@ from scipy import stats as sps
 from .. import validation as V
 from ..core.curvature import Curvature
 from ..core.heads import Head, as_tensor
-from ..engine.passes import fit_curvature, load_rows, map_columns, mean_test_gradient
+from ..engine.passes import checked_curvature, checked_head, load_rows, map_columns, mean_test_gradient, refit_head
 from ..errors import ValidationError
 from ..io.columns import plain_id
 from ..io.sources import DataSource, open_source
@@ -123,7 +123,8 @@ class LEPResult:
 
     ``statistics``: ``lep_statistics`` for the mean test loss; ``points``: one dict per chosen test point
     (``test_row``, ``test_id``, ``test_label`` and the same statistics); ``influence`` (n,) and
-    ``relative_influence`` (n,) the two vectors for the mean test loss (> 0 harmful).
+    ``relative_influence`` (n,) the two vectors for the mean test loss (> 0 harmful); ``stationarity`` the
+    head's ‖∇R(θ̂)‖∞ figure (``Stationarity.as_dict``) when the full Hessian's pass measured it.
     """
 
     statistics: dict[str, Any]
@@ -132,11 +133,12 @@ class LEPResult:
     relative_influence: np.ndarray
     n_train: int
     n_test: int
+    stationarity: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready dict without the n-vectors."""
         return {"n_train": self.n_train, "n_test": self.n_test, "mean_test_loss": dict(self.statistics),
-                "test_points": [dict(p) for p in self.points]}
+                "test_points": [dict(p) for p in self.points], "stationarity": self.stationarity}
 
 
 def _compare(head: Head, train: DataSource, gvecs: torch.Tensor, A: Curvature, B: Curvature, *,
@@ -169,13 +171,15 @@ def _open_train_test(head: Head, train: Any, test: Any) -> tuple[DataSource, Dat
 
 def lep_check(head: Head, train: Any, test: Any, relative: Curvature, full: Curvature | None = None, *,
               test_points: Any = None, damping: float = 0.0, chunk_size: int = 65536, progress: bool = False,
-              top_fraction: float = 0.01) -> LEPResult:
+              top_fraction: float = 0.01, allow_nonstationary: bool = False) -> LEPResult:
     """Compare full-Hessian influence I and relative influence I⁽ᵐ⁾ over all training points (Theorem 2).
 
     For the mean test loss (one solve per Hessian, one streaming pass) and, optionally, for
     ``test_points`` (row positions in ``test``; results in sorted order, duplicates dropped). ``full``
-    defaults to a full Hessian pass with ``damping``.
-    Never forms the n × T matrix: memory is a few n-vectors (test points are processed in batches).
+    defaults to a full Hessian pass with ``damping``, which also checks that the head is at an optimum
+    (refused unless ``allow_nonstationary``; polish it first with ``Head.refit``: ``relative`` is the
+    Hessian of the head passed here). Never forms the n × T matrix: memory is a few n-vectors (test
+    points are processed in batches).
     """
     src, te = _open_train_test(head, train, test)
     chunk_size = V.check_chunk_size(chunk_size)
@@ -183,7 +187,11 @@ def lep_check(head: Head, train: Any, test: Any, relative: Curvature, full: Curv
         if c is not None and (not isinstance(c, Curvature) or c.n_params != head.n_params):
             raise V.fail(f"{name} must be a Curvature with P = {head.n_params} parameters", name)
     if full is None:
-        full = fit_curvature(head, src, damping=damping, chunk_size=chunk_size, progress=progress)
+        _, full = checked_curvature(head, src, allow_nonstationary=allow_nonstationary, damping=damping,
+                                    chunk_size=chunk_size, progress=progress)
+    elif full.stationarity is not None:
+        full.stationarity.check(allow_nonstationary)
+    st = full.stationarity.as_dict() if full.stationarity is not None else None
     gbar, T = mean_test_gradient(head, te, chunk_size=chunk_size)
     cols = [gbar]
     meta: list[dict[str, Any]] = []
@@ -197,7 +205,7 @@ def lep_check(head: Head, train: Any, test: Any, relative: Curvature, full: Curv
     stats, first = _compare(head, src, torch.stack(cols, dim=1), full, relative, chunk_size=chunk_size,
                             progress=progress, top_fraction=top_fraction)
     points = [{**m, **s} for m, s in zip(meta, stats[1:])]
-    return LEPResult(stats[0], points, first[:, 0], first[:, 1], len(src), T)
+    return LEPResult(stats[0], points, first[:, 0], first[:, 1], len(src), T, stationarity=st)
 
 
 # ------------------------------------------------------------------------------------------ search
@@ -223,6 +231,7 @@ class SearchResult:
     'full' (each sample against the full Hessian). ``recommended_sample_size`` is None when no m up to
     ``max_size`` passed. ``full_seconds``: the full Hessian pass (full mode only). ``selection``: one-off
     cost of choosing samples (leverage: pilot + one full pass; stratified: the label column).
+    ``stationarity``: the head's ‖∇R(θ̂)‖∞ figure (``Stationarity.as_dict``; ``refit`` when it was polished).
     """
 
     recommended_sample_size: int | None
@@ -236,6 +245,7 @@ class SearchResult:
     steps: list[SearchStep] = field(default_factory=list)
     full_seconds: float | None = None
     selection: dict[str, float] = field(default_factory=dict)
+    stationarity: dict[str, Any] | None = None
 
     def step(self, size: int) -> SearchStep:
         for s in self.steps:
@@ -294,7 +304,8 @@ def two_sample_search(head: Head, train: Any, test: Any, *, sampler: str = "unif
                       threshold: float = 0.99, seed: int = 0, max_size: int | None = None,
                       full: bool | Curvature = False, metric: str = "spearman", growth: float = 2.0,
                       damping: float = 0.0, pilot_size: int | None = None, chunk_size: int = 65536,
-                      top_fraction: float = 0.01, progress: bool = False) -> SearchResult:
+                      top_fraction: float = 0.01, progress: bool = False, refit: bool = False,
+                      allow_nonstationary: bool = False) -> SearchResult:
     """The paper's practical procedure (end of section 5) for choosing m without the full Hessian.
 
     For m = start, start·growth, ... ≤ ``max_size`` (default n): draw two independent samples of size m
@@ -305,6 +316,11 @@ def two_sample_search(head: Head, train: Any, test: Any, *, sampler: str = "unif
     max_size). Two independent samples each carry sampling error, so the two-sample m is conservative:
     1 − ρ(a, b) ≈ 2(1 − ρ(a, full)), reported per step as ``spearman_vs_full_estimate``; a two-sample
     ``threshold`` of 0.98 targets about 0.99 against the full Hessian.
+
+    Influence assumes the head is at an optimum of its training objective: its ‖∇R(θ̂)‖∞ is measured over
+    all of ``train`` (in the full Hessian's pass, or one gradient pass in two-sample mode) and a head off
+    the optimum is refused unless ``allow_nonstationary``; ``refit`` first polishes a copy (Newton, same
+    λ) and searches with it. The figure is ``SearchResult.stationarity``.
     """
     src, te = _open_train_test(head, train, test)
     n, P = len(src), head.n_params
@@ -317,6 +333,11 @@ def two_sample_search(head: Head, train: Any, test: Any, *, sampler: str = "unif
     start = min(max(2 * P, 256), max_size) if start is None else _check_size(start, n, "start")
     if start > max_size:
         raise V.fail(f"start = {start} exceeds max_size = {max_size}", "start", "max_size")
+    if isinstance(full, Curvature) and refit:
+        raise V.fail("refit=True polishes the head, so a full Hessian of the head as it is (full=Curvature) "
+                     "does not apply; pass full=True or refit=False", "refit=True")
+    if refit:
+        head = refit_head(head, src, chunk_size=chunk_size)
     rh = RelativeHessian(start, sampler=sampler, seed=seed, damping=damping, pilot_size=pilot_size,
                          chunk_size=chunk_size, progress=False)
     say = _progress_printer(progress)
@@ -325,10 +346,18 @@ def two_sample_search(head: Head, train: Any, test: Any, *, sampler: str = "unif
     full_curv: Curvature | None = None
     if isinstance(full, Curvature):
         full_curv = full
+        if full.stationarity is not None:
+            full.stationarity.check(allow_nonstationary)
+        st = full.stationarity
     elif full:
         t0 = time.perf_counter()
-        full_curv = fit_curvature(head, src, damping=damping, chunk_size=chunk_size, progress=progress)
+        _, full_curv = checked_curvature(head, src, allow_nonstationary=allow_nonstationary, damping=damping,
+                                         chunk_size=chunk_size, progress=progress)
         full_seconds = time.perf_counter() - t0
+        st = full_curv.stationarity
+    else:
+        _, st = checked_head(head, src, allow_nonstationary=allow_nonstationary, chunk_size=chunk_size,
+                             progress=progress)
     mode = "two-sample" if full_curv is None else "full"
     gbar, _ = mean_test_gradient(head, te, chunk_size=chunk_size)
 
@@ -344,7 +373,7 @@ def two_sample_search(head: Head, train: Any, test: Any, *, sampler: str = "unif
         selection = {"rows_read": float(n), "seconds": 0.0}  # the label column, read once per draw
 
     result = SearchResult(None, float(threshold), metric, mode, sampler, int(seed), n, P, [], full_seconds,
-                          selection)
+                          selection, st.as_dict() if st is not None else None)
     for m in sample_sizes(start, max_size, growth):
         rh.sample_size = m
         curvs, secs, rows = [], [], []

@@ -28,7 +28,7 @@ from .._moved import moved_names
 from ..core.curvature import Curvature
 from ..core.heads import DTYPE, Head, as_tensor
 from ..engine.columns import ScoreColumns
-from ..engine.passes import fit_curvature, map_columns, open_for_head, test_gradients
+from ..engine.passes import checked_curvature, map_columns, open_for_head, test_gradients
 from ..errors import ValidationError
 from ..io.sources import open_source
 
@@ -264,12 +264,17 @@ class MemorizationAnalyzer:
     """Memorization scores and memorize/generalize verdicts for every training point.
 
     Settings: ``threshold`` D (>= 0) or ``quantile`` q in [0, 1] (D = q-quantile of the scores; default
-    q = 0.9 when neither is given), ``damping``, ``chunk_size``, ``progress``. ``fit(head, train)`` sets
-    ``curvature_``, ``scores_`` (n,), ``threshold_``, ``memorize_`` (n,) bool, ``ids_``, ``labels_``.
+    q = 0.9 when neither is given), ``damping``, ``chunk_size``, ``progress``; ``refit`` /
+    ``allow_nonstationary``: a head off the optimum of its training objective is refused unless
+    ``allow_nonstationary``, and ``refit`` first polishes a copy (Newton, same λ) that is scored instead.
+    ``fit(head, train)`` sets ``curvature_``, ``head_`` (the head scored), ``stationarity_`` (its ‖∇R(θ̂)‖∞
+    figure, or None for a given curvature that carries none), ``scores_`` (n,), ``threshold_``,
+    ``memorize_`` (n,) bool, ``ids_``, ``labels_``.
     """
 
     def __init__(self, head: Head | None = None, *, threshold: float | None = None, quantile: float | None = None,
-                 damping: float = 0.0, chunk_size: int = 65536, progress: bool = False) -> None:
+                 damping: float = 0.0, chunk_size: int = 65536, progress: bool = False, refit: bool = False,
+                 allow_nonstationary: bool = False) -> None:
         self.head = head
         if threshold is not None and quantile is not None:
             raise ValidationError("give threshold (D) or quantile, not both")
@@ -282,6 +287,8 @@ class MemorizationAnalyzer:
         self.damping = damping
         self.chunk_size = chunk_size
         self.progress = progress
+        self.refit = bool(refit)
+        self.allow_nonstationary = bool(allow_nonstationary)
 
     def fit(self, *data: Any, curvature: Curvature | None = None) -> MemorizationAnalyzer:
         """``fit(train)`` with the constructor's head (or ``fit(head, train)``): H (or the given
@@ -290,8 +297,20 @@ class MemorizationAnalyzer:
 
         head, train = _head_and_train(self, data)
         src = open_source(train)
-        self.curvature_ = curvature if curvature is not None else fit_curvature(
-            head, src, damping=self.damping, chunk_size=self.chunk_size, progress=self.progress)
+        if curvature is not None:
+            if self.refit:
+                raise ValidationError("refit=True polishes the head and builds its Hessian: pass either "
+                                      "curvature= (a Hessian of the head as it is) or refit=True, not both",
+                                      parameters=("refit=True",))
+            if curvature.stationarity is not None:
+                curvature.stationarity.check(self.allow_nonstationary)
+        else:
+            head, curvature = checked_curvature(head, src, refit=self.refit,
+                                                allow_nonstationary=self.allow_nonstationary,
+                                                damping=self.damping, chunk_size=self.chunk_size,
+                                                progress=self.progress)
+        self.curvature_ = curvature
+        self.stationarity_ = curvature.stationarity
         self.head_ = head
         self.scores_ = memorization_scores(head, self.curvature_, src, self.chunk_size, self.progress)
         self.threshold_ = (check_threshold(self.threshold) if self.threshold is not None

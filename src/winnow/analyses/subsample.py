@@ -214,29 +214,39 @@ def _better(metric: str, a: float, b: float) -> bool:
 # ================================================================================================ scores
 @dataclass
 class SubsampleScores:
-    """Per-training-point scores used by the policies, aligned with the training rows (n,)."""
+    """Per-training-point scores used by the policies, aligned with the training rows (n,); ``head`` the head
+    they were computed from (the given one, or its polished copy with ``refit``) and ``stationarity`` its
+    ‖∇R(θ̂)‖∞ figure (``Stationarity``), when any score was computed."""
 
     influence: np.ndarray | None = None
     memorization: np.ndarray | None = None
+    head: Head | None = None
+    stationarity: Any = None
 
 
 def compute_scores(head: Head, train: Any, valid: Any = None, *, influence: bool = True,
                    memorization: bool = True, damping: float = 0.0, chunk_size: int = 65536,
-                   progress: bool = False) -> SubsampleScores:
+                   progress: bool = False, refit: bool = False,
+                   allow_nonstationary: bool = False) -> SubsampleScores:
     """One Hessian pass over ``train``, then the influence on ``valid`` (−ḡ_validᵀH⁻¹g_p, > 0 harmful)
-    and/or the memorization score ‖Λ⁻¹Qᵀg_p‖₁ of every training point."""
-    from ..engine.passes import fit_curvature
+    and/or the memorization score ‖Λ⁻¹Qᵀg_p‖₁ of every training point. The Hessian pass refuses a head off
+    the optimum of its training objective unless ``allow_nonstationary``; ``refit`` first polishes a copy
+    (Newton, same λ) and scores with it (``SubsampleScores.head``)."""
+    from ..engine.passes import checked_curvature
     from .influence import InfluenceAnalyzer
 
     src = V.open_data(train, "train")
     out = SubsampleScores()
     if not (influence or memorization):
         return out
-    curv = fit_curvature(head, src, damping=damping, chunk_size=chunk_size, progress=progress)
+    head, curv = checked_curvature(head, src, refit=refit, allow_nonstationary=allow_nonstationary,
+                                   damping=damping, chunk_size=chunk_size, progress=progress)
+    out.head, out.stationarity = head, curv.stationarity
     if influence:
         if valid is None:
             raise V.fail("influence scores need a validation set (valid)", "valid")
-        an = InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress)
+        an = InfluenceAnalyzer(head, damping=damping, chunk_size=chunk_size, progress=progress,
+                               allow_nonstationary=allow_nonstationary)
         table = an.fit(src, curvature=curv).score(valid, self_influence=False)
         out.influence = table.column("influence").to_numpy()
     if memorization:
@@ -282,7 +292,10 @@ class Subsampler:
     ``seed`` for every draw; ``score_fraction`` (influence): the share of VALID (stratified, drawn with
     ``seed``, see ``split_validation``) on which the influence is computed, the rest being where the
     choices are made, so that they are not judged on the points that scored the training set (0 or None:
-    all of VALID for both, as in Wang et al.); ``damping``, ``chunk_size``, ``progress`` as elsewhere.
+    all of VALID for both, as in Wang et al.); ``damping``, ``chunk_size``, ``progress`` as elsewhere;
+    ``refit`` / ``allow_nonstationary``: the influence and memorization policies score with a head at an
+    optimum of its training objective: one off it is refused unless ``allow_nonstationary``, and ``refit``
+    first polishes a copy (Newton, same λ) that scores the points and is the template of every retrain.
 
     Fitted state: ``n_``, ``budget_``, ``class_sizes_`` (K,), ``class_budget_`` (K,), ``sharpness_``,
     ``threshold_``, ``memorize_quantile_``, ``inclusion_`` π (n,), ``rows_`` kept positions (m,) sorted,
@@ -295,7 +308,7 @@ class Subsampler:
                  sharpness: float | None = None, tune_ratio: str | None = None,
                  ratio_grid: Sequence[float] | None = None, tune_draws: int = 3, seed: int = 0,
                  score_fraction: float | None = 0.5, damping: float = 0.0, chunk_size: int = 65536,
-                 progress: bool = False) -> None:
+                 progress: bool = False, refit: bool = False, allow_nonstationary: bool = False) -> None:
         budget_size(keep, 1 << 30)  # validates the fraction
         V.check_choice(policy, "policy", POLICIES)
         if tune_ratio is not None:
@@ -333,6 +346,8 @@ class Subsampler:
         self.damping = float(damping)
         self.chunk_size = int(chunk_size)
         self.progress = progress
+        self.refit = bool(refit)
+        self.allow_nonstationary = bool(allow_nonstationary)
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, train: Any, *args: Any, scores: SubsampleScores | None = None) -> Subsampler:
@@ -383,7 +398,10 @@ class Subsampler:
 
         if scores is None:
             scores = compute_scores(head, src, score_valid, influence=need_infl, memorization=need_mem,
-                                    damping=self.damping, chunk_size=self.chunk_size, progress=self.progress)
+                                    damping=self.damping, chunk_size=self.chunk_size, progress=self.progress,
+                                    refit=self.refit, allow_nonstationary=self.allow_nonstationary)
+        if scores.head is not None:
+            self.head_ = scores.head  # the polished copy with refit: the one the scores (and retrains) use
         for name, needed in (("influence", need_infl), ("memorization", need_mem)):
             arr = getattr(scores, name)
             if needed and (arr is None or np.asarray(arr).shape != (n,)):
@@ -578,6 +596,8 @@ class Subsampler:
             "valid_rows_scoring": len(self.score_valid_) if self.score_valid_ is not None else 0,
             "valid_rows_choosing": len(self.valid_) if self.valid_ is not None else 0,
             "candidates": self.candidates_, "warnings": list(self.warnings_),
+            "stationarity": (self.scores_.stationarity.as_dict() if self.scores_.stationarity is not None
+                             else None),
         }
         if K == 2:
             out["positive_share"] = float(self.class_budget_[1] / self.budget_)

@@ -40,6 +40,7 @@ from ..engine.columns import ColumnFunction, ScoreKernel
 from ..engine.engine import Engine
 from ..engine.passes import (
     FeatureSignKernel,
+    checked_curvature,
     default_engine,
     fit_curvature,
     gradient_sum,
@@ -549,11 +550,13 @@ class TheoremCheck:
     sign_rule: SignRuleResult | None = None
     l2_sweep: list[dict[str, Any]] = field(default_factory=list)
     removal: list[RemovalResult] = field(default_factory=list)
+    #: the head's ‖∇R(θ̂)‖∞ figure (``Stationarity.as_dict``; ``refit`` when it was polished first)
+    stationarity: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         t3 = [r.summary() for r in self.theorem3]
         return {
-            "head": self.head, "n_train": self.n_train, "n_test": self.n_test,
+            "head": self.head, "n_train": self.n_train, "n_test": self.n_test, "stationarity": self.stationarity,
             "theorem3": {"holds": all(r.holds for r in self.theorem3),
                          "vacuous": bool(self.theorem3) and all(r.vacuous for r in self.theorem3),
                          "vacuous_test_points": sum(r.vacuous for r in self.theorem3), "test_points": t3},
@@ -568,11 +571,16 @@ def check_theorems(head: Head, train: Any, test: Any, *, pairs: int = 100_000, s
                    test_points: int | np.ndarray = 5, sign_rule_check: bool = True,
                    l2_grid: tuple[float, ...] | None = DEFAULT_L2_GRID, removal_fraction: float | None = 0.1,
                    memorize_quantile: float = 0.9, sign_statistics: bool = False, damping: float = 0.0,
-                   chunk_size: int = 65536, progress: bool = False, engine: Engine | None = None) -> TheoremCheck:
+                   chunk_size: int = 65536, progress: bool = False, engine: Engine | None = None,
+                   refit: bool = False, allow_nonstationary: bool = False) -> TheoremCheck:
     """Theorem 3 on ``test_points`` test points, memorization verdicts at ``memorize_quantile`` (with
     ``sign_statistics``: each training point's helps/hurts fractions over the whole test set, cost n·T·P), and for a
     sigmoid head (``sign_rule_check``) the sign rule on ``pairs`` pairs, its λ sweep over ``l2_grid`` (None:
-    skip) and the section-8 removal experiment with ``removal_fraction`` (None: skip)."""
+    skip) and the section-8 removal experiment with ``removal_fraction`` (None: skip).
+
+    The theorems hold at an optimum of the training objective: a head whose ‖∇R(θ̂)‖∞ is above the
+    threshold is refused unless ``allow_nonstationary``; ``refit`` first polishes a copy (Newton, same λ)
+    and checks that one. The figure is ``TheoremCheck.stationarity``."""
     if sign_rule_check:
         _require_sigmoid(head, "the sign rule")
     tr, te = check_head_data(head, train=train, test=test)
@@ -583,13 +591,16 @@ def check_theorems(head: Head, train: Any, test: Any, *, pairs: int = 100_000, s
         return _check_theorems(head, tr, te, engine, pairs=pairs, seed=seed, test_points=test_points,
                                sign_rule_check=sign_rule_check, l2_grid=l2_grid, removal_fraction=removal_fraction,
                                memorize_quantile=memorize_quantile, sign_statistics=sign_statistics,
-                               damping=damping, chunk_size=chunk_size, progress=progress)
+                               damping=damping, chunk_size=chunk_size, progress=progress, refit=refit,
+                               allow_nonstationary=allow_nonstationary)
 
 
 def _check_theorems(head: Head, tr: Any, te: Any, engine: Engine, *, pairs: int, seed: int, test_points: Any,
                     sign_rule_check: bool, l2_grid: Any, removal_fraction: float | None, memorize_quantile: float,
-                    sign_statistics: bool, damping: float, chunk_size: int, progress: bool) -> TheoremCheck:
-    curv = fit_curvature(head, tr, damping=damping, chunk_size=chunk_size, progress=progress, engine=engine)
+                    sign_statistics: bool, damping: float, chunk_size: int, progress: bool, refit: bool,
+                    allow_nonstationary: bool) -> TheoremCheck:
+    head, curv = checked_curvature(head, tr, refit=refit, allow_nonstationary=allow_nonstationary,
+                                   damping=damping, chunk_size=chunk_size, progress=progress, engine=engine)
     t3 = theorem3(head, curv, tr, te, test_points=test_points, seed=seed, chunk_size=chunk_size,
                   progress=progress, engine=engine)
     scores = memorization_scores(head, curv, tr, chunk_size, progress, engine=engine)
@@ -600,7 +611,8 @@ def _check_theorems(head: Head, tr: Any, te: Any, engine: Engine, *, pairs: int,
         st = memorization_sign_statistics(head, curv, tr, te, chunk_size=chunk_size, progress=progress,
                                           engine=engine)
         mem.helps_fraction, mem.hurts_fraction = st["helps_fraction"], st["hurts_fraction"]
-    check = TheoremCheck(head=repr(head), n_train=len(tr), n_test=len(te), theorem3=t3, memorization=mem)
+    check = TheoremCheck(head=repr(head), n_train=len(tr), n_test=len(te), theorem3=t3, memorization=mem,
+                         stationarity=curv.stationarity.as_dict() if curv.stationarity is not None else None)
     if sign_rule_check:
         check.sign_rule = sign_rule(head, curv, tr, te, pairs=pairs, seed=seed, chunk_size=chunk_size,
                                     progress=progress, engine=engine)

@@ -11,6 +11,7 @@ import typer
 from ..errors import ValidationError
 from . import app
 from .options import (
+    AllowNonstationary,
     ClassesOpt,
     Damping,
     Exclude,
@@ -21,7 +22,9 @@ from .options import (
     Overwrite,
     PositiveLabel,
     Quiet,
+    Refit,
     data_columns,
+    polish_head,
     say,
     source_from,
 )
@@ -82,6 +85,7 @@ def validate_group(
     label_column: LabelColumn = None, id_column: IdColumn = None,
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
+    refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Change of the mean TEST loss when a whole set of training points is removed: first order (the sum of
@@ -107,9 +111,11 @@ def validate_group(
                         positive_label)
     tr = source_from(train, cols, head=h)
     te = source_from(test, cols, parameter="test", head=h)
+    h = polish_head(h, tr, refit, quiet)
     if subset is not None:
         ids = read_subset_ids(subset, subset_column)
-        g = group_effect(h, tr, te, ids, retrain=retrain, renormalize=renormalize, damping=damping)
+        g = group_effect(h, tr, te, ids, retrain=retrain, renormalize=renormalize, damping=damping,
+                         allow_nonstationary=allow_nonstationary)
         _print_table(GROUP_HEADER, [g.as_row()])
         if json_out is not None:
             write_json(json_out, vars(g), overwrite=overwrite)
@@ -122,10 +128,12 @@ def validate_group(
         except ValueError:
             raise ValidationError(f"--fractions must be comma-separated numbers, got {fractions!r}") from None
         res = group_divergence(h, tr, te, fractions=fr, random_groups=random_groups, renormalize=renormalize,
-                               seed=seed, damping=damping, progress=not quiet)
+                               seed=seed, damping=damping, progress=not quiet,
+                               allow_nonstationary=allow_nonstationary)
         _print_table(SUMMARY_HEADER, res.summary_rows())
         if json_out is not None:
             write_json(json_out, {"n_train": res.n_train, "renormalize": renormalize,
+                                  "stationarity": res.stationarity,
                                   "groups": [vars(g) for g in res.groups]}, overwrite=overwrite)
         if report is not None:
             group_section(Report("winnow: group removal"), res).write(report, overwrite=overwrite)
@@ -195,6 +203,7 @@ def evaluate_lds(
     label_column: LabelColumn = None, id_column: IdColumn = None,
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
+    refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Linear datamodeling score: per test point, Spearman over M random subsets between the retrained test
@@ -211,8 +220,10 @@ def evaluate_lds(
                         positive_label)
     tr = source_from(train, cols, head=h)
     te = source_from(test, cols, parameter="test", head=h)
+    h = polish_head(h, tr, refit, quiet)
     res = linear_datamodeling_score(h, tr, te, subsets=subsets, fraction=fraction, seed=seed,
-                                    renormalize=renormalize, damping=damping, progress=not quiet)
+                                    renormalize=renormalize, damping=damping, progress=not quiet,
+                                    allow_nonstationary=allow_nonstationary)
     typer.echo(f"LDS over {subsets} subsets ({fraction:g} of n = {res.n_train}): {res.score:.4f} "
                f"(Newton group step: {res.score_newton:.4f})")
     if json_out is not None:

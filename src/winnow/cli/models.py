@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from . import app
-from .options import Damping, ModelFactory, Overwrite, Quiet, TrustModelFile, say
+from .options import Damping, ModelFactory, Overwrite, Quiet, TrustModelFile, polish_head, say
 
 ModelArg = Annotated[Path, typer.Argument(help="The model's weights, saved with torch.save(model.state_dict(), "
                                                "path); --factory builds the model they go into. A whole "
@@ -19,8 +19,20 @@ HeadName = Annotated[str, typer.Option("--head", help="Name of the head module i
 ModelData = Annotated[Path, typer.Option("--train", help="Model inputs: .npz with arrays X (n, ...), y (n,) and "
                                          "optional id.")]
 TestData = Annotated[Path, typer.Option("--test", help="Test inputs, same format as --train.")]
-L2 = Annotated[float, typer.Option("--l2", min=0.0, help="λ of the objective (1/n)Σℓ + (λ/2)‖θ_reg‖² the model "
-                                   "was trained with.")]
+# --l2 means two things: for a head that winnow polishes (extract-features --head-out) it is the λ of the
+# head's objective, a choice (default 1e-3, as fit-head); for a whole network it describes how the network
+# was trained (its weight decay), default 0: the torch optimisers' default is no weight decay
+L2 = Annotated[float, typer.Option("--l2", min=0.0, help="λ of the whole model's training objective "
+                                   "(1/n)Σℓ + (λ/2)‖θ_reg‖²: the weight decay the network was trained with "
+                                   "(default 0, no weight decay, the torch optimisers' default).")]
+HeadL2 = Annotated[float, typer.Option("--l2", min=0.0, help="λ of the saved head's objective (1/n)Σℓ + "
+                                       "(λ/2)‖W‖² (as `winnow fit-head --l2`; default 1e-3); --refit polishes "
+                                       "the head to its optimum with this λ.")]
+RefitHead = Annotated[bool, typer.Option(
+    "--refit/--no-refit", help="Polish the --head-out head to the optimum of its objective on the extracted "
+                               "features (Newton from the network's weights, same --l2; default). With "
+                               "--no-refit the raw weights are saved as they are, which the influence commands "
+                               "refuse unless --allow-nonstationary (or --refit there).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per forward/backward pass.")]
 Device = Annotated[str | None, typer.Option("--device", help="Where to run (cpu, cuda, cuda:1...); default: "
                                             "where the model's parameters are.")]
@@ -162,11 +174,13 @@ def extract_features_cmd(
                                       ".npz (X, y, id).")],
     head_out: Annotated[Path | None, typer.Option("--head-out", help="Also write the head's weights for `winnow "
                                                   "influence --head` (nn.Linear heads only, .npz).")] = None,
-    l2: L2 = 1e-3, batch_size: BatchSize = 256, device: Device = None,
+    l2: HeadL2 = 1e-3, refit: RefitHead = True, batch_size: BatchSize = 256, device: Device = None,
     factory: ModelFactory = None, trust_model_file: TrustModelFile = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
-    """Run MODEL over DATA and save the input of its head module (the featurizer's output) for every row."""
+    """Run MODEL over DATA and save the input of its head module (the featurizer's output) for every row.
+    With --head-out also save the head, polished to the optimum of its objective on these features (its
+    weights come from a network trained by SGD, which the influence formulas cannot use as they are)."""
     from ..core.models import check_head_labels, extract_features, find_module, head_from_module
     from ..errors import ValidationError
     from ..io.outputs import check_output_path
@@ -191,11 +205,29 @@ def extract_features_cmd(
     feats = extract_features(m, name, data, out=out, batch_size=batch_size, overwrite=overwrite,
                              progress=not quiet)
     if h is not None:
+        h = _polish_saved_head(h, feats.path, refit, quiet)
         h.save(head_out, overwrite=overwrite)
         say(quiet, f"wrote {head_out} ({h!r})")
     import numpy as np
 
     say(quiet, f"wrote {feats.path}: {feats.n} rows, D = {int(np.prod(feats.shape))}")
+
+
+def _polish_saved_head(head: Any, features: Path, refit: bool, quiet: bool) -> Any:
+    """The head to save: polished to its optimum on ``features`` (said on stderr), or with ``refit`` False the
+    raw head, whose ‖∇R(θ̂)‖∞ is measured and said (a ``warning:`` line above the threshold)."""
+    if refit:
+        return polish_head(head, features, True, quiet)
+    from ..engine.passes import stationarity
+
+    st = stationarity(head, features)
+    if st.ok:
+        say(quiet, f"the head's raw weights: {st.describe()}, at the optimum")
+    else:
+        typer.secho(f"warning: the head's raw weights are not at the optimum of its objective: {st.describe()} "
+                    f"> {st.threshold:.0e}; the influence commands refuse this head unless --allow-nonstationary "
+                    f"(or --refit there)", fg="yellow", err=True)
+    return head
 
 
 @app.command("model-influence")
@@ -231,6 +263,7 @@ def model_influence_cmd(
     info = mi.direction_info_
     say(quiet, f"{mi.n_params} parameters, solver {mi.solver_!r}: iterations {info.iterations}, relative residual "
                f"{info.residual:.3g}" + (f", rank {info.rank}" if info.rank is not None else ""))
+    say(quiet, f"stationarity of the model: {mi.stationarity_.describe()}, threshold {mi.stationarity_.threshold:.0e}")
     say(quiet, f"wrote {out}" + (f" and {pairs}" if pairs else ""))
 
 
@@ -264,6 +297,9 @@ def check_head_cmd(
     typer.echo(f"head {res.head_name!r}: {res.n_head_params} of {res.n_params} parameters ({res.method})")
     typer.echo(f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}, sign agreement {res.sign_agreement:.3f}, "
                f"I_head/I median {res.ratio_quantiles.get('q50', float('nan')):.3g}")
+    if res.stationarity is not None:
+        typer.echo(f"stationarity of the model: ‖∇R(θ̂)‖∞ = {res.gradient_norm:.2e} (relative "
+                   f"{res.stationarity['relative']:.1e}, threshold {res.stationarity['threshold']:.0e})")
     typer.echo(f"inverse-Hessian mass on head coordinates {res.head_inverse_mass:.3g} (evenly: "
                f"{res.head_mass_baseline:.3g}); eigenvalues <= 0: {res.n_negative}; damping added "
                f"{res.damping_added:.3g}")
@@ -271,7 +307,8 @@ def check_head_cmd(
         typer.echo(f"‖T1‖/‖Q_CᵀΛ_CQ_C‖ = {res.t1_relative:.3g}; median |T2|/|main term| = "
                    f"{res.t2_relative.get('q50', float('nan')):.3g}")
     for note in res.notes:
-        typer.echo(f"note: {note}")
+        if note != res.stationarity_note:  # that one was said as a warning
+            typer.echo(f"note: {note}")
     typer.echo(f"verdict: {res.verdict}")
     if json_out is not None:
         write_json(json_out, res.summary(), overwrite=overwrite, argument="json_out")

@@ -15,6 +15,7 @@ import typer
 
 from . import app
 from .options import (
+    AllowNonstationary,
     ChunkSize,
     ClassesOpt,
     Damping,
@@ -28,8 +29,10 @@ from .options import (
     Overwrite,
     PositiveLabel,
     Quiet,
+    Refit,
     data_columns,
     engine_for,
+    polish_head,
     say,
     source_from,
 )
@@ -103,6 +106,7 @@ def lep(
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     workers: EngineWorkers = None, scheduler: EngineScheduler = None,
+    refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Find the smallest Hessian sample m that preserves the influence ranking (LEP, paper Theorem 2).
@@ -129,9 +133,11 @@ def lep(
     tr = source_from(train, cols, head=h)
     te = source_from(test, cols, parameter="test", head=h)
     with engine_for(workers, scheduler, chunk_size=chunk_size, quiet=quiet):
+        h = polish_head(h, tr, refit, quiet)
         res = two_sample_search(h, tr, te, sampler=sampler.value, start=start, threshold=threshold, seed=seed,
                                 max_size=max_size, full=full, growth=growth, damping=damping,
-                                pilot_size=pilot_size, chunk_size=chunk_size, progress=not quiet)
+                                pilot_size=pilot_size, chunk_size=chunk_size, progress=not quiet,
+                                allow_nonstationary=allow_nonstationary)
 
     console = Console(width=max(140, Console().width)) if not sys.stdout.isatty() else Console()
     vs = "vs the full Hessian" if full else "two independent samples"
@@ -161,6 +167,7 @@ def lep(
         words = ["winnow", "influence", str(train), "--head", str(head), "--test", str(test), *cols.cli_flags(),
                  "--hessian", "relative", "--sample-size", str(m), "--sampler", res.sampler, "--seed",
                  str(res.seed), "--out", "scores.parquet"]
+        words += ["--refit"] if refit else ["--allow-nonstationary"] if allow_nonstationary else []
         typer.echo("use: " + " ".join(shlex.quote(w) for w in words))
     if json_out is not None:
         summary = res.summary()

@@ -11,6 +11,7 @@ import typer
 
 from . import app
 from .options import (
+    AllowNonstationary,
     ChunkSize,
     ClassesOpt,
     Damping,
@@ -24,8 +25,10 @@ from .options import (
     Overwrite,
     PositiveLabel,
     Quiet,
+    Refit,
     data_columns,
     engine_for,
+    polish_head,
     say,
     source_from,
 )
@@ -85,6 +88,7 @@ def subsample(
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     workers: EngineWorkers = None, scheduler: EngineScheduler = None,
+    refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Keep exactly round(keep·n) training points chosen by influence (or memorization), with the class
@@ -104,9 +108,11 @@ def subsample(
     sampler = Subsampler(keep, policy=policy.value, weighted=weighted, memorize_threshold=memorize_threshold,
                          memorize_quantile=memorize_quantile, sharpness=sharpness,
                          tune_ratio=tune_ratio.value if tune_ratio else None, tune_draws=tune_draws, seed=seed,
-                         score_fraction=score_fraction, damping=damping, chunk_size=chunk_size, progress=not quiet)
+                         score_fraction=score_fraction, damping=damping, chunk_size=chunk_size, progress=not quiet,
+                         allow_nonstationary=allow_nonstationary)
     with warnings.catch_warnings(), engine_for(workers, scheduler, chunk_size=chunk_size, quiet=quiet):
         warnings.simplefilter("ignore", UserWarning)  # reported below, once, as plain lines
+        h = polish_head(h, tr, refit, quiet)
         sampler.fit(tr, h, va)
     for note in sampler.warnings_:
         typer.secho(f"warning: {note}", fg="yellow", err=True)
@@ -143,6 +149,7 @@ def evaluate_subset(
     label_column: LabelColumn = None, id_column: IdColumn = None,
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
+    refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Retrain the head on SUBSET (weighted if it has weights), on all of TRAIN and on random subsets of the
@@ -161,8 +168,16 @@ def evaluate_subset(
     tr = source_from(train, cols, head=h)
     te = source_from(test, cols, parameter="test", head=h)
     va = source_from(valid, cols, parameter="valid", head=h) if valid else None
+    if h is not None:
+        h = polish_head(h, tr, refit, quiet)
+    elif refit or allow_nonstationary:
+        from ..validation import fail
+
+        name = "refit=True" if refit else "allow_nonstationary=True"
+        raise fail(f"{name} applies only with head (a head of yours, to polish or to score as it is); without "
+                   "it the head is fitted on train, at its optimum", name, "head", "train")
     ev = api_evaluate(tr, subset, te, valid=va, head=h, l2=l2, seeds=seeds, curve=curve, chunk_size=chunk_size,
-                      progress=not quiet)
+                      progress=not quiet, allow_nonstationary=allow_nonstationary)
     lines = [f"{'training set':<40} {'weighted':>8} {'rows':>8}  {'log-loss':>17}  {'AUC':>17}  {'accuracy':>17}"]
     entries = [(r["method"], r) for r in ev.rows]
     entries += [(f"  {p['policy']}{' (weighted)' if p['weighted'] else ''} @ {p['keep']:g}", p)

@@ -10,6 +10,7 @@ import typer
 
 from . import app
 from .options import (
+    AllowNonstationary,
     ChunkSize,
     ClassesOpt,
     Damping,
@@ -23,8 +24,10 @@ from .options import (
     Overwrite,
     PositiveLabel,
     Quiet,
+    Refit,
     data_columns,
     engine_for,
+    polish_head,
     say,
     source_from,
 )
@@ -173,6 +176,7 @@ def check_theorems_cmd(
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     workers: EngineWorkers = None, scheduler: EngineScheduler = None,
+    refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Check the paper's Theorem 3 (memorization thresholds) and Theorem 4 (sign of influence vs labels)
@@ -191,7 +195,9 @@ def check_theorems_cmd(
     te = source_from(test, cols, parameter="test", head=h)
     grid = _parse_grid(l2_grid) if l2_grid.strip() else None
     with engine_for(workers, scheduler, chunk_size=chunk_size, quiet=quiet) as eng:
-        check = check_theorems(h, tr, te, pairs=pairs, seed=seed, test_points=test_points,
+        h = polish_head(h, tr, refit, quiet)
+        check = check_theorems(h, tr, te, allow_nonstationary=allow_nonstationary, pairs=pairs, seed=seed,
+                               test_points=test_points,
                                sign_rule_check=sign_rule, l2_grid=grid, removal_fraction=removal_fraction or None,
                                memorize_quantile=memorize_quantile, sign_statistics=sign_statistics,
                                damping=damping, chunk_size=chunk_size, progress=not quiet, engine=eng)

@@ -31,6 +31,7 @@ import torch
 from ..errors import NotFittedError, ValidationError
 from ..progress import track
 from .autodiff import AutodiffHead, ModelFunction, check_labels_for, resolve_loss
+from .curvature import Stationarity
 from .heads import DTYPE, Head, head_from_torch
 from .influence import SCORE_COLUMNS, SIGN_METADATA
 from .solvers import InverseHVPSolver, SolveInfo, make_solver, matvec_columns
@@ -468,6 +469,12 @@ class ModelInfluence:
 
     ``fit(train)`` prepares the Hessian operator (``hessian_``) and the solver (``solver_``); then
     ``score(test)``, ``pairwise(test)``, ``self_influence()``, ``influence_up(data)``, ``write_scores``.
+
+    Stationarity: the scoring pass computes every training point's gradient anyway, so it also measures how
+    far θ̂ is from a stationary point of R: ``stationarity_`` (a
+    :class:`winnow.core.curvature.Stationarity`: ‖∇R(θ̂)‖∞ with ∇R = (1/n) Σ g_i + λ·mask·θ, relative to
+    s = (1/n) Σ ‖g_i‖∞), written to the scores' ``winnow.stationarity`` metadata. A network trained by SGD
+    is rarely at an exact optimum, so a figure above the threshold gives a UserWarning, not an error.
     """
 
     def __init__(self, model: torch.nn.Module, *, params: str | Sequence[str] | None = None, l2: float = 0.0,
@@ -582,8 +589,12 @@ class ModelInfluence:
             self.direction_info_ = self.solve_info_
             n = self.n_train_
             first = True
+            gsum = torch.zeros(self.fn_.n_params, dtype=self.fn_.dtype, device=self.fn_.device)
+            scale = 0.0
             for G, ids, y in track(self.iter_gradients(self.train_, "train"), n, "scoring pass", "rows",
                                    count=lambda b: len(b[1]), enabled=self.progress):
+                gsum += G.sum(0)
+                scale += float(G.abs().amax(1).sum())
                 infl = -(G @ direction)
                 cols: dict[str, np.ndarray] = {"id": ids, "label": y, "influence": infl.cpu().numpy(),
                                                "loss_change_if_removed": (-infl / n).cpu().numpy()}
@@ -597,6 +608,22 @@ class ModelInfluence:
                         cols["test_ids"] = test_ids
                 first = False
                 yield cols
+            self._set_stationarity(gsum, scale)
+
+    def _set_stationarity(self, gradient_sum: torch.Tensor, scale_sum: float) -> None:
+        """``stationarity_`` from the scoring pass's sums over all n training rows (Σ g_i (P,), Σ ‖g_i‖∞);
+        warns above the threshold."""
+        n = self.n_train_
+        grad = gradient_sum / n + self.l2 * self.fn_.reg_mask.to(gradient_sum) * self.fn_.theta.to(gradient_sum)
+        st = Stationarity(gradient_norm=float(grad.abs().max()), gradient_scale=scale_sum / n)
+        self.stationarity_: Stationarity | None = st
+        if not st.ok:
+            warnings.warn(
+                f"the model is not at a stationary point of its training objective: ‖∇R(θ̂)‖∞ = "
+                f"{st.gradient_norm:.2e} (relative {st.relative:.1e} > {st.threshold:.0e}, with λ = {self.l2:g} "
+                f"on {self.regularize}); influence assumes ∇R(θ̂) = 0, so the scores are approximate. Give the "
+                "L2 strength the model was trained with (its weight decay), or polish the model first "
+                "(winnow.refine_model)", UserWarning, stacklevel=3)
 
     def _self_influence(self, G: torch.Tensor) -> np.ndarray:
         s = self.solver_
@@ -616,7 +643,7 @@ class ModelInfluence:
         column is NaN (n more solves with CG/LiSSA; pass True to pay for them)."""
         parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in SCORE_COLUMNS}
-        meta = {**SIGN_METADATA, "winnow.model_influence": self._describe()}
+        meta = {**SIGN_METADATA, "winnow.model_influence": self._describe(), **self.stationarity_.metadata()}
         return pa.table(cols).replace_schema_metadata(meta)
 
     def pairwise(self, test: Any) -> np.ndarray:
@@ -652,8 +679,13 @@ class ModelInfluence:
         from ..analyses.influence import SCORE_FIELDS, write_score_stream
         meta = {**SIGN_METADATA, "winnow.model_influence": self._describe()}
         chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None)
+
+        def measured() -> dict[str, str]:  # after the scoring pass: its ‖∇R(θ̂)‖∞
+            st = getattr(self, "stationarity_", None)
+            return st.metadata() if st is not None else {}
+
         return write_score_stream(chunks, out, SCORE_FIELDS, pairs_out=pairs_out, overwrite=overwrite,
-                                  metadata=lambda: meta)
+                                  metadata=lambda: meta, final_metadata=measured)
 
     def _describe(self) -> str:
         info = getattr(self, "direction_info_", None)

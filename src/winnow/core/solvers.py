@@ -180,10 +180,11 @@ class DenseSolver(InverseHVPSolver):
         if P > self.max_params:
             gb = 8 * P * P / 1e9
             raise ValidationError(
-                f"P = {P} parameters is too many for the dense solver (max_params = {self.max_params}; the "
-                f"Hessian alone would take {gb:.1f} GB): use solver='cg' (exact to a tolerance, one HVP pass "
-                f"per iteration), solver='lanczos' (low-rank + damping approximation, cheap for many "
-                f"right-hand sides) or solver='lissa', or restrict params= to a subset")
+                f"solver 'dense' cannot take P = {P} parameters (max_dense = {self.max_params}, raise it if the "
+                f"memory is there: the Hessian alone would take {gb:.1f} GB): use 'cg' (exact to a tolerance, one "
+                f"HVP pass per iteration), 'lanczos' (low-rank + damping approximation, cheap for many right-hand "
+                f"sides) or 'lissa', or restrict params to a subset",
+                parameters=("solver", "max_dense", "params"))
         H = build_dense(op, block=self.block)
         H = 0.5 * (H + H.T)
         null = op.null_directions() if hasattr(op, "null_directions") else None
@@ -203,11 +204,11 @@ class DenseSolver(InverseHVPSolver):
         neg = int((ev <= 1e-13 * max(abs(hi), 1e-300)).sum())
         damp = getattr(op, "damping", 0.0)
         msg = (f"the Hessian (P = {P}) is not positive definite: {neg} eigenvalue(s) <= 0, smallest {lo:.3g}, "
-               f"largest {hi:.3g} (current damping {damp:g}); a trained network that is not at an exact "
-               f"minimum has negative curvature. Add more than {abs(lo):.3g} of damping (damping="
-               f"{damp + 1.1 * abs(lo) + 1e-12:.3g})")
+               f"largest {hi:.3g}; a trained network that is not at an exact minimum has negative curvature. "
+               f"Set damping {damp + 1.1 * abs(lo) + 1e-12:.3g} or more (it is {damp:g} now and must exceed it "
+               f"by {abs(lo):.3g})")
         if self.on_indefinite == "raise":
-            raise NotPositiveDefiniteError(msg)
+            raise NotPositiveDefiniteError(msg, parameters=("damping",))
         warnings.warn(msg + "; solving with the eigendecomposition of the indefinite H as asked "
                       "(on_indefinite='eigh')", UserWarning, stacklevel=3)
         self.cholesky_ = None

@@ -30,7 +30,7 @@ from .engine import Engine, current_engine
 
 __all__ = ["default_engine", "open_for_head", "hessian_pass", "fit_curvature", "gradient_sum",
            "mean_test_gradient", "test_gradients", "map_columns", "objective_pass", "stationarity", "load_rows",
-           "FeatureSignKernel", "checked_curvature", "refit_head"]
+           "FeatureSignKernel", "checked_curvature", "checked_head", "refit_head"]
 
 
 def default_engine(engine: Engine | None = None, *, chunk_size: int = 65536, progress: bool = False) -> Engine:
@@ -119,6 +119,21 @@ def checked_curvature(head: Head, train: Any, *, refit: bool = False, allow_nons
                          chunk_size=chunk_size, progress=progress, engine=engine,
                          allow_nonstationary=allow_nonstationary, check_stationarity=True)
     return head, curv
+
+
+def checked_head(head: Head, train: Any, *, refit: bool = False, allow_nonstationary: bool = False,
+                 chunk_size: int = 65536, progress: bool = False,
+                 engine: Engine | None = None) -> tuple[Head, Stationarity]:
+    """(the head influence is computed from, its Stationarity) for an analysis that builds no full Hessian
+    (a sampled one, or none): with ``refit`` the head is first polished (:func:`refit_head`), then one
+    gradient pass over all of ``train`` measures ‖∇R(θ̂)‖∞ (:func:`stationarity`), refused above the
+    threshold unless ``allow_nonstationary``. :func:`checked_curvature` does the same inside the full
+    Hessian's pass."""
+    if refit:
+        head = refit_head(head, train, chunk_size=chunk_size, engine=engine)
+    st = stationarity(head, train, engine=engine, chunk_size=chunk_size, progress=progress)
+    st.check(allow_nonstationary)
+    return head, st
 
 
 # ----------------------------------------------------------------------------------------- gradients

@@ -106,14 +106,17 @@ def _agg(values: list[dict[str, float]]) -> dict[str, float]:
 @dataclass
 class SubsetEvaluation:
     """Test metrics of heads retrained on the subset, the full data and random subsets (``rows``), and of
-    every policy over keep fractions (``curve``); each entry holds ``*_mean``/``*_std`` over runs."""
+    every policy over keep fractions (``curve``); each entry holds ``*_mean``/``*_std`` over runs;
+    ``stationarity`` the ‖∇R(θ̂)‖∞ figure of the head that scored the curve's points (None without one)."""
 
     rows: list[dict[str, Any]]
     curve: list[dict[str, Any]] = field(default_factory=list)
     subset_summary: dict[str, Any] = field(default_factory=dict)
+    stationarity: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"results": self.rows, "curve": self.curve, "subset": self.subset_summary}
+        return {"results": self.rows, "curve": self.curve, "subset": self.subset_summary,
+                "stationarity": self.stationarity}
 
 
 def _stratified_random(labels: np.ndarray, counts: np.ndarray, weighted: bool,
@@ -135,14 +138,17 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
                     l2: float | None = None, seeds: int = 5, curve: bool = False,
                     fractions: Sequence[float] = CURVE_FRACTIONS, policies: Sequence[str] = POLICIES,
                     weightings: Sequence[bool] | None = None, chunk_size: int = 65536,
-                    progress: bool = False) -> SubsetEvaluation:
+                    progress: bool = False, refit: bool = False,
+                    allow_nonstationary: bool = False) -> SubsetEvaluation:
     """Retrain on the SUBSET (weighted if it has weights), on the full TRAIN and on ``seeds`` random subsets
     of the same size and class counts; report TEST log-loss, AUC and accuracy (mean ± std).
 
     ``head``: the full-data head (its λ and kind; also the one that scores points for ``curve``); else
     one is fitted on TRAIN with λ = ``l2`` or the λ stored in the subset. ``curve``: for every policy and
     weighting (default: the subset's; both for paper/influence) and keep fraction, the choices are made
-    on ``valid`` once and ``seeds`` subsets are drawn and retrained.
+    on ``valid`` once and ``seeds`` subsets are drawn and retrained. The head that scores the points must
+    be at an optimum of its training objective (refused otherwise unless ``allow_nonstationary``; ``refit``
+    first polishes a copy, Newton with the same λ, which then scores the points).
     """
     from ..analyses.sampling import budget_size
     from ..analyses.subsample import Subsampler, compute_scores, split_validation
@@ -189,6 +195,7 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
                  "n_kept": int(sub.rows.shape[0]), **_agg(res)})
 
     points: list[dict[str, Any]] = []
+    stationarity = None
     if curve:
         if valid is None:
             raise V.fail("curve needs a validation set (valid): every policy makes its choices on it", "curve",
@@ -202,7 +209,11 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
         score_fraction = meta.get("score_fraction", 0.5)
         score_valid = split_validation(valid, score_fraction, 0)[0] if score_fraction else valid
         scores = compute_scores(head, src, score_valid, influence="influence" in policies,
-                                memorization="paper" in policies, chunk_size=chunk_size, progress=progress)
+                                memorization="paper" in policies, chunk_size=chunk_size, progress=progress,
+                                refit=refit, allow_nonstationary=allow_nonstationary)
+        if scores.head is not None:
+            head = scores.head
+            stationarity = scores.stationarity.as_dict() if scores.stationarity is not None else None
         combos = []
         for p in policies:
             ws = weightings if weightings is not None else ((sub.weighted,) if p == "random" else (False, True))
@@ -229,4 +240,4 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
         for f in fractions:
             points.append({"policy": "full", "weighted": False, "keep": float(f), "n_kept": len(src),
                            **{k: v for k, v in full_row.items() if k.endswith(("_mean", "_std")) or k == "n_runs"}})
-    return SubsetEvaluation(rows=rows, curve=points, subset_summary=meta)
+    return SubsetEvaluation(rows=rows, curve=points, subset_summary=meta, stationarity=stationarity)

@@ -198,6 +198,39 @@ class ParquetStreamWriter:
         self._tmp = _tmp_path(self.path)
         self._writer: pq.ParquetWriter | None = None
         self._closed = False
+        self._late: dict[str, str] = {}
+
+    def add_metadata(self, metadata: Mapping[str, str]) -> None:
+        """Key/value strings known only once the rows are written (e.g. a figure the scoring pass measured),
+        added to the file's schema metadata when it is closed."""
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise ValidationError(f"{self.argument}: metadata keys and values must be strings; bad entries "
+                                  f"for keys {bad!r}")
+        self._late.update(metadata)
+
+    def _write_late_metadata(self) -> None:
+        """Rewrite the finished temporary file with the metadata added by :meth:`add_metadata` (one pass over
+        its row groups: the schema metadata is fixed when a Parquet file is opened)."""
+        if not self._late:
+            return
+        schema = self.schema.with_metadata({**(self.schema.metadata or {}),
+                                            **{k.encode(): v.encode() for k, v in self._late.items()}})
+        src = pq.ParquetFile(self._tmp)
+        tmp = _tmp_path(self.path)
+        try:
+            with pq.ParquetWriter(tmp, schema) as w:
+                for i in range(src.num_row_groups):
+                    w.write_table(src.read_row_group(i).replace_schema_metadata(schema.metadata))
+                if src.num_row_groups == 0:
+                    w.write_table(schema.empty_table())
+        except BaseException:
+            _remove(tmp)
+            raise
+        finally:
+            src.close()
+        _remove(self._tmp)
+        self._tmp = tmp
 
     def _ensure_open(self) -> pq.ParquetWriter:
         if self._closed:
@@ -241,6 +274,7 @@ class ParquetStreamWriter:
         try:
             self._ensure_open().close()
             self._closed = True
+            self._write_late_metadata()
             _commit(self._tmp, self.path, self.overwrite, self.argument)
         except BaseException:
             self.abort()
@@ -299,12 +333,19 @@ class CsvStreamWriter(ParquetStreamWriter):
     def write_table(self, table: pa.Table) -> None:
         super().write_table(table.replace_schema_metadata(None) if table.schema.metadata else table)
 
+    def _write_late_metadata(self) -> None:
+        """Nothing to rewrite: a CSV's metadata is its sidecar, written by :meth:`close`."""
+
     def close(self) -> Path:
         """Finish the file (and its metadata sidecar) and rename them into place."""
         if self._closed:
             return self.path
+        if self.sidecar is None and self._late:
+            self.sidecar = sidecar_path(self.path)
+            check_output_path(self.sidecar, self.overwrite, self.argument, formats="json")
         if self.sidecar is not None:
             meta = {k.decode(): v.decode() for k, v in (self.schema.metadata or {}).items()}
+            meta.update(self._late)
             try:
                 write_json(self.sidecar, meta, overwrite=self.overwrite, argument=self.argument)
             except BaseException:

@@ -36,6 +36,10 @@ def theorem1_section(report: Any, result: Theorem1Result) -> Any:
                                                                                    f"{r.max_eigenvalue:.3g}"],
              ["damping (given + added)", f"{r.damping:.3g} + {r.damping_added:.3g}"],
              ["‖∇R(θ̂)‖∞", r.gradient_norm]]
+    st = getattr(r, "stationarity", None)
+    if st and st.get("relative") is not None:
+        rows.append(["‖∇R(θ̂)‖∞ / mean ‖g_p‖∞ (stationary below " + f"{st.get('threshold', math.nan):.0e})",
+                     f"{st['relative']:.2e}"])
     report.table(["quantity", "value"], rows)
     if r.damping_sweep:
         report.section("Theorem 1: sensitivity to the damping",
