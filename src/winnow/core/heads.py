@@ -758,8 +758,8 @@ def load_head(path: str | Path, device: torch.device | str | None = None) -> Hea
                    "LogisticHead.from_sklearn (or SoftmaxHead.from_sklearn) and save that head")
         else:
             why = str(exc).strip("'\"")
-        raise ValidationError(f"head file {str(p)!r} is not a head written by `winnow fit-head` or Head.save "
-                              f"(an .npz with arrays weight, bias, kind, l2): {why}",
+        raise ValidationError(f"head file {str(p)!r} is not a winnow head file (written by `winnow fit-head` or "
+                              f"Head.save: an .npz with arrays weight, bias, kind, l2): {why}",
                               parameters=("head",)) from None
     if kind not in HEAD_KINDS:
         raise ValidationError(f"{str(p)!r}: unknown head kind {kind!r}, expected one of {sorted(HEAD_KINDS)}")
