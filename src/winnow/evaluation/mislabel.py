@@ -142,7 +142,7 @@ def evaluate_mislabel(train: Any, *, head_kind: str = "auto", l2: float = 1e-3, 
         Xv, yv, _ = load_arrays(data["valid"], parameter="valid")
         if Xv.shape[1] != X.shape[1]:
             raise V.fail(f"valid ({data['valid'].name}) has {Xv.shape[1]} features per row but train has "
-                         f"{X.shape[1]}", "valid")
+                         f"{X.shape[1]}", "valid", "train")
         valid_desc = "given validation set"
     else:
         perm = np.random.default_rng(seed).permutation(len(y))
