@@ -183,9 +183,12 @@ def open_data(data: Any, parameter: str, *, head: Any = None, defaults: Any = No
     if defaults is None and head is not None:
         defaults = head_columns(head)
     try:
-        return open_source(data, argument=parameter, defaults=defaults, **kwargs)
+        source = open_source(data, argument=parameter, defaults=defaults, **kwargs)
     except ValidationError as e:
         raise data_error(e, parameter) from None
+    if source is not data:  # opened here: errors found while reading its rows name the parameter too
+        source.argument = parameter
+    return source
 
 
 def head_columns(head: Any) -> Any:

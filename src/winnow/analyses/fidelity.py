@@ -317,8 +317,8 @@ def compare_removal_methods(head: Head, train: Any, test: Any, *, points: int | 
     from ..evaluation.loo import choose_rows, leave_one_out, load_arrays
 
     _check_head(head)
-    X, y, ids = load_arrays(train)
-    Xte, yte, _ = load_arrays(test)
+    X, y, ids = load_arrays(train, parameter="train")
+    Xte, yte, _ = load_arrays(test, parameter="test")
     n = X.shape[0]
     rows = choose_rows(points, n, seed, minimum=3)
     loo = leave_one_out(head, (X, y, ids), (Xte, yte), points=rows, tol=tol, damping=damping, progress=progress,
@@ -463,7 +463,8 @@ def read_subset_ids(path: str | Path, column: str = "id") -> np.ndarray:
 
         t = pq.read_table(p)
         if column not in t.column_names:
-            raise ValidationError(f"--subset: {p} has no column {column!r} (columns: {t.column_names})")
+            raise ValidationError(f"--subset: {p} has no column {column!r} (columns: {t.column_names}); name the id "
+                              "column with --subset-column")
         return t.column(column).to_numpy()
     if suf in (".csv", ".txt"):
         from pyarrow import csv
@@ -474,7 +475,8 @@ def read_subset_ids(path: str | Path, column: str = "id") -> np.ndarray:
         if t.num_columns == 1:  # headerless single column: the header row is an id too
             t = csv.read_csv(p, read_options=csv.ReadOptions(autogenerate_column_names=True))
             return t.column(0).to_numpy()
-        raise ValidationError(f"--subset: {p} has no column {column!r} (columns: {t.column_names})")
+        raise ValidationError(f"--subset: {p} has no column {column!r} (columns: {t.column_names}); name the id "
+                              "column with --subset-column")
     raise ValidationError(f"--subset: {p} must be .npy, .csv or .parquet")
 
 
@@ -490,8 +492,8 @@ def group_effect(head: Head, train: Any, test: Any, subset: Any, *, retrain: boo
 
     check_head_data(head, train=train, test=test)
     _check_head(head)
-    X, y, ids = load_arrays(train)
-    Xte, yte, _ = load_arrays(test)
+    X, y, ids = load_arrays(train, parameter="train")
+    Xte, yte, _ = load_arrays(test, parameter="test")
     rows = rows_for_ids(ids, subset)
     given, curv = given_head_curvature(head, X, y, damping=damping, refit=refit,
                                        allow_nonstationary=allow_nonstationary)
@@ -559,8 +561,8 @@ def group_divergence(head: Head, train: Any, test: Any, *, fractions: Sequence[f
 
     check_head_data(head, train=train, test=test)
     _check_head(head)
-    X, y, _ = load_arrays(train)
-    Xte, yte, _ = load_arrays(test)
+    X, y, _ = load_arrays(train, parameter="train")
+    Xte, yte, _ = load_arrays(test, parameter="test")
     n = len(y)
     fr = [float(f) for f in fractions]
     if any(not (0 < f < 1) for f in fr):

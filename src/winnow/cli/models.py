@@ -119,6 +119,11 @@ def load_model(path: Path, device: str | None = None, *, factory: str | None = N
         raise fail(f"model: {path} does not exist", "model")
     build = _import_factory(factory) if factory is not None else None
     where = device or "cpu"
+    try:
+        torch.device(where)
+    except (RuntimeError, ValueError):
+        raise fail(f"device {device!r} is not a device torch knows; use cpu, cuda, cuda:1, mps...",
+                   "device") from None
     if trust_model_file:
         try:
             obj = torch.load(path, map_location=where, weights_only=False)
@@ -157,12 +162,41 @@ def load_model(path: Path, device: str | None = None, *, factory: str | None = N
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if len(dtypes) == 1:  # the model computes in its weights' precision (float64 weights stay exact)
         model = model.to(dtypes.pop())
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # tensors of other shapes: another architecture
+        shapes = "; ".join(ln.strip() for ln in str(e).splitlines()[1:3])
+        raise fail(f"model: the weights in {path} do not fit the model factory {factory} builds: {shapes}",
+                   "model", "factory") from None
     if result.missing_keys or result.unexpected_keys:
         raise fail(f"model: the weights in {path} do not fit the model factory {factory} builds: missing "
                    f"{list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}",
                    "model", "factory")
     return model.to(where).eval()
+
+
+def check_model_runs(model: Any, data: Path, argument: str) -> None:
+    """Run ``model`` on the first row of the inputs in ``data`` (an .npz given as ``argument``), so that inputs
+    of a shape the model cannot take are refused in one line before anything is computed or written."""
+    import torch
+
+    from ..core.models import ModelData
+    from ..validation import fail
+
+    first_row = next(ModelData(data, batch_size=1, argument=argument).batches(), None)
+    if first_row is None:  # no rows: the computation says so
+        return
+    x = first_row[0]
+    p = next((q for q in model.parameters() if q.is_floating_point()), None)
+    if p is not None and x.is_floating_point():
+        x = x.to(dtype=p.dtype, device=p.device)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:  # shape errors come as RuntimeError, ValueError, IndexError... from any layer
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise fail(f"{argument}: the model cannot run on the inputs in {data} ({first}); X must hold rows of "
+                   f"the shape the model takes, (n, ...) with one input per row", argument) from None
 
 
 @app.command("extract-features")
@@ -189,6 +223,7 @@ def extract_features_cmd(
     if head_out is not None:
         check_output_path(head_out, overwrite, argument="head_out")
     m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
+    check_model_runs(m, data, "data")
     name, mod = find_module(m, head)
     h = None
     if head_out is not None:
@@ -255,6 +290,8 @@ def model_influence_cmd(
     if pairs is not None:
         check_output_path(pairs, overwrite, argument="pairs_out")
     m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
+    check_model_runs(m, train, "train")
+    check_model_runs(m, test, "test")
     plist = [p.strip() for p in params.split(",") if p.strip()] if params else None
     mi = ModelInfluence(m, params=plist, l2=l2, regularize=regularize.value, damping=damping,
                         solver=solver.value, max_dense=max_dense, batch_size=batch_size, device=device,
@@ -291,6 +328,8 @@ def check_head_cmd(
         if p is not None:
             check_output_path(p, overwrite, argument=arg)
     m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
+    check_model_runs(m, train, "train")
+    check_model_runs(m, test, "test")
     res = theorem1_check(m, head, train, test, l2=l2, regularize=regularize.value, damping=damping,
                          n_train=pairs_train, n_test=pairs_test, seed=seed, max_dense=max_dense, rank=rank,
                          batch_size=batch_size, device=device, progress=not quiet)

@@ -17,7 +17,7 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     # data and head
     "train": ("TRAIN", "--train"), "test": "--test", "valid": "--valid", "data": "DATA", "model": "MODEL",
     "directory": "DIRECTORY",
-    "head": "--head", "subset": "--subset", "label_column": "--label-column", "id_column": "--id-column",
+    "head": "--head", "subset": ("--subset", "--weights"), "label_column": "--label-column", "id_column": "--id-column",
     "features_column": "--features-column", "feature_columns": "--feature-columns",
     "exclude": "--exclude", "classes": "--classes", "positive_label": "--positive-label",
     # outputs

@@ -753,8 +753,14 @@ def load_head(path: str | Path, device: torch.device | str | None = None) -> Hea
             classes = json.loads(str(z["classes"])) if "classes" in z.files else None
             columns = str(z["columns"]) if "columns" in z.files else None
     except (KeyError, ValueError, OSError) as exc:
-        raise ValidationError(f"{str(p)!r} is not a winnow head file (needs arrays weight, bias, kind, l2): "
-                              f"{exc}") from exc
+        if isinstance(exc, ValueError) and "pickle" in str(exc):  # e.g. a pickled scikit-learn model
+            why = ("it holds pickled Python objects; map a fitted scikit-learn LogisticRegression with "
+                   "LogisticHead.from_sklearn (or SoftmaxHead.from_sklearn) and save that head")
+        else:
+            why = str(exc).strip("'\"")
+        raise ValidationError(f"head file {str(p)!r} is not a winnow head file (written by `winnow fit-head` or "
+                              f"Head.save: an .npz with arrays weight, bias, kind, l2): {why}",
+                              parameters=("head",)) from None
     if kind not in HEAD_KINDS:
         raise ValidationError(f"{str(p)!r}: unknown head kind {kind!r}, expected one of {sorted(HEAD_KINDS)}")
     head = HEAD_KINDS[kind].from_weights(weight, bias, l2=l2, device=device)

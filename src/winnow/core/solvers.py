@@ -204,9 +204,9 @@ class DenseSolver(InverseHVPSolver):
         neg = int((ev <= 1e-13 * max(abs(hi), 1e-300)).sum())
         damp = getattr(op, "damping", 0.0)
         msg = (f"the Hessian (P = {P}) is not positive definite: {neg} eigenvalue(s) <= 0, smallest {lo:.3g}, "
-               f"largest {hi:.3g}; a trained network that is not at an exact minimum has negative curvature. "
-               f"Set damping {damp + 1.1 * abs(lo) + 1e-12:.3g} or more (it is {damp:g} now and must exceed it "
-               f"by {abs(lo):.3g})")
+               f"largest {hi:.3g}, with {damp:g} added to its diagonal; a trained network that is not at an "
+               f"exact minimum has negative curvature. Set damping above {damp + abs(lo):.3g}, e.g. "
+               f"{damp + 1.1 * abs(lo) + 1e-12:.3g}")
         if self.on_indefinite == "raise":
             raise NotPositiveDefiniteError(msg, parameters=("damping",))
         warnings.warn(msg + "; solving with the eigendecomposition of the indefinite H as asked "

@@ -157,9 +157,12 @@ class _NpzPath:
 
     def __init__(self, source: NpzSource) -> None:
         self.path, self.columns = source.name, getattr(source, "_columns", None)
+        self.argument = source.argument
 
     def reopen(self) -> NpzSource:
-        return NpzSource(self.path, columns=self.columns, check_ids=False)
+        source = NpzSource(self.path, columns=self.columns, check_ids=False)
+        source.argument = self.argument
+        return source
 
 
 def portable(source: DataSource) -> Any:

@@ -135,8 +135,14 @@ def evaluate_mislabel(train: Any, *, head_kind: str = "auto", l2: float = 1e-3, 
         for name, src in data.items():
             V.check_labels(LogisticHead(l2=l2), src, name)
     X, y, _ = load_arrays(data["train"], parameter="train")
+    from ..api import check_classes
+
+    check_classes(y, data["train"].classes, head_kind, "train")  # two classes at least, labels 0..K-1
     if valid is not None:
         Xv, yv, _ = load_arrays(data["valid"], parameter="valid")
+        if Xv.shape[1] != X.shape[1]:
+            raise V.fail(f"valid ({data['valid'].name}) has {Xv.shape[1]} features per row but train has "
+                         f"{X.shape[1]}", "valid", "train")
         valid_desc = "given validation set"
     else:
         perm = np.random.default_rng(seed).permutation(len(y))

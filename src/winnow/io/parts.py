@@ -142,6 +142,13 @@ def read_partition(source: DataSource, part: Partition, chunk_size: int = 65536,
             except (pa.ArrowException, OSError, EOFError) as e:
                 raise ValidationError(f"{part.file or source.name}: cannot read {part.where()} "
                                       f"({type(e).__name__}: {e})") from None
+            except ValidationError as e:  # bad values (NaN features, unknown labels...): name the argument
+                argument = getattr(source, "argument", None)
+                if argument is None:
+                    raise
+                from ..validation import data_error
+
+                raise data_error(e, argument) from None
             yield ch
 
     if prefetch < 1:

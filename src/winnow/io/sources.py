@@ -221,6 +221,8 @@ class DataSource(ABC):
     """
 
     name: str = "data"
+    #: the parameter the source was given as (``train``, ``test``...), named by errors found while reading rows
+    argument: str | None = None
     #: the original label values, ``classes[i]`` encoded as label i (None: labels are stored as 0..K-1)
     classes: tuple[Any, ...] | None = None
     #: how the source was read, with the feature columns and classes written out (None: not a table)
