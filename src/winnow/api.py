@@ -9,7 +9,8 @@ import numpy as np
 
 from . import validation as V
 from .core.heads import HEAD_KINDS, Head, LogisticHead, SoftmaxHead
-from .io.columns import DataColumns, format_value
+from .io.columns import DataColumns
+from .validation import check_classes
 
 
 def fit_head(train: Any, *, kind: str = "auto", l2: float = 1e-3, sample_weight: np.ndarray | None = None,
@@ -46,31 +47,3 @@ def fit_head(train: Any, *, kind: str = "auto", l2: float = 1e-3, sample_weight:
     head.classes_ = src.classes
     head.data_columns_ = src.data_columns
     return head
-
-
-def check_classes(labels: np.ndarray, classes: Sequence[Any] | None, kind: str = "auto",
-                  parameter: str = "train") -> int:
-    """The number of classes K of encoded ``labels`` (n,) int64, checked: at least two classes, and the
-    labels are 0..K-1 with every class present (K = len(classes) when the labels were mapped). The messages
-    show the labels found and name the settings that map them (``positive_label``, ``classes``)."""
-    values, counts = np.unique(labels, return_counts=True)
-    name = (lambda v: format_value(classes[int(v)])) if classes is not None else (lambda v: format_value(v))
-    found = ", ".join(f"{name(v)} ×{int(c)}" for v, c in zip(values[:6], counts[:6], strict=True)) + (
-        f" and {values.size - 6} more" if values.size > 6 else "")
-    if values.size == 0:
-        raise V.fail(f"{parameter} has no rows; a classifier needs at least two classes", parameter)
-    if values.size == 1:
-        raise V.fail(f"only one class (label {name(values[0])}) in {parameter}; a classifier needs at least two",
-                     parameter)
-    K = len(classes) if classes is not None else int(values.max()) + 1
-    if values[0] == 0 and values[-1] == K - 1 and values.size == K:
-        return K
-    if classes is not None:
-        missing = [format_value(classes[k]) for k in range(K) if k not in set(values.tolist())]
-        raise V.fail(f"{parameter} has no rows of the label values {', '.join(missing)} (found {found}); list "
-                     "only the values present in classes", parameter, "classes")
-    what = "0 and 1" if kind == "logistic" else "0..K-1"
-    hint = ",".join(str(int(v)) for v in values[:6])
-    raise V.fail(f"{parameter}: labels must be {what} with every class present; found {found}. Map them "
-                 f"with positive_label (binary: the value that means 1) or classes (every value in class order, "
-                 f"e.g. {hint})", parameter, "positive_label", "classes")

@@ -97,9 +97,6 @@ CHOSEN: list[tuple[str, str]] = [
 
 #: answers that still break the rules, each with what is wrong (a fix shows as XPASS)
 KNOWN: dict[tuple[str, str], str] = {
-    ("lep", "--head is not at the optimum of its objective (not stationary)"):
-        "lep scores a head that is not at the optimum without a word (exit 0)",
-    ("evaluate-subset", "a NaN feature"): "the message names the file but not TRAIN",
 }
 
 #: Python spellings that must never reach the command line

@@ -197,7 +197,7 @@ def test_model_commands_refuse_labels_the_model_cannot_fit(files, tmp_path, caps
                 "(max label 2)")
     assert lines["model-influence"] == lines["check-head"]
     assert lines["model-influence"].startswith("error: --train labels: " + expected)
-    assert lines["extract-features"].startswith("error: labels: head '2' has 1 output (sigmoid + BCE)")
+    assert lines["extract-features"].startswith("error: DATA: head '2' has 1 output (sigmoid + BCE)")
 
 
 def test_usage_errors_are_one_line_too(files, tmp_path, capsys):

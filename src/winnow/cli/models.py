@@ -236,7 +236,7 @@ def extract_features_cmd(
         from ..core.models import ModelData
 
         # before the features are written: a head that does not fit the labels leaves no output behind
-        check_head_labels(h, ModelData(data, argument="data").labels(), "labels", name)
+        check_head_labels(h, ModelData(data, argument="data").labels(), "data", name)
     feats = extract_features(m, name, data, out=out, batch_size=batch_size, overwrite=overwrite,
                              progress=not quiet)
     if h is not None:

@@ -135,7 +135,7 @@ def evaluate_mislabel(train: Any, *, head_kind: str = "auto", l2: float = 1e-3, 
         for name, src in data.items():
             V.check_labels(LogisticHead(l2=l2), src, name)
     X, y, _ = load_arrays(data["train"], parameter="train")
-    from ..api import check_classes
+    from ..validation import check_classes
 
     check_classes(y, data["train"].classes, head_kind, "train")  # two classes at least, labels 0..K-1
     if valid is not None:

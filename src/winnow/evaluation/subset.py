@@ -15,6 +15,7 @@ import torch
 
 from .. import validation as V
 from ..core.heads import Head, SoftmaxHead, as_tensor
+from ..errors import ValidationError
 from ..io.sources import open_source
 from ..io.subsets import load_subset, subset_source
 from ..progress import track
@@ -166,12 +167,16 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
         src = V.open_data(train, "train")
     sub = load_subset(subset, src)
     meta = sub.summary
-    labels = src.labels()
+    labels = V.read_labels(src, "train")
+    V.check_classes(labels, src.classes, head.kind if head is not None else "auto", "train")
     if head is None:
         lam = l2 if l2 is not None else meta.get("head", {}).get("l2", 1e-3)
         kind = meta.get("head", {}).get("kind", "auto")
         head = fit_head(src, kind=kind, l2=float(lam), tol=1e-9)
-    full = fit_subset(head, src, np.arange(len(src)), labels=labels)
+    try:  # the first pass over every row of TRAIN: its data errors (NaN features...) name it
+        full = fit_subset(head, src, np.arange(len(src)), labels=labels)
+    except ValidationError as e:
+        raise V.data_error(e, "train") from None
     K = 2 if head.n_outputs == 1 else head.n_outputs
     counts = np.bincount(labels[sub.rows], minlength=K)
     rows: list[dict[str, Any]] = []
