@@ -20,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     # errors
     "WinnowError": "errors", "ValidationError": "errors", "NotFittedError": "errors",
     "NotPositiveDefiniteError": "errors", "ConvergenceError": "errors", "OutputExistsError": "errors",
-    "ClusterError": "errors",
+    "ClusterError": "errors", "NotStationaryError": "errors",
     # core maths
     "Head": "core.heads", "LogisticHead": "core.heads", "SoftmaxHead": "core.heads", "load_head": "core.heads",
     "head_from_torch": "core.heads", "AutodiffHead": "core.autodiff",

@@ -27,6 +27,10 @@ class ValidationError(WinnowError, ValueError):
     """An argument or input data does not meet winnow's expectations (shape, dtype, NaN, labels...)."""
 
 
+class NotStationaryError(ValidationError):
+    """The head is not at an optimum of its training objective (every influence formula assumes ∇R(θ̂) = 0)."""
+
+
 class NotFittedError(ValidationError, AttributeError):
     """A method that needs fitted state was called before ``fit`` (as scikit-learn's NotFittedError)."""
 

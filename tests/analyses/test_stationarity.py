@@ -165,3 +165,43 @@ def test_given_curvature_without_figure_gets_a_gradient_pass():
         InfluenceAnalyzer(head).fit((X, y), curvature=curv)
     with pytest.raises(ValidationError, match="either curvature= .* or refit=True"):
         InfluenceAnalyzer(head, refit=True).fit((X, y), curvature=curv)
+
+
+def test_one_class_is_named_as_the_cause_not_the_stationarity(tmp_path):
+    """A head scored on TRAIN holding one class cannot be at an optimum there; the refusal names the cause
+    (one class), and refitting would not help (no optimum at finite weights)."""
+    from winnow import InfluenceAnalyzer, LogisticHead, NotStationaryError, ValidationError
+    from winnow.cli import main
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((80, 3))
+    y = (X[:, 0] > 0).astype(np.int64)
+    head = LogisticHead(l2=1e-2).fit(X, y)
+    one = np.zeros(80, dtype=np.int64)
+    for refit in (False, True):
+        with pytest.raises(ValidationError) as e:
+            InfluenceAnalyzer(head, refit=refit).fit((X, one))
+        assert not isinstance(e.value, NotStationaryError)
+        assert str(e.value) == "only one class (label 0) in train; a classifier needs at least two"
+    np.savez(tmp_path / "one.npz", X=X, y=one)
+    head.save(tmp_path / "h.npz")
+    with pytest.raises(SystemExit) as ex:
+        main(["influence", str(tmp_path / "one.npz"), "--head", str(tmp_path / "h.npz"), "--test",
+              str(tmp_path / "one.npz"), "--out", str(tmp_path / "s.parquet"), "-q"])
+    assert ex.value.code == 2 and not (tmp_path / "s.parquet").exists()
+
+
+def test_a_refit_head_still_off_its_optimum_is_not_sent_back_to_refit():
+    from winnow import NotStationaryError
+    from winnow.core.curvature import Stationarity
+
+    st = Stationarity(gradient_norm=1e-9, gradient_scale=1e-9, threshold=1e-4, refit=True)
+    with pytest.raises(NotStationaryError) as e:
+        st.check()
+    assert "even after refitting" in str(e.value) and "refit=True" not in str(e.value)
+    assert e.value.parameters == ("allow_nonstationary=True",)
+    st.check(allow_nonstationary=True)  # allowed: no error
+    fresh = Stationarity(gradient_norm=1e-2, gradient_scale=1.0, threshold=1e-4, refit=False)
+    with pytest.raises(NotStationaryError) as e:
+        fresh.check()
+    assert "Pass refit=True to polish the head first" in str(e.value)

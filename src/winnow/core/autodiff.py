@@ -50,7 +50,8 @@ def check_labels_for(n_outputs: int, loss: str, y: Any, argument: str = "y", wha
             raise ValidationError(
                 f"{argument}: {what} has 1 output (sigmoid + BCE), which needs labels in {{0, 1}}, but the labels "
                 f"include {np.unique(y[bad])[:5].tolist()} (max label {int(y.max())}): the head's output width "
-                f"does not match the labels (a K-class problem needs a head with K outputs)", parameters=(argument.split()[0],))
+                f"does not match the labels (a K-class problem needs a head with K outputs)",
+                parameters=(argument.split()[0],))
     else:
         bad = (y < 0) | (y >= n_outputs)
         if bad.any():

@@ -119,14 +119,20 @@ class Stationarity:
         """Raise a ValidationError naming the figure unless ``ok`` or ``allow_nonstationary``."""
         if self.ok or allow_nonstationary:
             return
-        from ..validation import fail
+        from ..errors import NotStationaryError
 
-        raise fail(
-            f"head is not at an optimum of the training objective: ‖∇R(θ̂)‖∞ = {self.gradient_norm:.2e} "
-            f"(relative {self.relative:.1e} > {self.threshold:.0e}); influence assumes ∇R(θ̂) = 0 (a head "
-            "stopped early, trained by SGD or with sample or class weights is not at the optimum of winnow's "
-            "unweighted objective). Pass refit=True to polish the head first, or allow_nonstationary=True to "
-            "score it anyway", "refit=True", "allow_nonstationary=True")
+        figure = (f"‖∇R(θ̂)‖∞ = {self.gradient_norm:.2e} (relative {self.relative:.1e} > {self.threshold:.0e}); "
+                  "influence assumes ∇R(θ̂) = 0")
+        if self.refit:
+            raise NotStationaryError(
+                f"head is not at an optimum of the training objective even after refitting: {figure}. The "
+                "objective has no optimum the Newton fit reaches (e.g. separable data with l2 = 0); pass "
+                "allow_nonstationary=True to score it anyway", parameters=("allow_nonstationary=True",))
+        raise NotStationaryError(
+            f"head is not at an optimum of the training objective: {figure} (a head stopped early, trained by "
+            "SGD or with sample or class weights is not at the optimum of winnow's unweighted objective). Pass "
+            "refit=True to polish the head first, or allow_nonstationary=True to score it anyway",
+            parameters=("refit=True", "allow_nonstationary=True"))
 
     def describe(self) -> str:
         """One line for people: ``‖∇R‖∞ 2.1e-01 -> 3.0e-12 in 6 Newton steps`` after a refit."""

@@ -22,9 +22,9 @@ import torch
 
 from ..core.curvature import Curvature, HessianKernel, Stationarity, curvature_from_sum, stationarity_from_sums
 from ..core.heads import DTYPE, Head, as_tensor
-from ..errors import ValidationError
+from ..errors import NotStationaryError, ValidationError
 from ..io.sources import DataSource, open_source
-from ..validation import check_damping, check_features, fail, open_data
+from ..validation import check_classes, check_damping, check_features, fail, open_data, read_labels
 from .columns import ColumnFunction, ScoreKernel
 from .engine import Engine, current_engine
 
@@ -95,7 +95,7 @@ def fit_curvature(head: Head, train: Any, *, damping: float = 0.0, rows: Any = N
             if check_stationarity else None
     curv = curvature_from_sum(head, S, total, damping=damping, normalizer=normalizer)
     if st is not None:
-        st.check(allow_nonstationary)
+        check_stationary(head, train, st, allow_nonstationary)
     curv.stationarity = st
     return curv
 
@@ -132,8 +132,20 @@ def checked_head(head: Head, train: Any, *, refit: bool = False, allow_nonstatio
     if refit:
         head = refit_head(head, train, chunk_size=chunk_size, engine=engine)
     st = stationarity(head, train, engine=engine, chunk_size=chunk_size, progress=progress)
-    st.check(allow_nonstationary)
+    check_stationary(head, train, st, allow_nonstationary)
     return head, st
+
+
+def check_stationary(head: Head, train: Any, st: Stationarity, allow_nonstationary: bool = False) -> None:
+    """Refuse a head that is not at an optimum (``st.check``) with the cause a user can fix: when TRAIN
+    lacks a class, no head of this kind has an optimum on it, and the class check says so (one extra pass
+    over the labels, on this error path only)."""
+    try:
+        st.check(allow_nonstationary)
+    except NotStationaryError:
+        source = open_for_head(head, train, "train")
+        check_classes(read_labels(source, "train"), source.classes, getattr(head, "kind", "auto"), "train")
+        raise
 
 
 # ----------------------------------------------------------------------------------------- gradients
