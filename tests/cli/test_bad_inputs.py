@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from clirun import run
 from conftest import relu_embeddings
 
-from winnow.cli import main
 from winnow.cli.options import FLAGS, cli_message, command_flags
 from winnow.core.heads import LogisticHead
 from winnow.errors import ValidationError
@@ -140,13 +140,6 @@ def _cases() -> list:
         lambda f: "error: --chunk-size must be an integer >= 1, got 0")
     return out
 
-
-def run(argv: list) -> int:
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def check_one_line_error(argv: list, capsys, out: Path) -> str:

@@ -11,21 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import typer
+from clirun import run
 from conftest import relu_embeddings
 
 import winnow.core.influence
 from winnow.cli import app, main
 from winnow.core.heads import LogisticHead, SoftmaxHead, load_head
 from winnow.core.influence import InfluenceAnalyzer
-
-
-def run(argv: list[str]) -> int:
-    """Run the CLI in-process; return its exit status (0 when it returns normally)."""
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def fails(argv: list[str], capsys, *needles: str) -> str:

@@ -17,19 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import typer
+from clirun import run
 from conftest import relu_embeddings
 from typer.testing import CliRunner
 
-from winnow.cli import app, main
+from winnow.cli import app
 from winnow.core.heads import LogisticHead
-
-
-def run(argv: list) -> int:
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def strict_loads(text: str) -> object:

@@ -13,20 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from clirun import run
 from sklearn.linear_model import LogisticRegression
 
-from winnow.cli import main
 from winnow.core.heads import load_head
 
 FACTORY = ["--factory", "nets:small_mlp"]  # Linear(4, 3) → tanh → Linear(3, 1) (tests/nets.py)
 
-
-def run(argv: list[str]) -> int:
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clirun import run
 from sklearn.datasets import load_breast_cancer
 
-from winnow.cli import main
 from winnow.core.heads import load_head
 
 N = 300
 
-
-def run(argv: list) -> int:
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def fails(argv: list, capsys, *needles: str) -> str:

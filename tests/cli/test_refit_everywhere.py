@@ -12,20 +12,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from clirun import run
 from sklearn.linear_model import LogisticRegression
 
-from winnow.cli import main
 from winnow.core.heads import LogisticHead
 
 L2 = 1e-2
 
-
-def run(argv: list[str]) -> int:
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def data(n: int, d: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

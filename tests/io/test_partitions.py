@@ -485,13 +485,9 @@ def test_cli_glue_relative_hessian_and_memorization_columns(setup):
 
 
 def _cli(argv: list) -> int:
-    from winnow.cli import main
+    from clirun import run
 
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+    return run(argv)
 
 
 def test_cli_influence_parts_and_resume(setup, capsys):
