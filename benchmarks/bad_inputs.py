@@ -317,10 +317,8 @@ def cases() -> list[Case]:
             add(cmd, "TRAIN does not exist", pos(b, 0, "missing.npz"), "TRAIN")
             add(cmd, "TRAIN has an extension winnow does not read (.txt)", pos(b, 0, "train.txt"), "TRAIN")
             add(cmd, "labels 1/2 (a logistic head needs 0/1)", pos(b, 0, "labels_1_2.npz"), "TRAIN")
-            # a head fitted elsewhere is not at the optimum on one class: that is what is said
-            # (evaluate-subset refits its heads from scratch on TRAIN, so it checks the classes itself)
-            add(cmd, "one class only", pos(b, 0, "one_class.npz"),
-                "--refit" if cmd in HEAD_COMMANDS and cmd != "evaluate-subset" else "TRAIN")
+            # no head has an optimum on one class: the message names that cause, in TRAIN
+            add(cmd, "one class only", pos(b, 0, "one_class.npz"), "TRAIN")
             add(cmd, "a NaN feature", pos(b, 0, "nan_features.npz"), "TRAIN")
             add(cmd, "duplicate ids", pos(b, 0, "duplicate_ids.npz"), "TRAIN")
             add(cmd, "string labels (yes/no) without --classes or --positive-label",

@@ -39,7 +39,7 @@ WORK = ROOT / "mutation" / ".work"
 MODULES = {
     "heads": ("src/winnow/core/heads.py",
               "tests/core/test_heads.py tests/core/test_curvature.py tests/core/test_influence.py"),
-    "curvature": ("src/winnow/core/curvature.py", "tests/core/test_curvature.py"),
+    "curvature": ("src/winnow/core/curvature.py", "tests/core/test_curvature.py tests/analyses/test_stationarity.py"),
     "influence": ("src/winnow/core/influence.py", "tests/core/test_influence.py"),
     "memorization": ("src/winnow/analyses/memorization.py", "tests/analyses/test_memorization.py"),
     "relative": ("src/winnow/analyses/relative.py", "tests/analyses/test_relative.py"),
