@@ -31,6 +31,7 @@ from ..engine.columns import ScoreColumns
 from ..engine.passes import checked_curvature, map_columns, open_for_head, test_gradients
 from ..errors import ValidationError
 from ..io.sources import open_source
+from ..validation import check_fraction, fail
 
 MEMORIZATION_COLUMNS = ("memorization", "memorize")
 
@@ -70,10 +71,10 @@ def check_threshold(threshold: float, argument: str = "threshold") -> float:
     try:
         D = float(threshold)
     except (TypeError, ValueError):
-        raise ValidationError(f"{argument} must be a number >= 0, got {threshold!r}") from None
+        raise fail(f"{argument} must be a number >= 0, got {threshold!r}", argument) from None
     if not np.isfinite(D) or D < 0:
-        raise ValidationError(f"{argument} must be a finite number >= 0 (the memorization threshold D; scores "
-                              f"are L1 norms); got {threshold!r}")
+        raise fail(f"{argument} must be a finite number >= 0 (the memorization threshold D; scores are L1 "
+                   f"norms); got {threshold!r}", argument)
     return D
 
 
@@ -118,17 +119,22 @@ def memorization_scores(head: Head, curvature: Curvature, data: Any, chunk_size:
                        inv_eigvals=inv)["memorization"]
 
 
+def check_threshold_choice(threshold: float | None, quantile: float | None) -> tuple[float | None, float | None]:
+    """Exactly one of ``threshold`` (D >= 0) or ``quantile`` (in [0, 1]), checked; returns them as floats."""
+    if (threshold is None) == (quantile is None):
+        raise fail("give exactly one of threshold (D) or quantile", "threshold", "quantile")
+    if threshold is not None:
+        return check_threshold(threshold, "threshold"), None
+    return None, check_fraction(quantile, "quantile", low_open=False, high_open=False)
+
+
 def resolve_threshold(head: Head, curvature: Curvature, data: Any, *, threshold: float | None = None,
                       quantile: float | None = None, chunk_size: int = 65536, progress: bool = False,
                       engine: Any = None) -> float:
     """D from exactly one of ``threshold`` (validated) or ``quantile`` (one extra scoring pass)."""
-    if (threshold is None) == (quantile is None):
-        raise ValidationError("give exactly one of threshold (D) or quantile (CLI: --memorize-threshold or "
-                              "--memorize-quantile)")
+    threshold, quantile = check_threshold_choice(threshold, quantile)
     if threshold is not None:
-        return check_threshold(threshold, "threshold (CLI: --memorize-threshold)")
-    if not (0.0 <= float(quantile) <= 1.0):  # type: ignore[arg-type]
-        raise ValidationError(f"quantile (CLI: --memorize-quantile) must be in [0, 1], got {quantile!r}")
+        return threshold
     return choose_threshold(memorization_scores(head, curvature, data, chunk_size, progress, engine=engine),
                             quantile)
 
@@ -142,6 +148,8 @@ class MemorizationColumns(ScoreColumns):
 
     def __init__(self, *, threshold: float | None = None, quantile: float | None = None,
                  score_only: bool = False) -> None:
+        if not score_only:  # checked here, so that a bad D fails before any pass over the data
+            threshold, quantile = check_threshold_choice(threshold, quantile)
         self.threshold, self.quantile, self.score_only = threshold, quantile, bool(score_only)
         if score_only:
             self.fields = [("memorization", pa.float64())]

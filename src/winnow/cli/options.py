@@ -28,7 +28,8 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "kind": "--kind", "batch_size": "--batch-size",
     # relative Hessians and LEP
     "hessian": "--hessian", "sample_size": "--sample-size", "sampler": "--sampler", "pilot_size": "--pilot-size",
-    "threshold": "--threshold", "start": "--start", "max_size": "--max-size", "growth": "--growth",
+    "threshold": ("--threshold", "--memorize-threshold"), "quantile": "--memorize-quantile",
+    "start": "--start", "max_size": "--max-size", "growth": "--growth",
     # subsampling
     "keep": "--keep", "policy": "--policy", "weighted": "--weighted", "memorize_threshold": "--memorize-threshold",
     "memorize_quantile": "--memorize-quantile", "sharpness": "--sharpness", "tune_ratio": "--tune-ratio",

@@ -195,21 +195,22 @@ class Curvature:
         self.null = null
         self.null_scale = float(self.hessian.diagonal().sum()) + 1.0
         self._factor_matrix = self.hessian + self.null_scale * (null @ null.T)
-        hint = ("add damping (Python: damping=1e-6 or larger; CLI: --damping 1e-6), or use l2 > 0 "
-                "if features are collinear or constant")
+        hint = "set damping to 1e-6 or more, or use l2 > 0 if features are collinear or constant"
         if not torch.isfinite(self.hessian).all():
-            raise NotPositiveDefiniteError(f"the Hessian has NaN/Inf entries; {hint}")
+            raise NotPositiveDefiniteError(f"the Hessian has NaN/Inf entries; {hint}",
+                                           parameters=("damping", "l2"))
         if P <= 4096:
             ev = torch.linalg.eigvalsh(self._factor_matrix)
             lo, hi = float(ev[0]), float(ev[-1])
             if lo <= 1e-13 * max(hi, 1e-300):
                 raise NotPositiveDefiniteError(
                     f"the Hessian (P = {P}) is not positive definite: smallest eigenvalue {lo:.3g}, largest "
-                    f"{hi:.3g}; {hint}")
+                    f"{hi:.3g}; {hint}", parameters=("damping", "l2"))
         L, info = torch.linalg.cholesky_ex(self._factor_matrix)
         if int(info) != 0:
             raise NotPositiveDefiniteError(f"the Hessian (P = {P}) is not positive definite "
-                                           f"(Cholesky failed at column {int(info)}); {hint}")
+                                           f"(Cholesky failed at column {int(info)}); {hint}",
+                                           parameters=("damping", "l2"))
         self.cholesky = L
 
     @property
