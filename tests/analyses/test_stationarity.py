@@ -205,3 +205,20 @@ def test_a_refit_head_still_off_its_optimum_is_not_sent_back_to_refit():
     with pytest.raises(NotStationaryError) as e:
         fresh.check()
     assert "Pass refit=True to polish the head first" in str(e.value)
+
+
+def test_the_figure_as_written_and_said():
+    """The metadata keys are the contract other tools (and the report) read; describe() is what the CLI says."""
+    from winnow.core.curvature import Stationarity
+
+    st = Stationarity(gradient_norm=2e-3, gradient_scale=0.5, threshold=1e-4, refit=False)
+    assert st.as_dict() == {"gradient_norm": 2e-3, "gradient_scale": 0.5, "relative": 4e-3, "threshold": 1e-4,
+                            "refit": False}
+    assert json.loads(st.metadata()["winnow.stationarity"]) == st.as_dict()
+    assert st.describe() == "‖∇R(θ̂)‖∞ = 2.00e-03 (relative 4.0e-03)"
+    polished = Stationarity(gradient_norm=3e-12, gradient_scale=0.5, threshold=1e-4, refit=True, refit_from=0.21,
+                            refit_steps=6)
+    assert polished.describe() == "refit the head: ‖∇R‖∞ 2.1e-01 -> 3.0e-12 in 6 Newton steps"
+    # marked refit but without the starting figure (e.g. read back from a file): the plain figure
+    assert Stationarity(gradient_norm=3e-12, gradient_scale=0.5, threshold=1e-4, refit=True).describe() == \
+        "‖∇R(θ̂)‖∞ = 3.00e-12 (relative 6.0e-12)"
