@@ -194,10 +194,20 @@ def test_later_commands_on_csv_equal_parquet(files, head, capsys):
                     "--json", d / f"thm_{route}.json"]) == 0
         assert run(["subsample", tr, "--head", head, "--valid", va, "--keep", "0.5", "-q", *flags,
                     "--out", d / f"sub_{route}.parquet"]) == 0
+        assert run(["lep", tr, "--head", head, "--test", te, "--start", "100", "--threshold", "0.5", "-q", *flags,
+                    "--json", d / f"lep_{route}.json"]) == 0
         out[route] = (json.loads((d / f"loo_{route}.json").read_text()),
                       json.loads((d / f"thm_{route}.json").read_text()),
-                      pq.read_table(d / f"sub_{route}.parquet"))
-    (loo_c, thm_c, sub_c), (loo_p, thm_p, sub_p) = out["csv"], out["pq"]
+                      pq.read_table(d / f"sub_{route}.parquet"),
+                      json.loads((d / f"lep_{route}.json").read_text()))
+    (loo_c, thm_c, sub_c, lep_c), (loo_p, thm_p, sub_p, lep_p) = out["csv"], out["pq"]
+    assert lep_c["recommended_sample_size"] == lep_p["recommended_sample_size"]
+    assert lep_c["reached"] == lep_p["reached"] and len(lep_c["curve"]) == len(lep_p["curve"])
+    for a, b in zip(lep_c["curve"], lep_p["curve"], strict=True):
+        assert a["size"] == b["size"]
+        for key, value in a["statistics"].items():
+            np.testing.assert_allclose(value, b["statistics"][key], rtol=1e-12, atol=1e-15, err_msg=key)
+    np.testing.assert_allclose(lep_c["stationarity"]["relative"], lep_p["stationarity"]["relative"], rtol=1e-12)
     for key in ("predicted", "actual"):
         np.testing.assert_allclose(loo_c[key], loo_p[key], rtol=1e-12, atol=1e-15)
     assert [int(i.removeprefix("p-")) for i in loo_c["ids"]] == [int(i) for i in loo_p["ids"]]
