@@ -236,3 +236,25 @@ def test_cli_extract_features_model_influence_check_head(tmp_path):
     with pytest.raises(SystemExit):
         main(["extract-features", str(tmp_path / "sd.pt"), str(tmp_path / "train.npz"), "--head", "fc",
               "--out", str(tmp_path / "g.parquet")])
+
+
+def test_refine_model_reaches_a_float64_stationary_point():
+    """L-BFGS must see the loss in float64: a float32 loss stalls its line search near 1e-6 relative."""
+    from sklearn.datasets import load_digits
+
+    from winnow.core.models import refine_model
+
+    d = load_digits()
+    X = torch.as_tensor(d.data[:600] / 16.0)
+    y = torch.as_tensor((d.target[:600] >= 5).astype(np.int64))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 12), torch.nn.Tanh(), torch.nn.Linear(12, 1)).double()
+    l2 = 1e-3
+    net.eval()
+    gnorm = refine_model(net, (X, y), l2=l2, regularize="weights", max_iter=1000, tol=1e-10)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(X)[:, 0], y.double())
+    loss = loss + 0.5 * l2 * sum((p * p).sum() for p in net.parameters() if p.ndim >= 2)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    expected = max(float(g.abs().max()) for g in grads)
+    assert gnorm == pytest.approx(expected, rel=1e-6, abs=1e-15)
+    assert expected < 1e-7

@@ -82,7 +82,8 @@ def test_head_only_parameter_set_is_the_exact_limit():
     X, y = data()
     res = theorem1_check(net, "fc", (X, y), (X[:10], y[:10]), l2=1e-2, params="fc", n_train=40, n_test=5)
     np.testing.assert_allclose(res.influence_head, res.influence_full, rtol=1e-9, atol=1e-12)
-    assert res.spearman == pytest.approx(1.0) and res.sign_agreement == 1.0 and res.trusted
+    # equal to 1e-9, so the ranks agree but for near-ties (one adjacent swap of 200 pairs is 1 − 1.5e-6)
+    assert res.spearman > 1 - 1e-5 and res.sign_agreement == 1.0 and res.trusted
     assert res.t1_relative < 1e-10 and res.t2_relative["q95"] < 1e-8
     assert res.head_inverse_mass == pytest.approx(1.0)
 

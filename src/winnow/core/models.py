@@ -739,7 +739,7 @@ def refine_model(model: torch.nn.Module, train: Any, *, l2: float = 0.0, regular
             if r is not None:
                 r.backward()
                 total += float(r.detach())
-            return torch.tensor(total)
+            return torch.tensor(total, dtype=torch.float64)  # float64: a float32 loss stalls the line search
 
         opt.step(closure)
         closure()
