@@ -21,10 +21,18 @@ Usage::
     python benchmarks/head_influence.py                 # n in {1e5, 1e6}, D in {64, 256}
     python benchmarks/head_influence.py --quick         # a small smoke run (seconds)
     python benchmarks/head_influence.py --memory-1e7    # peak RSS of `winnow influence` over 1e7 rows in Parquet
+    python benchmarks/head_influence.py --precision     # precision="float64" vs "mixed", n = 1e6, one thread
 
 ``--memory-1e7`` writes 1e7 synthetic rows (D = 64, float32) as a directory of Parquet files under /tmp,
 fits a head on a part of them, runs the real ``winnow influence`` command in a subprocess, reports its peak
 RSS (from ``wait4``) and wall time, checks the output, and removes everything it wrote.
+
+``--precision`` compares ``precision="float64"`` (every product in float64) with ``"mixed"`` (per-block GEMMs
+in float32 on the float32 features, float64 sums, H and solves; what "auto" picks for float32 features) at
+n = 1e6, D in {64, 256}, one thread (set ``--threads`` for more): the Hessian pass, the scoring pass
+(influence alone and with self-influence) and pairs for T = 100, each in both precisions from the same
+process, and the largest error of every mixed column relative to the float64 one, max |mixed − float64| /
+max |float64|.
 """
 
 from __future__ import annotations
@@ -257,6 +265,78 @@ def worker_pydvl(n: int, d: int, repeat: int, dtype: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- driver
+def _precision_run(head, X, y, Xv, yv, precision: str, repeat: int, chunk_size: int) -> tuple[dict, dict]:
+    """(times of every pass, score columns) of one precision."""
+    from winnow.analyses.influence import InfluenceAnalyzer
+
+    holder: dict = {}
+
+    def hess():
+        # the head is fitted on other rows of the same distribution: timing and agreement need no optimum
+        holder["an"] = InfluenceAnalyzer(head, chunk_size=chunk_size, precision=precision,
+                                         allow_nonstationary=True).fit((X, y))
+
+    r = {"hessian_s": _best(hess, repeat)}
+    an = holder["an"]
+    r["score_s"] = _best(lambda: an.score((Xv, yv), self_influence=False), repeat)
+    r["score_self_s"] = _best(lambda: an.score((Xv, yv), self_influence=True), repeat)
+    r["pairs_s"] = _best(lambda: an.pairwise((Xv[:PAIR_ROWS], yv[:PAIR_ROWS])), repeat)
+    t = an.score((Xv, yv), self_influence=True)
+    cols = {c: t[c].to_numpy() for c in ("influence", "loss_change_if_removed", "self_influence")}
+    cols["pairs"] = an.pairwise((Xv[:PAIR_ROWS], yv[:PAIR_ROWS]))
+    return r, cols
+
+
+def worker_precision(n: int, d: int, repeat: int, chunk_size: int) -> dict:
+    """Times and errors of precision="float64" vs "mixed" on the same float32 data and head."""
+    import torch
+
+    X, y = make_data(n, d, seed=0)
+    Xv, yv = make_data(VAL_ROWS, d, seed=2)
+    head = make_head(d)
+    res: dict = {"n": n, "D": d, "torch_threads": torch.get_num_threads()}
+    cols: dict = {}
+    for prec in ("float64", "mixed"):
+        res[prec], cols[prec] = _precision_run(head, X, y, Xv, yv, prec, repeat, chunk_size)
+    res["max_rel_error"] = {c: float(np.max(np.abs(cols["mixed"][c] - a)) / np.max(np.abs(a)))
+                            for c, a in cols["float64"].items()}
+    return res
+
+
+def run_precision(args) -> list[dict]:
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    dims = [int(d) for d in args.dims.split(",")]
+    print(f"# winnow precision=float64 vs mixed (float32 features): {_machine(args.threads)}", flush=True)
+    rows = []
+    for n in sizes:
+        for d in dims:
+            print(f"  n = {n:.0e}, D = {d} ...", end="", flush=True)
+            rows.append({"n": n, "D": d, "result": _run_worker("precision", n, d, args, None, None)})
+            print(" done", flush=True)
+    head = ["n", "D", "pass", "float64", "mixed", "speed-up"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    errs = ["| n | D | influence | loss_change_if_removed | self_influence | pairs T=100 |",
+            "|---|---|---|---|---|---|"]
+    for row in rows:
+        r = row["result"]
+        if "error" in r:
+            lines.append(f"| {row['n']:.0e} | {row['D']} | {r['error']} |")
+            continue
+        for key, name in (("hessian_s", "Hessian"), ("score_s", "score (influence)"),
+                          ("score_self_s", "score (+self-infl.)"), ("pairs_s", "pairs T=100")):
+            a, b = r["float64"][key], r["mixed"][key]
+            lines.append(f"| {row['n']:.0e} | {row['D']} | {name} | {_fmt_s(a)} | {_fmt_s(b)} | {a / b:.2f}× |")
+        e = r["max_rel_error"]
+        errs.append(f"| {row['n']:.0e} | {row['D']} | " + " | ".join(
+            f"{e[c]:.1e}" for c in ("influence", "loss_change_if_removed", "self_influence", "pairs")) + " |")
+    print()
+    print("\n".join(lines))
+    print()
+    print("max |mixed − float64| / max |float64| per column:")
+    print("\n".join(errs))
+    return rows
+
+
 def _run_worker(kind: str, n: int, d: int, args, timeout: float | None, mem_cap_mb: float | None) -> dict:
     """Run a worker in a fresh interpreter; kill it past ``timeout`` seconds or ``mem_cap_mb`` of RSS."""
     import psutil
@@ -469,18 +549,28 @@ def main(argv: list[str] | None = None) -> None:
                     help="measure peak RSS of `winnow influence` over 1e7 Parquet rows (D = 64) instead")
     ap.add_argument("--memory-rows", default="1e7", help="rows for --memory-1e7 (default 1e7)")
     ap.add_argument("--memory-files", type=int, default=10, help="Parquet files for --memory-1e7 (default 10)")
-    ap.add_argument("--_worker", choices=["winnow", "pydvl"], help=argparse.SUPPRESS)
+    ap.add_argument("--precision", action="store_true",
+                    help="compare precision float64 vs mixed instead (n = 1e6, D in {64, 256}, one thread unless "
+                         "--threads, best of 2 unless --repeat)")
+    ap.add_argument("--_worker", choices=["winnow", "pydvl", "precision"], help=argparse.SUPPRESS)
     ap.add_argument("--_n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_d", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
-        fn = worker_winnow if args._worker == "winnow" else worker_pydvl
-        extra = (args.chunk_size,) if args._worker == "winnow" else (args.pydvl_dtype,)
+        fn = {"winnow": worker_winnow, "pydvl": worker_pydvl, "precision": worker_precision}[args._worker]
+        extra = (args.pydvl_dtype,) if args._worker == "pydvl" else (args.chunk_size,)
         print(json.dumps(fn(args._n, args._d, args.repeat, *extra)))
         return
+    if args.precision:
+        if "--sizes" not in (argv if argv is not None else sys.argv):
+            args.sizes = "1e6"
+        if "--repeat" not in (argv if argv is not None else sys.argv):
+            args.repeat = 2
+        args.threads = args.threads or 1
     if args.quick:
         args.sizes, args.dims, args.repeat = "2e4", "32", 2
-    result = run_memory(args) if args.memory_1e7 else run_table(args)
+    result = (run_memory(args) if args.memory_1e7 else run_precision(args) if args.precision
+              else run_table(args))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -72,7 +72,8 @@ def setup(tmp_path):
     X = X.astype(np.float32)
     Xt, yt = relu_embeddings(120, d_in=5, d=6, seed=4)
     train = write_parquet_dir(tmp_path / "train", X, y, [600, 400, 500], row_group=100)
-    head = LogisticHead(l2=1e-2).fit(X.astype(np.float64), y)
+    # float32 features, compared with float64 references to 1e-10: the float64 path, not "auto"'s mixed one
+    head = LogisticHead(l2=1e-2, precision="float64").fit(X.astype(np.float64), y)
     return tmp_path, X, y, Xt, yt, train, head
 
 

@@ -91,7 +91,8 @@ def setup(tmp_path):
     X, y = data()
     Xt, yt = data(150, seed=7)
     train = write_parquet_dir(tmp_path / "train", X, y, [500, 300, 400], row_group=100)
-    head = LogisticHead(l2=1e-2).fit(X.astype(np.float64), y)
+    # float32 features, compared with float64 references to 1e-10: the float64 path, not "auto"'s mixed one
+    head = LogisticHead(l2=1e-2, precision="float64").fit(X.astype(np.float64), y)
     return tmp_path, X, y, Xt, yt, train, head
 
 
@@ -253,7 +254,7 @@ def test_resume_refuses_a_different_job(setup):
     write_influence_parts(head, train, out, **kw)
     with pytest.raises(OutputExistsError, match="--resume"):
         write_influence_parts(head, train, out, **kw)
-    other = LogisticHead.from_weights(head.weight_ * 1.01, head.bias_, l2=head.l2)
+    other = LogisticHead.from_weights(head.weight_ * 1.01, head.bias_, l2=head.l2, precision="float64")
     with pytest.raises(ValidationError, match=r"refusing to resume.*head\.theta_sha256"):
         write_influence_parts(other, train, out, resume=True, allow_nonstationary=True, **kw)
     with pytest.raises(ValidationError, match=r"refusing to resume.*test"):
@@ -362,7 +363,9 @@ CRASH_SCRIPT = textwrap.dedent("""
     col = ColumnFunction(margin, {"slow": 0.0}, label="margin")
     if float(slow):
         col = ColumnFunction(margin, {"slow": float(slow)}, label="margin")  # same label: the same job
-    res = write_influence_parts(load_head(head_path), train, out, test=(t["X"], t["y"]), columns=[col],
+    head = load_head(head_path)
+    head.precision = "float64"  # compared with a float64 reference to 1e-10
+    res = write_influence_parts(head, train, out, test=(t["X"], t["y"]), columns=[col],
                                 chunk_size=50, partition_rows=100, resume=resume == "1")
     print("RESULT", res.written, res.skipped, res.resumed, flush=True)
 """)
@@ -501,7 +504,8 @@ def test_cli_influence_parts_and_resume(setup, capsys):
     tmp, X, y, Xt, yt, train, head = setup
     head.save(tmp / "head.npz")
     np.savez(tmp / "test.npz", X=Xt, y=yt)
-    base = ["influence", train, "--head", tmp / "head.npz", "--test", tmp / "test.npz", "--quiet"]
+    base = ["influence", train, "--head", tmp / "head.npz", "--test", tmp / "test.npz", "--quiet",
+            "--precision", "float64"]
     assert _cli(base + ["--out", tmp / "one.parquet"]) == 0
     assert _cli(base + ["--out", tmp / "parts", "--partition-rows", 250]) == 0
     one, parts = pq.read_table(tmp / "one.parquet"), pq.read_table(tmp / "parts")

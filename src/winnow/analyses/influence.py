@@ -13,6 +13,7 @@ run can finish with ``resume=True``.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ..core.blocks import check_precision
 from ..core.curvature import Curvature, Stationarity
 from ..core.heads import DTYPE, Head, as_tensor
 from ..core.influence import SIGN_METADATA
@@ -241,14 +243,21 @@ class InfluenceAnalyzer:
     (``stationarity_``, a :class:`winnow.core.curvature.Stationarity`; the scores' ``winnow.stationarity``
     metadata). Every formula assumes ∇R(θ̂) = 0: a head above the threshold is refused (ValidationError)
     unless ``allow_nonstationary=True`` (score it as it is) or ``refit=True`` (first polish a copy to the
-    optimum by Newton from its weights, same λ; ``head`` is then that copy).
+    optimum by Newton from its weights, same λ; ``head`` is then that copy). ``precision`` ("auto",
+    "float64", "mixed"; None keeps the head's own ``precision``, "auto" unless set) picks the dtype of the
+    per-block GEMMs of the Hessian and scoring passes: "auto" runs float32 features in mixed precision
+    (float32 GEMMs, float64 sums, H, factorisation and solves) and float64 features in float64.
     """
 
     def __init__(self, head: Head, *, damping: float = 0.0, chunk_size: int = 65536, progress: bool = False,
                  engine: Engine | None = None, workers: int | None = None, scheduler: Any = None,
                  partition_rows: int | None = None, device: torch.device | str | None = None,
-                 timeout: float = 30.0, refit: bool = False, allow_nonstationary: bool = False) -> None:
+                 timeout: float = 30.0, refit: bool = False, allow_nonstationary: bool = False,
+                 precision: str | None = None) -> None:
         head = check_head(head)
+        if precision is not None and check_precision(precision) != head.precision:
+            head = copy.copy(head)  # the caller's head keeps its own setting
+            head.precision = precision
         self.refit = bool(refit)
         self.allow_nonstationary = bool(allow_nonstationary)
         damping, chunk_size = check_damping(damping), check_chunk_size(chunk_size)

@@ -23,6 +23,8 @@ from .options import (
     LabelColumn,
     Overwrite,
     PositiveLabel,
+    PrecisionChoice,
+    PrecisionOpt,
     Quiet,
     Refit,
     ReportOut,
@@ -127,6 +129,7 @@ def influence(
     partition_rows: PartitionRows = None, cluster_timeout: ClusterTimeout = 30.0,
     refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
     overwrite: Overwrite = False, quiet: Quiet = False, report: ReportOut = None,
+    precision: PrecisionOpt = PrecisionChoice.auto,
 ) -> None:
     """Influence of every training point on the mean loss of TEST (one Hessian pass, one scoring pass).
     With --parts/--workers/--scheduler/--resume (or a directory --out) the scores go to a directory of part
@@ -145,6 +148,7 @@ def influence(
     if report is not None:
         check_output_path(report, overwrite, argument="report")
     h = load_head(head)
+    h.precision = precision.value  # the Hessian and scoring passes below read it from the head
     cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
                         positive_label)
     tr = source_from(train, cols, head=h)

@@ -1,13 +1,43 @@
-"""Row blocks in float64: features are upcast one cache-sized block at a time (no float64 copy of a chunk)."""
+"""Row blocks of features for the closed-form kernels, and the ``precision`` setting that picks their dtype.
+
+float64 (``precision="float64"``): features are upcast one cache-sized block at a time (no float64 copy of a
+chunk). Mixed (``precision="mixed"``, or ``"auto"`` on float32 features): blocks stay float32 (no copy at all
+for float32 rows already on the device), the per-block GEMMs run in float32 and every result is summed in
+float64 (see ``LinearHead.score_chunk`` and ``winnow.core.curvature.hessian_chunk``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 DTYPE = torch.float64
+
+#: the accepted values of a head's ``precision``: "auto" (mixed for float32 features, float64 otherwise),
+#: "float64" (every product in float64), "mixed" (per-block GEMMs in float32, sums and solves in float64)
+PRECISIONS = ("auto", "float64", "mixed")
+
+
+def check_precision(precision: str, parameter: str = "precision") -> str:
+    """``precision`` if it is one of ``PRECISIONS``, else a ValidationError naming ``parameter``."""
+    from ..errors import ValidationError
+
+    if precision not in PRECISIONS:
+        raise ValidationError(f"{parameter} must be one of 'auto', 'float64', 'mixed', got {precision!r} "
+                              "('auto' is mixed precision for float32 features and float64 otherwise)",
+                              parameters=(parameter,))
+    return precision
+
+
+def block_dtype(precision: str, features_dtype: Any) -> torch.dtype:
+    """The dtype of the working blocks for features of ``features_dtype`` under ``precision``: float32 for
+    "mixed" and for "auto" with float32 features, float64 otherwise."""
+    if precision == "mixed" or (precision == "auto" and np.dtype(features_dtype) == np.float32):
+        return torch.float32
+    return DTYPE
 
 # Bytes of a float64 working block: features are upcast to float64 one block at a time, so that on a CPU the
 # block stays in cache and no float64 copy of a whole chunk is ever made (memory and bandwidth); on an
@@ -23,24 +53,24 @@ def row_block(n_cols: int, device: torch.device | str | None = None) -> int:
 
 
 def float64_blocks(X: np.ndarray, block: int, device: torch.device | str | None, *,
-                   ones_column: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (start, stop, X[start:stop] as float64 on ``device``) for row blocks of ``block`` rows of a
-    (c, D) array; with ``ones_column`` the block is X̃ = [X, 1] (b, D + 1).
+                   ones_column: bool = False, dtype: torch.dtype = DTYPE) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (start, stop, X[start:stop] as ``dtype`` (float64 unless given) on ``device``) for row blocks of
+    ``block`` rows of a (c, D) array; with ``ones_column`` the block is X̃ = [X, 1] (b, D + 1).
 
-    Rows that need converting (float32 features, another device, the ones column) are copied into one reused
-    buffer, so a block is only valid until the next one is yielded; float64 rows already on ``device`` are
-    not copied when no ones column is asked for.
+    Rows that need converting (another dtype, another device, the ones column) are copied into one reused
+    buffer, so a block is only valid until the next one is yielded; rows already of ``dtype`` on ``device``
+    are not copied when no ones column is asked for.
     """
     n, d = int(X.shape[0]), int(X.shape[1])
     buf = None
     for s in range(0, n, block):
         e = min(s + block, n)
         src = torch.as_tensor(X[s:e])
-        if not ones_column and src.dtype == DTYPE and src.device == torch.device(device or "cpu"):
+        if not ones_column and src.dtype == dtype and src.device == torch.device(device or "cpu"):
             yield s, e, src
             continue
         if buf is None:
-            buf = torch.empty(min(block, n), d + int(ones_column), dtype=DTYPE, device=device)
+            buf = torch.empty(min(block, n), d + int(ones_column), dtype=dtype, device=device)
             if ones_column:
                 buf[:, d] = 1.0
         out = buf[:e - s]

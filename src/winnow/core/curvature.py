@@ -17,7 +17,7 @@ import torch
 
 from .._moved import moved_names
 from ..errors import NotPositiveDefiniteError, ValidationError
-from .blocks import BLOCK_BYTES, DEVICE_BLOCK_BYTES, float64_blocks, row_block  # noqa: F401
+from .blocks import BLOCK_BYTES, DEVICE_BLOCK_BYTES, block_dtype, float64_blocks, row_block  # noqa: F401
 from .heads import DTYPE, Head, as_tensor
 
 
@@ -26,7 +26,11 @@ def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None,
     """Σ_i w_i ∇²ℓ_i over one chunk of features (pure; shared by the local loop and Dask), (P, P).
     ``y`` (c,) is passed on for heads whose Hessian depends on the labels (autodiff heads). With
     ``gradients`` also the stationarity sums of the same rows, from the same float64 blocks:
-    returns (Σ w_i ∇²ℓ_i (P, P), Σ w_i g_i (P,), Σ w_i ‖g_i‖∞ ())."""
+    returns (Σ w_i ∇²ℓ_i (P, P), Σ w_i g_i (P,), Σ w_i ‖g_i‖∞ ()).
+
+    Closed-form heads in mixed precision (``head.precision`` "mixed", or "auto" with float32 ``X``) take the
+    blocks in float32 (float32 rows on a CPU are not copied) and run the per-block GEMMs in float32; each
+    block's sums are float64, and so is their sum over blocks (and the engine's over chunks)."""
     if X.shape[0] == 0:
         S = head.hessian_sum(as_tensor(X, head.device), weights=None)
         if not gradients:
@@ -34,7 +38,8 @@ def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None,
         zero = torch.zeros((), dtype=DTYPE, device=head.device)
         return S, torch.zeros(S.shape[0], dtype=DTYPE, device=head.device), zero
     S = g = scale = None
-    for s, e, Xb in float64_blocks(X, row_block(X.shape[1] + 1, head.device), head.device):
+    dt = block_dtype(head.precision, X.dtype) if head.closed_form else DTYPE
+    for s, e, Xb in float64_blocks(X, row_block(X.shape[1] + 1, head.device), head.device, dtype=dt):
         w = as_tensor(weights[s:e], head.device) if weights is not None else None
         yb = torch.as_tensor(y[s:e], device=head.device) if y is not None else None
         part = head.hessian_sum(Xb, weights=w, y=yb)

@@ -9,7 +9,9 @@ P = K_out · (D + 1); with ũ = [u, 1] the per-example gradient is g = r ⊗ ũ 
   ∇²ℓ = (diag p − ppᵀ) ⊗ ũũᵀ.
 
 The objective is the mean loss plus an L2 penalty on the weights only (not the bias, as in
-scikit-learn): R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖². All maths runs in torch float64 on ``device``.
+scikit-learn): R(θ) = (1/n) Σ ℓ_i + (λ/2)‖W‖². All maths runs in torch float64 on ``device``, except that
+with ``precision`` "mixed" (or "auto", the default, on float32 features) the closed-form heads' scoring and
+Hessian passes run their per-block GEMMs in float32 (sums, H, its factorisation and solves stay float64).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvergenceError, NotFittedError, ValidationError
-from .blocks import DTYPE, float64_blocks, row_block
+from .blocks import DTYPE, block_dtype, check_precision, float64_blocks, row_block
 
 
 def as_tensor(a: Any, device: torch.device | str | None = None) -> torch.Tensor:
@@ -50,8 +52,13 @@ class Head(ABC):
     #: data read later for this head uses it for every setting not given
     data_columns_: Any = None
 
+    #: "auto" (mixed for float32 features, float64 otherwise), "float64" or "mixed": the dtype of the per-block
+    #: GEMMs of the closed-form heads' scoring and Hessian passes (``winnow.core.blocks.block_dtype``)
+    precision: str = "auto"
+
     def __init__(self, l2: float = 1e-3, *, tol: float = 1e-9, max_iter: int = 100,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, precision: str = "auto") -> None:
+        self.precision = check_precision(precision)
         if not np.isfinite(l2) or l2 < 0:
             raise ValidationError(f"l2 must be a finite number >= 0, got {l2!r}")
         if tol <= 0:
@@ -147,7 +154,7 @@ class Head(ABC):
     def blank(self, tol: float | None = None) -> Head:
         """An unfitted head of the same kind, λ, device (and number of classes), for retraining."""
         kw: dict[str, Any] = dict(tol=self.tol if tol is None else tol, max_iter=max(self.max_iter, 100),
-                                  device=self.device)
+                                  device=self.device, precision=self.precision)
         return type(self)(self.l2, **kw)
 
     # ----------------------------------------------------------- validation
@@ -363,17 +370,27 @@ class LinearHead(Head):
 
     closed_form = True
 
+    def block_logits(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Z = X Wᵀ + b (c, K_out) float64 for a float64 or float32 block X (c, D). For float32 X (mixed
+        precision) the GEMM runs in float32 with W rounded to float32 and the result is upcast before the
+        bias is added: |ΔZ| ≲ 1e-7 · Σ_j |W_kj u_j| per entry."""
+        if X.dtype == DTYPE:
+            return self.logits(X, theta)
+        th = (self.theta_ if theta is None else theta).reshape(self.n_outputs, -1)
+        return (X @ th[:, :-1].T.to(X.dtype)).to(DTYPE) + th[:, -1]
+
     def gradient_stats(self, X: torch.Tensor, y: torch.Tensor,
                        w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``Head.gradient_stats`` without forming g = r ⊗ ũ: Σ w_i g_i = [Rᵀ X | Σ r] and
-        ‖g_i‖∞ = max_k |r_ik| · max(1, max_j |u_ij|)."""
-        r = self.residuals(X, y)
+        ‖g_i‖∞ = max_k |r_ik| · max(1, max_j |u_ij|). A float32 block X (mixed precision) gives the float64
+        residuals r from its logits and the GEMM RᵀX in float32; the results are float64."""
+        r = self._residuals_from_logits(self.block_logits(X), y)
         if w is not None:
             r = r * w[:, None]
-        grad = torch.cat([r.T @ X, r.sum(0)[:, None]], dim=1).reshape(-1)
+        grad = torch.cat([(r.to(X.dtype).T @ X).to(DTYPE), r.sum(0)[:, None]], dim=1).reshape(-1)
         if X.shape[0] == 0:
             return grad, grad.new_zeros(())
-        xmax = X.abs().amax(1).clamp_min(1.0) if X.shape[1] else torch.ones_like(r[:, 0])
+        xmax = X.abs().amax(1).to(DTYPE).clamp_min(1.0) if X.shape[1] else torch.ones_like(r[:, 0])
         return grad, (r.abs().amax(1) * xmax).sum()
 
     def leverage_blocks(self, Xa: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
@@ -397,9 +414,17 @@ class LinearHead(Head):
         pair factors share one GEMM; self-influence is ‖L⁻¹g_p‖² = ‖Σ_k r_pk (L⁻¹)_k ũ_p‖² with (L⁻¹)_k the
         columns of L⁻¹ for output k. Features are upcast to float64 one cache-sized block at a time.
         ``pairs_out`` (c, T) float64, if given, receives the pairs (no extra copy on a CPU).
+
+        Mixed precision (``precision`` "mixed", or "auto" with float32 ``X``): the blocks stay float32 and the
+        two GEMMs (X̃ @ [θ, s, H⁻¹G_tᵀ] and X̃ @ L⁻ᵀ) run in float32 with those float64 right-hand sides
+        rounded to float32; their products are upcast, and the residuals r = σ(z) − y (p − e_y), the
+        contractions with r and the squares are float64. Each GEMM entry then carries a relative error of
+        ~1e-7 · Σ_j |v_j ũ_j| / |vᵀũ| (float32 rounding of the factor and of the accumulation), which is
+        what every score inherits; the float64 path is unchanged.
         """
         K, D = self.n_outputs, self.n_features_
         dev = self.device
+        dt = block_dtype(self.precision, X.dtype)
 
         def split(V: torch.Tensor) -> torch.Tensor:
             """V (P, m) -> Vᵀ per output, (K·m, D + 1) contiguous: row k·m + j = V_k[:, j], so ũ_pᵀV_k[:, j] is
@@ -413,9 +438,9 @@ class LinearHead(Head):
             blocks.append(pair_factors)
         # the GEMMs below take the transposed view of a contiguous (m, D + 1) matrix: much faster in MKL than a
         # row-major (D + 1, m) right-hand side when m is small
-        VT = torch.cat([split(V) for V in blocks])
+        VT = torch.cat([split(V) for V in blocks]).to(dt)
         if curvature is not None:
-            MT = split(curvature.inverse_factor().T)  # (K·P, D + 1): rows of (L⁻¹)_k
+            MT = split(curvature.inverse_factor().T).to(dt)  # (K·P, D + 1): rows of (L⁻¹)_k
 
         c = int(X.shape[0])
         infl = torch.empty(c, dtype=DTYPE, device=dev)
@@ -426,8 +451,8 @@ class LinearHead(Head):
             pairs = torch.from_numpy(pairs_out) if direct else torch.empty(c, T, dtype=DTYPE, device=dev)
         yt_all = torch.as_tensor(y, device=dev)
         B = row_block(max(D + 1, VT.shape[0], MT.shape[0] if curvature is not None else 0), dev)
-        for s, e, Xb in float64_blocks(X, B, dev, ones_column=True):  # Xb = X̃ (b, D + 1)
-            Z = Xb @ VT.T  # (b, K + K + K·T)
+        for s, e, Xb in float64_blocks(X, B, dev, ones_column=True, dtype=dt):  # Xb = X̃ (b, D + 1)
+            Z = (Xb @ VT.T).to(DTYPE)  # (b, K + K + K·T)
             r = self._residuals_from_logits(Z[:, :K], yt_all[s:e])  # (b, K)
             rn = r.neg_()  # −r: the influences carry a minus sign
             torch.sum(rn * Z[:, K:2 * K], 1, out=infl[s:e])
@@ -437,7 +462,7 @@ class LinearHead(Head):
                 else:
                     torch.sum(rn[:, :, None] * Z[:, 2 * K:].reshape(-1, K, T), 1, out=pairs[s:e])
             if self_infl is not None:
-                W = Xb @ MT.T  # (b, K·P): row p, block k = (L⁻¹)_k ũ_p
+                W = (Xb @ MT.T).to(DTYPE)  # (b, K·P): row p, block k = (L⁻¹)_k ũ_p
                 W = W.mul_(rn) if K == 1 else (W.reshape(-1, K, W.shape[1] // K) * rn[:, :, None]).sum(1)
                 torch.sum(W * W, 1, out=self_infl[s:e])
         infl_np = infl.cpu().numpy()
@@ -506,16 +531,20 @@ class LogisticHead(LinearHead):
 
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
                     weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        a = self.curvature_weights(X, theta)
+        # a float32 X (mixed precision): float64 weights a from the upcast logits, the GEMM XᵀY in float32,
+        # the result (and Σa) float64
+        sg = torch.sigmoid(self.block_logits(X, theta)[:, 0])
+        a = sg * (1 - sg)
         if weights is not None:
             a = a * weights
         # X̃ᵀ diag(a) X̃ assembled from its blocks [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]: one GEMM, no copy of X̃
         D = X.shape[1]
         H = torch.empty(D + 1, D + 1, dtype=X.dtype, device=X.device)
-        Y = X * a[:, None]
+        Y = X * a.to(X.dtype)[:, None]
         torch.mm(X.T, Y, out=H[:D, :D])
         H[:D, D] = Y.sum(0)
         H[D, :D] = H[:D, D]
+        H = H.to(DTYPE)
         H[D, D] = a.sum()
         return H
 
@@ -595,7 +624,7 @@ class SoftmaxHead(LinearHead):
 
     def blank(self, tol: float | None = None) -> SoftmaxHead:
         return SoftmaxHead(self.l2, n_classes=self.n_outputs, tol=self.tol if tol is None else tol,
-                           max_iter=max(self.max_iter, 100), device=self.device)
+                           max_iter=max(self.max_iter, 100), device=self.device, precision=self.precision)
 
     def curvature_factors(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         p = torch.softmax(self.logits(X, theta), dim=1)
@@ -635,14 +664,27 @@ class SoftmaxHead(LinearHead):
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
                     weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         # Σ_i (diag p_i − p_i p_iᵀ) ⊗ ũ_i ũ_iᵀ = blockdiag_k(X̃ᵀ diag(p_k) X̃) − AᵀA with A_i = p_i ⊗ ũ_i
-        p = torch.softmax(self.logits(X, theta), dim=1)
+        p = torch.softmax(self.block_logits(X, theta), dim=1)
         Xa = augment(X)
-        if weights is not None:
-            pw = p * weights[:, None]
-        else:
-            pw = p
         K, D1 = self.n_outputs, Xa.shape[1]
         H = torch.zeros(K * D1, K * D1, dtype=DTYPE, device=X.device)
+        if X.dtype != DTYPE:
+            # mixed precision (float32 X): with p_k(1 − p_k) = Σ_{l≠k} p_k p_l, the off-diagonal blocks are
+            # −B_kl, B_kl = X̃ᵀ diag(w p_k p_l) X̃ (one float32 GEMM per k < l, weights from float64 p), and
+            # each diagonal block is Σ_{l≠k} B_kl summed in float64. Every block row then sums to 0 up to
+            # float64 rounding, as in exact arithmetic: the directions θ_k = θ_l (where the loss is flat and
+            # only λ or the null-direction fill holds H up) keep their curvature, which float32 rounding of
+            # separately computed blocks would swamp; a confident row's p_k − p_k² loses no digits either.
+            pw = p * weights[:, None] if weights is not None else p
+            for k in range(K):
+                for m in range(k + 1, K):
+                    B = (Xa.T @ ((pw[:, k] * p[:, m]).to(X.dtype)[:, None] * Xa)).to(DTYPE)
+                    H[k * D1:(k + 1) * D1, m * D1:(m + 1) * D1] = -B
+                    H[m * D1:(m + 1) * D1, k * D1:(k + 1) * D1] = -B.T
+                    H[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1] += B
+                    H[m * D1:(m + 1) * D1, m * D1:(m + 1) * D1] += B
+            return H
+        pw = p * weights[:, None] if weights is not None else p
         for k in range(K):
             H[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1] = Xa.T @ (pw[:, k:k + 1] * Xa)
         A = (p[:, :, None] * Xa[:, None, :]).reshape(X.shape[0], -1)
