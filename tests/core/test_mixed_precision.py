@@ -179,3 +179,24 @@ def test_cli_precision_flag(tmp_path):
     assert run(["influence", tmp_path / "train.parquet", "--head", tmp_path / "h.npz", "--test",
                 tmp_path / "test.parquet", "--out", tmp_path / "x.parquet", "--precision", "half"]) == 2
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_precision_is_recorded_and_a_job_resumes_only_in_its_own_precision(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from winnow.analyses.influence import RUN_KEY, write_influence_parts
+
+    X, y, Xt, yt = _data("relu", 2)
+    head = _head(2, X, y)
+    an = InfluenceAnalyzer(head, precision="mixed").fit((X, y))
+    an.write_scores((Xt, yt), tmp_path / "s.parquet")
+    meta = pq.read_schema(tmp_path / "s.parquet").metadata
+    assert json.loads(meta[RUN_KEY.encode()])["precision"] == "mixed"
+    kw = dict(test=(Xt, yt), partition_rows=1000)
+    head.precision = "float64"
+    write_influence_parts(head, (X, y), tmp_path / "p", **kw)
+    head.precision = "mixed"
+    with pytest.raises(ValidationError, match=r"refusing to resume.*precision"):
+        write_influence_parts(head, (X, y), tmp_path / "p", resume=True, **kw)

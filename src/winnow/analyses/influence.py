@@ -61,10 +61,12 @@ RUN_KEY = "winnow.run"
 def run_settings(head: Head, curvature: Curvature, n_train: int, n_test: int | None) -> dict[str, Any]:
     """The settings of a scoring run, as stored (JSON) under ``RUN_KEY`` in the scores' metadata: n (training
     rows), T (test rows; None when not known here), the head's kind, λ, P, the damping and the Hessian's
-    normaliser N (N = n: every training row; otherwise a sampled or weighted Hessian)."""
+    normaliser N (N = n: every training row; otherwise a sampled or weighted Hessian) and the head's
+    ``precision`` setting ("auto", "float64" or "mixed")."""
     return {"n_train": int(n_train), "n_test": None if n_test is None else int(n_test),
             "head": type(head).__name__, "l2": float(head.l2), "n_params": int(head.n_params),
-            "damping": float(curvature.damping), "hessian_normalizer": float(curvature.n)}
+            "damping": float(curvature.damping), "hessian_normalizer": float(curvature.n),
+            "precision": str(getattr(head, "precision", "auto"))}
 
 
 # ------------------------------------------------------------------------------------------- columns

@@ -214,9 +214,11 @@ def digest_array(a: Any) -> str:
 
 
 def head_fingerprint(head: Head) -> dict[str, Any]:
-    """What identifies a head: its kind, shape, λ and the sha256 of θ (float64)."""
+    """What identifies a head: its kind, shape, λ, the sha256 of θ (float64) and its ``precision`` (a job
+    resumed in another precision would mix parts computed two ways)."""
     return {"kind": head.kind or type(head).__name__, "n_features": int(head.n_features_),
-            "n_outputs": int(head.n_outputs), "l2": float(head.l2), "theta_sha256": digest_array(head.theta_)}
+            "n_outputs": int(head.n_outputs), "l2": float(head.l2), "theta_sha256": digest_array(head.theta_),
+            "precision": str(getattr(head, "precision", "auto"))}
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
