@@ -8,7 +8,8 @@
   What every task shares (the source, the kernel) is shipped to the workers once.
 
 Both run the same task function (:func:`winnow.engine.engine.task_steps`) and reduce partial sums in the same
-fixed tree (:func:`winnow.engine.engine.tree_sum`), so they give the same numbers (to ~1e-15 relative).
+fixed tree (:func:`winnow.engine.engine.tree_sum`), so they give the same numbers (to ~1e-15 relative in float64;
+to ~1e-7 in mixed precision, whose float32 blocks follow the partitions).
 A backend's ``run(job, tasks, ...)`` returns the tree-reduced sum (``reduce=True``) or the task results in
 task order; with ``keep_going`` a task that fails on its input (a ``WinnowError``) is returned as its
 exception and the others go on. ``iterate(job, tasks, ...)`` yields per-chunk results in row order.
