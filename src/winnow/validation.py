@@ -334,23 +334,23 @@ def check_classes(labels: np.ndarray, classes: Sequence[Any] | None, kind: str =
     from .io.columns import format_value
 
     values, counts = np.unique(labels, return_counts=True)
-    name = (lambda v: format_value(classes[int(v)])) if classes is not None else (lambda v: format_value(v))
+    name = (lambda v: format_value(classes[int(v)])) if classes is not None else format_value
     found = ", ".join(f"{name(v)} ×{int(c)}" for v, c in zip(values[:6], counts[:6], strict=True)) + (
         f" and {values.size - 6} more" if values.size > 6 else "")
     if values.size == 0:
         raise fail(f"{parameter} has no rows; a classifier needs at least two classes", parameter)
     if values.size == 1:
         raise fail(f"only one class (label {name(values[0])}) in {parameter}; a classifier needs at least two",
-                     parameter)
+                   parameter)
     K = len(classes) if classes is not None else int(values.max()) + 1
     if values[0] == 0 and values[-1] == K - 1 and values.size == K:
         return K
     if classes is not None:
         missing = [format_value(classes[k]) for k in range(K) if k not in set(values.tolist())]
         raise fail(f"{parameter} has no rows of the label values {', '.join(missing)} (found {found}); list "
-                     "only the values present in classes", parameter, "classes")
+                   "only the values present in classes", parameter, "classes")
     what = "0 and 1" if kind == "logistic" else "0..K-1"
     hint = ",".join(str(int(v)) for v in values[:6])
     raise fail(f"{parameter}: labels must be {what} with every class present; found {found}. Map them "
-                 f"with positive_label (binary: the value that means 1) or classes (every value in class order, "
-                 f"e.g. {hint})", parameter, "positive_label", "classes")
+               f"with positive_label (binary: the value that means 1) or classes (every value in class order, "
+               f"e.g. {hint})", parameter, "positive_label", "classes")

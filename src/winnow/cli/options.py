@@ -128,20 +128,16 @@ FeatureColumns = Annotated[list[str] | None, typer.Option(
                               "except the label and id columns.")]
 
 
-def source_from(path: Path, *columns: Any, parameter: str = "train", head: Any = None, like: Any = None) -> Any:
+def source_from(path: Path, cols: Any, *, parameter: str = "train", head: Any = None, like: Any = None) -> Any:
     """A data source for a path given on the command line (.csv, .tsv, .parquet, a Parquet directory, .npz);
     errors name the API parameter it is passed as (``train``, ``test``, ``valid``).
 
-    ``columns``: a DataColumns (from :func:`data_columns`), or the older positional ``label_column, id_column,
-    features_column, feature_columns``. Settings the flags leave unset come from ``head`` (what `winnow
-    fit-head` stored) or from the source ``like`` (data read the way TRAIN was), then the defaults."""
+    ``cols``: the column flags as a DataColumns (:func:`data_columns`). Settings the flags leave unset come
+    from ``head`` (what `winnow fit-head` stored) or from the source ``like`` (data read the way TRAIN was),
+    then the defaults."""
     from ..io.columns import DataColumns
     from ..validation import head_columns, open_data
 
-    if columns and isinstance(columns[0], DataColumns):
-        cols = columns[0]
-    else:
-        cols = data_columns(*columns)
     if path.suffix.lower() == ".npz":  # arrays are read by name: the column flags are for the tables
         cols = DataColumns(classes=cols.classes, positive_label=cols.positive_label)
     defaults = head_columns(head) if head is not None else getattr(like, "data_columns", None)

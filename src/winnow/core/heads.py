@@ -513,8 +513,8 @@ class LogisticHead(LinearHead):
         return (torch.sigmoid(Z[:, 0]) - y.to(Z.dtype))[:, None]
 
     def curvature_weights(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
-        """s(1 − s) per example, shape (c,)."""
-        s = torch.sigmoid(self.logits(X, theta)[:, 0])
+        """s(1 − s) per example, shape (c,) float64 (also for a float32 block X: from its float64 logits)."""
+        s = torch.sigmoid(self.block_logits(X, theta)[:, 0])
         return s * (1 - s)
 
     def curvature_factors(self, X: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
@@ -533,8 +533,7 @@ class LogisticHead(LinearHead):
                     weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         # a float32 X (mixed precision): float64 weights a from the upcast logits, the GEMM XᵀY in float32,
         # the result (and Σa) float64
-        sg = torch.sigmoid(self.block_logits(X, theta)[:, 0])
-        a = sg * (1 - sg)
+        a = self.curvature_weights(X, theta)
         if weights is not None:
             a = a * weights
         # X̃ᵀ diag(a) X̃ assembled from its blocks [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]: one GEMM, no copy of X̃
@@ -665,6 +664,7 @@ class SoftmaxHead(LinearHead):
                     weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         # Σ_i (diag p_i − p_i p_iᵀ) ⊗ ũ_i ũ_iᵀ = blockdiag_k(X̃ᵀ diag(p_k) X̃) − AᵀA with A_i = p_i ⊗ ũ_i
         p = torch.softmax(self.block_logits(X, theta), dim=1)
+        pw = p * weights[:, None] if weights is not None else p
         Xa = augment(X)
         K, D1 = self.n_outputs, Xa.shape[1]
         H = torch.zeros(K * D1, K * D1, dtype=DTYPE, device=X.device)
@@ -675,7 +675,6 @@ class SoftmaxHead(LinearHead):
             # float64 rounding, as in exact arithmetic: the directions θ_k = θ_l (where the loss is flat and
             # only λ or the null-direction fill holds H up) keep their curvature, which float32 rounding of
             # separately computed blocks would swamp; a confident row's p_k − p_k² loses no digits either.
-            pw = p * weights[:, None] if weights is not None else p
             for k in range(K):
                 for m in range(k + 1, K):
                     B = (Xa.T @ ((pw[:, k] * p[:, m]).to(X.dtype)[:, None] * Xa)).to(DTYPE)
@@ -684,7 +683,6 @@ class SoftmaxHead(LinearHead):
                     H[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1] += B
                     H[m * D1:(m + 1) * D1, m * D1:(m + 1) * D1] += B
             return H
-        pw = p * weights[:, None] if weights is not None else p
         for k in range(K):
             H[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1] = Xa.T @ (pw[:, k:k + 1] * Xa)
         A = (p[:, :, None] * Xa[:, None, :]).reshape(X.shape[0], -1)
@@ -756,7 +754,7 @@ def _sklearn_classes(head: Head, model: Any) -> Head:
     classes_[1] is the positive class, as in scikit-learn)."""
     classes = getattr(model, "classes_", None)
     if classes is not None:
-        head.classes_ = tuple(c.item() if isinstance(c, np.generic) else c for c in np.asarray(classes).tolist())
+        head.classes_ = tuple(_plain(c) for c in np.asarray(classes).tolist())
     return head
 
 

@@ -59,10 +59,19 @@ def hessian_pass(head: Head, data: Any, *, rows: Any = None, row_weights: Any = 
                  progress: bool = False, engine: Engine | None = None) -> tuple[torch.Tensor, float]:
     """(Σ w_i ∇²ℓ_i (P, P) float64 on the head's device, Σ w_i) over ``data`` (or only ``rows``, with
     ``row_weights`` aligned with them)."""
+    return _hessian_sums(head, data, gradients=False, rows=rows, row_weights=row_weights, chunk_size=chunk_size,
+                         progress=progress, engine=engine)
+
+
+def _hessian_sums(head: Head, data: Any, *, gradients: bool, rows: Any = None, row_weights: Any = None,
+                  chunk_size: int = 65536, progress: bool = False, engine: Engine | None = None) -> tuple[Any, ...]:
+    """The Hessian pass: (S (P, P) float64 on the head's device, Σ w_i), with ``gradients`` followed by the
+    stationarity sums (Σ w_i g_i, Σ w_i ‖g_i‖∞) of the same rows (:class:`HessianKernel`)."""
     source = open_for_head(head, data, "train")
     eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
-    S, total = eng.sum(source, HessianKernel(head), rows=rows, weights=row_weights, description="Hessian pass")
-    return torch.as_tensor(S, dtype=DTYPE, device=head.device), float(total)
+    S, total, *stats = eng.sum(source, HessianKernel(head, gradients=gradients), rows=rows, weights=row_weights,
+                               description="Hessian pass")
+    return torch.as_tensor(S, dtype=DTYPE, device=head.device), float(total), *stats
 
 
 def fit_curvature(head: Head, train: Any, *, damping: float = 0.0, rows: Any = None, row_weights: Any = None,
@@ -83,11 +92,9 @@ def fit_curvature(head: Head, train: Any, *, damping: float = 0.0, rows: Any = N
     if check_stationarity is None:
         check_stationarity = full
     if check_stationarity and full:
-        source = open_for_head(head, train, "train")
-        eng = default_engine(engine, chunk_size=chunk_size, progress=progress)
-        S, total, g, scale = eng.sum(source, HessianKernel(head, gradients=True), description="Hessian pass")
-        S = torch.as_tensor(S, dtype=DTYPE, device=head.device)
-        st: Stationarity | None = stationarity_from_sums(head, g, scale, float(total))
+        S, total, g, scale = _hessian_sums(head, train, gradients=True, chunk_size=chunk_size, progress=progress,
+                                           engine=engine)
+        st: Stationarity | None = stationarity_from_sums(head, g, scale, total)
     else:
         S, total = hessian_pass(head, train, rows=rows, row_weights=row_weights, chunk_size=chunk_size,
                                 progress=progress, engine=engine)

@@ -378,9 +378,7 @@ class ArraySource(_ArrayBacked):
         self._validate_shapes(X, y, ids_arr, "X", "y", "ids")
         if ids_arr is not None:
             ids_arr = self._ids(ids_arr, None)
-            err = duplicate_id_error(ids_arr, self.name)
-            if err is not None:
-                raise err
+            check_unique_ids(lambda: [ids_arr], self.name)
         self.X = X
         self.id = ids_arr
         self._ids_checked = True  # converted and checked once, above

@@ -32,7 +32,6 @@ from .sources import (
     _rechunk,
     _TableSource,
     check_unique_ids,
-    duplicate_id_error,
     row_blocks,
     summarize_labels,
 )
@@ -73,9 +72,7 @@ class ArrowSource(_TableSource):
             self.plan.D = self.plan.first_length(self.table.slice(0, 1), self.name)
         self.table = self.table.select(self.plan.read)
         if self.plan.id_column is not None:
-            err = duplicate_id_error(self.ids(), self.name)
-            if err is not None:
-                raise err
+            check_unique_ids(lambda: [self.ids()], self.name)
 
     def __len__(self) -> int:
         return int(self.table.num_rows)
