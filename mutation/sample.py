@@ -38,7 +38,8 @@ WORK = ROOT / "mutation" / ".work"
 # (influence scores, Hessians), so the heads run with all three core test files.
 MODULES = {
     "heads": ("src/winnow/core/heads.py",
-              "tests/core/test_heads.py tests/core/test_curvature.py tests/core/test_influence.py"),
+              "tests/core/test_heads.py tests/core/test_curvature.py tests/core/test_influence.py "
+              "tests/core/test_mixed_precision.py"),
     "curvature": ("src/winnow/core/curvature.py", "tests/core/test_curvature.py tests/analyses/test_stationarity.py"),
     "influence": ("src/winnow/core/influence.py", "tests/core/test_influence.py"),
     "memorization": ("src/winnow/analyses/memorization.py", "tests/analyses/test_memorization.py"),

@@ -457,3 +457,50 @@ def test_from_sklearn_refuses_an_l1_ratio_without_penalty():
     model.l1_ratio = 0.0
     head = LogisticHead.from_sklearn(model, n_samples=10)
     assert head.l2 == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_gradient_stats_generic_and_closed_form_against_autograd(kind, binary_data, multiclass_data):
+    """(Σ w_i g_i, Σ w_i ‖g_i‖∞): the sums of the stationarity check, by the generic per-example route (what
+    autodiff heads use) and the closed form, against autograd's per-example gradients; with and without weights,
+    and (closed form) on no rows."""
+    from winnow.core.heads import Head
+
+    X, y = binary_data if kind == "logistic" else multiclass_data
+    X, y = X[:40], y[:40]
+    head = LogisticHead(l2=1e-2) if kind == "logistic" else SoftmaxHead(l2=1e-2)
+    head.fit(X[:20], y[:20])  # θ off the optimum of these 40 rows: the sums are not zero
+    G = ref.per_example_grads(kind, X, y, head.theta_.numpy(), head.n_outputs)
+    w = np.linspace(0.5, 2.0, 40)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    for stats in (head.gradient_stats, lambda *a: Head.gradient_stats(head, *a)):
+        g, s = stats(Xt, yt)
+        np.testing.assert_allclose(g.numpy(), G.sum(0), rtol=1e-10, atol=1e-12)
+        assert float(s) == pytest.approx(np.abs(G).max(1).sum(), rel=1e-10)
+        g, s = stats(Xt, yt, torch.as_tensor(w))
+        np.testing.assert_allclose(g.numpy(), (w[:, None] * G).sum(0), rtol=1e-10, atol=1e-12)
+        assert float(s) == pytest.approx((w * np.abs(G).max(1)).sum(), rel=1e-10)
+    g, s = head.gradient_stats(Xt[:0], yt[:0])  # the closed form also takes a block of no rows
+    assert g.shape == (head.n_params,) and float(g.abs().sum()) == 0 and float(s) == 0
+
+
+def test_saved_head_keeps_its_classes_and_blank_keeps_precision(tmp_path, binary_data, multiclass_data):
+    X, y = binary_data
+    head = LogisticHead(l2=1e-2).fit(X[:60], y[:60])
+    head.classes_ = ("no", "yes")
+    loaded = load_head(head.save(tmp_path / "h.npz"))
+    assert loaded.classes_ == ("no", "yes")
+    assert load_head(LogisticHead(l2=1e-2).fit(X[:60], y[:60]).save(tmp_path / "plain.npz")).classes_ is None
+    Xm, ym = multiclass_data
+    for h in (LogisticHead(l2=1e-2, precision="mixed"), SoftmaxHead(l2=1e-2, precision="float64")):
+        h.fit(X[:60], y[:60]) if isinstance(h, LogisticHead) else h.fit(Xm[:60], ym[:60])
+        assert h.blank().precision == h.precision
+
+
+def test_negative_or_nonfinite_sample_weight_is_refused(binary_data):
+    X, y = binary_data
+    for bad in (-1.0, np.nan):
+        w = np.ones(60)
+        w[3] = bad
+        with pytest.raises(ValidationError, match="sample_weight must be finite and >= 0"):
+            LogisticHead(l2=1e-2).fit(X[:60], y[:60], sample_weight=w)

@@ -226,7 +226,7 @@ class Head(ABC):
         G = self.gradients(X, y)
         if w is not None:
             G = G * w[:, None]
-        return G.sum(0), G.abs().amax(1).sum() if G.shape[0] else G.new_zeros(())
+        return G.sum(0), G.abs().amax(1).sum()
 
     def objective_terms(self, X: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
                         theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
