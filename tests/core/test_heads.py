@@ -504,3 +504,19 @@ def test_negative_or_nonfinite_sample_weight_is_refused(binary_data):
         w[3] = bad
         with pytest.raises(ValidationError, match="sample_weight must be finite and >= 0"):
             LogisticHead(l2=1e-2).fit(X[:60], y[:60], sample_weight=w)
+
+
+def test_logistic_leverage_of_confident_points_is_small(binary_data):
+    """ℓev = s(1−s)·ũᵀH⁻¹ũ goes to 0 for points the head is sure of (s(1−s) → 0): the clamp at 0 only removes
+    rounding below it; numpy reference on scaled-out rows."""
+    X, y = binary_data
+    head = LogisticHead(l2=1e-2).fit(X[:80], y[:80])
+    Hinv = np.linalg.inv(ref.risk_hessian("logistic", X[:80], y[:80], head.theta_.numpy(), 1, head.l2))
+    far = X[:6] * np.array([1.0, 3.0, 6.0, 10.0, 20.0, 40.0])[:, None]
+    Ua = np.c_[far, np.ones(6)]
+    z = Ua @ head.theta_.numpy()
+    s = 1 / (1 + np.exp(-z))
+    expected = s * (1 - s) * np.einsum("id,de,ie->i", Ua, Hinv, Ua)
+    got = head.leverage(torch.as_tensor(far), torch.as_tensor(Hinv)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
+    assert (expected < 1).any()  # the check reaches leverages below 1
