@@ -91,6 +91,17 @@ def _best(fn, repeat: int) -> float:
     return best
 
 
+def _best_cpu(fn, repeat: int) -> float:
+    """The least CPU time (every thread of this process) of ``repeat`` runs of ``fn``: steadier than wall time on
+    a shared machine."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n rows of winnow's synthetic ReLU embeddings, float32 (n, d), labels int64 (n,)."""
     from winnow.datasets import synthetic_embeddings
@@ -267,6 +278,122 @@ def worker_pydvl(n: int, d: int, repeat: int, dtype: str) -> dict:
     return res
 
 
+# -------------------------------------------------------------------------------------------- pairs worker
+def numpy_fit(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2: float, chunk: int = 65536):
+    """The plain numpy closed form's Hessian (benchmarks/numpy_pipeline.py): float32 GEMMs summed in float64,
+    H = (1/n) Σ s(1−s) x̃x̃ᵀ + λ·diag(1, …, 1, 0), and its Cholesky factor (lower)."""
+    from scipy.linalg import cholesky
+
+    d = X.shape[1]
+    w32 = w.astype(np.float32)
+    H = np.zeros((d + 1, d + 1))
+    for s in range(0, len(y), chunk):
+        Xc = X[s:s + chunk]
+        p = 1 / (1 + np.exp(-((Xc @ w32).astype(np.float64) + b)))
+        a = p * (1 - p)
+        Xa = Xc * a.astype(np.float32)[:, None]
+        H[:d, :d] += Xa.T @ Xc
+        H[:d, d] += Xa.sum(0, dtype=np.float64)
+        H[d, d] += a.sum()
+    H /= len(y)
+    H[d, :d] = H[:d, d]
+    H[np.arange(d), np.arange(d)] += l2
+    return cholesky(H, lower=True)
+
+
+def numpy_pairs(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, L: np.ndarray, Xt: np.ndarray,
+                yt: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p as a C-contiguous (T, n) float64 array, the plain numpy way: F = H⁻¹G_tᵀ,
+    then per chunk one float32 GEMM X @ F[:D], upcast, + F[D], times −r_p."""
+    from scipy.linalg import cho_solve
+
+    d = X.shape[1]
+    rt = 1 / (1 + np.exp(-(Xt.astype(np.float64) @ w + b))) - yt
+    Gt = np.concatenate([rt[:, None] * Xt, rt[:, None]], axis=1)  # (T, D + 1)
+    F = cho_solve((L, True), Gt.T)  # (D + 1, T)
+    V = np.concatenate([w[:, None], F[:d]], axis=1).astype(np.float32)
+    shift = np.concatenate([[b], F[d]])
+    out = np.empty((len(yt), len(y)))
+    for s in range(0, len(y), chunk):
+        Z = (X[s:s + chunk] @ V).astype(np.float64) + shift
+        r = 1 / (1 + np.exp(-Z[:, 0])) - y[s:s + chunk]
+        out[:, s:s + chunk] = (Z[:, 1:] * -r[:, None]).T
+    return out
+
+
+def worker_pairs(n: int, d: int, repeat: int, chunk_size: int) -> dict:
+    """Fit + pairwise T = 100 in this fresh process: winnow (mixed precision, float32 features) and the plain
+    numpy closed form, each timed on its first call and as the best of ``repeat``; their agreement."""
+    import torch
+
+    from winnow.analyses.influence import InfluenceAnalyzer
+
+    X, y = make_data(n, d, seed=0)
+    Xv, yv = make_data(PAIR_ROWS, d, seed=2)
+    head = make_head(d)
+    w, b, l2 = head.weight_.reshape(-1), float(head.bias_[0]), head.l2
+    res: dict = {"n": n, "D": d, "T": PAIR_ROWS, "torch_threads": torch.get_num_threads()}
+    holder: dict = {}
+
+    def w_fit():
+        holder["an"] = InfluenceAnalyzer(head, chunk_size=chunk_size, allow_nonstationary=True).fit((X, y))
+
+    def n_fit():
+        holder["L"] = numpy_fit(X, y, w, b, l2, chunk_size)
+
+    def w_pairs():
+        holder["w"] = holder["an"].pairwise((Xv, yv))
+
+    def n_pairs():
+        holder["n"] = numpy_pairs(X, y, w, b, holder["L"], Xv, yv, chunk_size)
+
+    for name, fn in (("winnow_fit", w_fit), ("winnow_pairs", w_pairs), ("numpy_fit", n_fit),
+                     ("numpy_pairs", n_pairs)):
+        t0 = time.perf_counter()
+        fn()
+        res[name + "_first_s"] = time.perf_counter() - t0
+    for name, fn in (("winnow_fit", w_fit), ("winnow_pairs", w_pairs), ("numpy_fit", n_fit),
+                     ("numpy_pairs", n_pairs)):
+        res[name + "_s"] = min(res[name + "_first_s"], _best(fn, repeat))
+    ours, ref = holder["w"], holder["n"]
+    res["winnow_pairs_c_contiguous"] = bool(ours.flags.c_contiguous and ours.shape == (PAIR_ROWS, n))
+    res["max_rel_diff"] = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+    res["write_floor_s"] = _best(lambda: np.empty((PAIR_ROWS, n)).fill(1.0), repeat)  # first-touch + write
+    return res
+
+
+def run_pairs(args) -> list[dict]:
+    """Pairwise T = 100 at n = 1e6, D = 64, one thread: winnow vs the numpy closed form vs pyDVL."""
+    rows = []
+    for n in [int(float(s)) for s in args.sizes.split(",")]:
+        for d in [int(s) for s in args.dims.split(",")]:
+            r = _run_worker("pairs", n, d, args, None, None)
+            if "error" in r:
+                print(f"n = {n:.0e}, D = {d}: winnow worker {r['error']}")
+                continue
+            dvl = ({"error": "skipped (--no-pydvl)"} if args.no_pydvl else
+                   _run_worker("pydvl", n, d, args, args.pydvl_timeout, args.pydvl_mem_gb * 1024))
+            r["pydvl"] = dvl
+            rows.append(r)
+            wt, nt = r["winnow_fit_s"] + r["winnow_pairs_s"], r["numpy_fit_s"] + r["numpy_pairs_s"]
+            line = (f"n = {n:.0e}, D = {d}, T = {PAIR_ROWS} ({r['torch_threads']} thread(s)): pairs winnow "
+                    f"{_fmt_s(r['winnow_pairs_s'])} (first call {_fmt_s(r['winnow_pairs_first_s'])}), numpy closed "
+                    f"form {_fmt_s(r['numpy_pairs_s'])} (first {_fmt_s(r['numpy_pairs_first_s'])}): "
+                    f"{r['winnow_pairs_s'] / r['numpy_pairs_s']:.2f}× (goal ≤ 1.5×); writing the (T, n) float64 "
+                    f"result alone {_fmt_s(r['write_floor_s'])}; fit + pairs winnow {_fmt_s(wt)}, numpy "
+                    f"{_fmt_s(nt)}; max rel. difference {r['max_rel_diff']:.1e}; C-contiguous (T, n): "
+                    f"{r['winnow_pairs_c_contiguous']}")
+            if "error" in dvl:
+                line += f"; pyDVL {dvl['error']}"
+            else:
+                dt = dvl["fit_s"] + dvl["pairs_s"]
+                line += (f"; pyDVL DirectInfluence ({dvl['dtype']}) fit {_fmt_s(dvl['fit_s'])} + pairs "
+                         f"{_fmt_s(dvl['pairs_s'])}: winnow is {dt / wt:.1f}× faster on fit + pairs (goal ≥ 20×), "
+                         f"{dvl['pairs_s'] / r['winnow_pairs_s']:.1f}× on the pairs alone")
+            print(line, flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------- driver
 def _precision_run(head, X, y, Xv, yv, precision: str, repeat: int, chunk_size: int) -> tuple[dict, dict]:
     """(times of every pass, score columns) of one precision."""
@@ -344,9 +471,13 @@ def _run_worker(kind: str, n: int, d: int, args, timeout: float | None, mem_cap_
     """Run a worker in a fresh interpreter; kill it past ``timeout`` seconds or ``mem_cap_mb`` of RSS."""
     import psutil
 
-    cmd = [sys.executable, __file__, "--_worker", kind, "--_n", str(n), "--_d", str(d),
+    python = args.pydvl_python if kind == "pydvl" and args.pydvl_python else sys.executable
+    cmd = [python, __file__, "--_worker", kind, "--_n", str(n), "--_d", str(d),
            "--repeat", str(args.repeat), "--chunk-size", str(args.chunk_size), "--pydvl-dtype", args.pydvl_dtype]
     env = dict(os.environ)
+    if kind == "pydvl" and args.pydvl_python:  # winnow's sources for make_head, pyDVL from that environment
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                             env.get("PYTHONPATH", "")])
     if args.threads:
         t = str(args.threads)
         env.update(OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
@@ -530,6 +661,102 @@ def run_memory(args) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------------------------ pipeline
+def _write_parquet(path: Path, X: np.ndarray, y: np.ndarray, row_group: int = 65536) -> None:
+    """(id, label, features fixed_size_list<float32>[D]) in row groups of ``row_group`` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = X.shape[1]
+    schema = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("features", pa.list_(pa.float32(), d))])
+    with pq.ParquetWriter(path, schema) as w:
+        for s in range(0, len(y), row_group):
+            e = min(s + row_group, len(y))
+            feats = pa.FixedSizeListArray.from_arrays(pa.array(X[s:e].reshape(-1)), d)
+            w.write_table(pa.Table.from_arrays([pa.array(np.arange(s, e, dtype=np.int64)), pa.array(y[s:e]),
+                                                feats], schema=schema))
+
+
+# A small process that runs the command and reports its wall time, CPU time (user + system, every thread) and
+# peak RSS: a child's ru_maxrss starts from its parent's peak at exec, so the benchmark's own (large) process
+# must not be the direct parent.
+_RUNNER = ("import json, os, subprocess, sys, time\n"
+           "t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+           "_, st, ru = os.wait4(p.pid, 0)\n"
+           "print(json.dumps({'wall': time.perf_counter() - t, 'cpu': ru.ru_utime + ru.ru_stime,\n"
+           "                  'rss_mb': ru.ru_maxrss / 1024, 'rc': os.waitstatus_to_exitcode(st)}))\n")
+
+
+def _timed(cmd: list[str], env: dict) -> dict:
+    """{wall, cpu, rss_mb} of one run of ``cmd`` (stderr passed through on failure)."""
+    p = subprocess.run([sys.executable, "-c", _RUNNER, *cmd], capture_output=True, text=True, env=env)
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    if res["rc"] != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    return res
+
+
+def run_pipeline(args) -> list[dict]:
+    """``winnow influence`` on Parquet against the plain numpy pipeline (benchmarks/numpy_pipeline.py), whole
+    processes, alternated, best of ``--repeat``; and the largest difference of each score column."""
+    import pyarrow.parquet as pq
+
+    from winnow.core.heads import LogisticHead
+
+    threads = args.threads or 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "OPENBLAS_NUM_THREADS": str(threads)}
+    exe = Path(sys.executable).with_name("winnow")
+    winnow_cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "winnow"]
+    rows = []
+    for n in [int(float(s)) for s in args.sizes.split(",")]:
+        for d in [int(s) for s in args.dims.split(",")]:
+            root = Path(tempfile.mkdtemp(prefix="winnow-pipe-", dir="/tmp"))
+            try:
+                X, y = make_data(n, d, seed=0)
+                Xv, yv = make_data(VAL_ROWS, d, seed=2)
+                _write_parquet(root / "train.parquet", X, y)
+                _write_parquet(root / "test.parquet", Xv, yv)
+                head = LogisticHead(l2=1e-3, tol=1e-10).fit(X, y)  # the optimum on these rows: stationary
+                head.save(root / "head.npz")
+                del X, y
+                size_gb = (root / "train.parquet").stat().st_size / 1e9
+                train_path = root / "train.parquet"
+                read_s = _best_cpu(lambda p=train_path: pq.read_table(p, columns=["features"]), args.repeat)
+                w_out, np_out = root / "winnow.parquet", root / "numpy.parquet"
+                cmds = {"winnow": winnow_cmd + ["influence", str(root / "train.parquet"), "--head",
+                                                str(root / "head.npz"), "--test", str(root / "test.parquet"),
+                                                "--out", str(w_out), "--overwrite", "--quiet"],
+                        "numpy": [sys.executable, str(Path(__file__).with_name("numpy_pipeline.py")),
+                                  str(root / "train.parquet"), str(root / "head.npz"),
+                                  str(root / "test.parquet"), str(np_out)]}
+                best = {k: {"wall": float("inf"), "cpu": float("inf"), "rss_mb": 0.0} for k in cmds}
+                for _ in range(args.repeat):
+                    for k, cmd in cmds.items():
+                        r = _timed(cmd, env)
+                        best[k] = {"wall": min(best[k]["wall"], r["wall"]), "cpu": min(best[k]["cpu"], r["cpu"]),
+                                   "rss_mb": max(best[k]["rss_mb"], r["rss_mb"])}
+                a, b = pq.read_table(w_out), pq.read_table(np_out)
+                err = {c: float(np.max(np.abs(a[c].to_numpy() - b[c].to_numpy())) / np.max(np.abs(b[c].to_numpy())))
+                       for c in ("influence", "loss_change_if_removed", "self_influence")}
+                row = {"n": n, "D": d, "threads": threads, "parquet_gb": size_gb, "read_features_cpu_s": read_s,
+                       "winnow": best["winnow"], "numpy": best["numpy"],
+                       "ratio_cpu": best["winnow"]["cpu"] / best["numpy"]["cpu"],
+                       "ratio_wall": best["winnow"]["wall"] / best["numpy"]["wall"], "max_rel_diff": err,
+                       "load_average": os.getloadavg()[0]}
+                rows.append(row)
+                w, m = best["winnow"], best["numpy"]
+                print(f"n = {n:.0e}, D = {d} ({size_gb:.2f} GB Parquet, {threads} thread(s), load average "
+                      f"{row['load_average']:.1f}): winnow influence {w['cpu']:.2f} s CPU / {w['wall']:.2f} s wall "
+                      f"({w['rss_mb']:.0f} MiB), numpy pipeline {m['cpu']:.2f} s CPU / {m['wall']:.2f} s wall "
+                      f"({m['rss_mb']:.0f} MiB): ratio {row['ratio_cpu']:.2f}× CPU, {row['ratio_wall']:.2f}× wall "
+                      f"(goal ≤ 1.0×, at least ≤ 1.3×); one read of the features (pyarrow) {read_s:.2f} s CPU; "
+                      "max rel. difference " + ", ".join(f"{c} {v:.1e}" for c, v in err.items()), flush=True)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -555,12 +782,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", action="store_true",
                     help="compare precision float64 vs mixed instead (n = 1e6, D in {64, 256}, one thread unless "
                          "--threads, best of 2 unless --repeat)")
-    ap.add_argument("--_worker", choices=["winnow", "pydvl", "precision"], help=argparse.SUPPRESS)
+    ap.add_argument("--pipeline", action="store_true",
+                    help="`winnow influence` on Parquet vs the plain numpy pipeline, whole processes "
+                         "(n = 1e6, D = 256)")
+    ap.add_argument("--pairs", action="store_true",
+                    help="fit + pairwise T = 100: winnow vs the numpy closed form vs pyDVL (n = 1e6, D = 64, 1 thread)")
+    ap.add_argument("--pydvl-python", help="the Python of an environment with pyDVL (it pins numpy<2: keep it apart)")
+    ap.add_argument("--_worker", choices=["winnow", "pydvl", "precision", "pairs"], help=argparse.SUPPRESS)
     ap.add_argument("--_n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_d", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
-        fn = {"winnow": worker_winnow, "pydvl": worker_pydvl, "precision": worker_precision}[args._worker]
+        fn = {"winnow": worker_winnow, "pydvl": worker_pydvl, "precision": worker_precision,
+              "pairs": worker_pairs}[args._worker]
         extra = (args.pydvl_dtype,) if args._worker == "pydvl" else (args.chunk_size,)
         print(json.dumps(fn(args._n, args._d, args.repeat, *extra)))
         return
@@ -570,10 +804,15 @@ def main(argv: list[str] | None = None) -> None:
         if "--repeat" not in (argv if argv is not None else sys.argv):
             args.repeat = 2
         args.threads = args.threads or 1
+    given = argv if argv is not None else sys.argv
+    if args.pipeline or args.pairs:
+        args.sizes = args.sizes if "--sizes" in given else "1e6"
+        args.dims = args.dims if "--dims" in given else ("256" if args.pipeline else "64")
+        args.threads = args.threads or 1
     if args.quick:
         args.sizes, args.dims, args.repeat = "2e4", "32", 2
     result = (run_memory(args) if args.memory_1e7 else run_precision(args) if args.precision
-              else run_table(args))
+              else run_pipeline(args) if args.pipeline else run_pairs(args) if args.pairs else run_table(args))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

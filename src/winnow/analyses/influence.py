@@ -75,6 +75,9 @@ class InfluenceColumns(ScoreColumns):
     ``self_influence``, g_pᵀH⁻¹g_p; with ``pairs``, the (c, T) matrix ``pairs`` = −g_pᵀH⁻¹g_t. ``prepare``
     makes the test pass and the solves (or takes a given ``direction``, e.g. from a resumed job)."""
 
+    #: −r_p·(ũ_pᵀs): a NaN/Inf feature makes the row's logit, then r_p or ũ_pᵀs, non-finite
+    witness = ("influence",)
+
     def __init__(self, *, self_influence: bool = True, pairs: bool = False,
                  direction: torch.Tensor | None = None) -> None:
         self.self_influence = bool(self_influence)
@@ -106,6 +109,8 @@ class InfluenceColumns(ScoreColumns):
 
 class SelfInfluenceColumns(ScoreColumns):
     """``self_influence`` = g_pᵀH⁻¹g_p ≥ 0 alone (no test set)."""
+
+    witness = ("self_influence",)  # r_p²‖L⁻¹ũ_p‖²: non-finite with any feature of the row
 
     def __init__(self) -> None:
         self.metadata = {"winnow.self_influence": SIGN_METADATA["winnow.self_influence"]}
@@ -402,21 +407,23 @@ class InfluenceAnalyzer:
                           overwrite=overwrite)
 
     def pairwise(self, test: Any) -> np.ndarray:
-        """The matrix I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p, shape (T, n) (dense: only for moderate T·n)."""
+        """The matrix I_loss(z_t, z_p) = −g_tᵀH⁻¹g_p, a C-contiguous (T, n) float64 array (row t: the influence
+        of every training point on test point t), written chunk by chunk into one preallocated array (dense:
+        only for moderate T·n)."""
         self._check()
         test_src = open_for_head(self.head, test, "test")
         Gt, _, _ = test_gradients(self.head, test_src, engine=self.engine)
         factors = self.curvature_.solve(Gt.T)  # (P, T)
         zero = torch.zeros(self.head.n_params, dtype=DTYPE, device=self.head.device)
         col = ColumnFunction(_pairs_chunk, {"direction": zero, "pair_factors": factors}, label="pairs",
-                             head=self.head)
-        out = np.empty((self.n_train_, factors.shape[1]))
+                             head=self.head, witness=("pairs",))
+        out = np.empty((factors.shape[1], self.n_train_))
         start = 0
         for cols in self.engine.iter(self.train_, ScoreKernel(self.head, [col], ids=False), description="pairwise"):
             stop = start + len(cols["pairs"])
-            out[start:stop] = cols["pairs"]
+            out[:, start:stop] = cols["pairs"].T
             start = stop
-        return out.T
+        return out
 
     def self_influence(self) -> np.ndarray:
         """g_pᵀH⁻¹g_p for every training point, shape (n,)."""

@@ -8,6 +8,7 @@ float64 (see ``LinearHead.score_chunk`` and ``winnow.core.curvature.hessian_chun
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,20 @@ import numpy as np
 import torch
 
 DTYPE = torch.float64
+
+
+def _spend_readonly_warning() -> None:
+    """torch warns once per process when it wraps a read-only numpy array. Feature blocks read from Arrow
+    (Parquet, CSV, data frames) are read-only views of Arrow's buffers, wrapped as they are (no copy), and
+    nothing in this package writes into them; the one warning is spent here, silenced."""
+    a = np.zeros(1)
+    a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.as_tensor(a)
+
+
+_spend_readonly_warning()
 
 #: the accepted values of a head's ``precision``: "auto" (mixed for float32 features, float64 otherwise),
 #: "float64" (every product in float64), "mixed" (per-block GEMMs in float32, sums and solves in float64)
@@ -52,6 +67,11 @@ def row_block(n_cols: int, device: torch.device | str | None = None) -> int:
     return max(256, size // (8 * max(int(n_cols), 1)))
 
 
+def block_is_view(X: np.ndarray, dtype: torch.dtype, device: torch.device | str | None) -> bool:
+    """Whether ``float64_blocks`` yields rows of ``X`` without copying them (already ``dtype`` on a CPU)."""
+    return torch.as_tensor(X[:0]).dtype == dtype and (device is None or torch.device(device).type == "cpu")
+
+
 def float64_blocks(X: np.ndarray, block: int, device: torch.device | str | None, *,
                    ones_column: bool = False, dtype: torch.dtype = DTYPE) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (start, stop, X[start:stop] as ``dtype`` (float64 unless given) on ``device``) for row blocks of
@@ -76,3 +96,28 @@ def float64_blocks(X: np.ndarray, block: int, device: torch.device | str | None,
         out = buf[:e - s]
         out[:, :d].copy_(src)
         yield s, e, out
+
+
+def weighted_gram(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """X̃ᵀ diag(a) X̃ for a row block X (b, D), float32 or float64, and float64 weights a (b,): the float64
+    (D + 1, D + 1) matrix [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]; X̃ = [X, 1] is never formed.
+
+    The (D, D) product runs in X's dtype and is rounded to float64 (mixed precision for a float32 X). On a CPU
+    with every a_i ≥ 0 it is a symmetric rank-b update, (√a·X)ᵀ(√a·X) (numpy's product of an array's
+    transpose with itself runs BLAS syrk: half the flops of the general product torch would run); otherwise
+    Xᵀ(a·X) as a general product. Xᵀa and Σa are float64 sums over the block (not float32 dot products, whose
+    error would grow with the block's length).
+    """
+    D = X.shape[1]
+    H = torch.empty(D + 1, D + 1, dtype=DTYPE, device=X.device)
+    Xa = X * a.to(X.dtype)[:, None]
+    if X.device.type == "cpu" and bool((a >= 0).all()):
+        Y = (X * a.sqrt().to(X.dtype)[:, None]).numpy()
+        H[:D, :D] = torch.from_numpy(Y.T @ Y)
+    else:
+        H[:D, :D] = X.T @ Xa
+    col = Xa.sum(0, dtype=DTYPE)  # summed in float64: a float32 product Xᵀa would accumulate over the block
+    H[:D, D] = col
+    H[D, :D] = col
+    H[D, D] = a.sum()
+    return H

@@ -42,6 +42,13 @@ def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None,
     for s, e, Xb in float64_blocks(X, row_block(X.shape[1] + 1, head.device), head.device, dtype=dt):
         w = as_tensor(weights[s:e], head.device) if weights is not None else None
         yb = torch.as_tensor(y[s:e], device=head.device) if y is not None else None
+        if head.closed_form:  # one product for the logits serves the Hessian and the stationarity sums
+            part, gb, sb = head.hessian_block(Xb, yb, w, gradients=gradients)
+            S = part if S is None else S.add_(part)
+            if gradients:
+                g = gb if g is None else g.add_(gb)
+                scale = sb if scale is None else scale + sb
+            continue
         part = head.hessian_sum(Xb, weights=w, y=yb)
         S = part if S is None else S.add_(part)
         if gradients:
@@ -59,6 +66,15 @@ class HessianKernel:
 
     head: Head
     gradients: bool = False
+
+    @property
+    def checks_features(self) -> bool:
+        """A closed-form head's Hessian sum X̃ᵀdiag(a)X̃ is non-finite whenever a feature is (a NaN or ±Inf
+        feature makes its row's logit non-finite, then a_i or a_i·x_ij·x_ik is NaN or ±Inf)."""
+        return bool(self.head.closed_form)
+
+    def finite_witness(self, result: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (result[0],)
 
     def __call__(self, chunk: Any, weights: np.ndarray | None = None) -> tuple[Any, ...]:
         total = float(len(chunk)) if weights is None else float(np.sum(weights, dtype=np.float64))

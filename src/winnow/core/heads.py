@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvergenceError, NotFittedError, ValidationError
-from .blocks import DTYPE, block_dtype, check_precision, float64_blocks, row_block
+from .blocks import DTYPE, block_dtype, block_is_view, check_precision, float64_blocks, row_block, weighted_gram
 
 
 def as_tensor(a: Any, device: torch.device | str | None = None) -> torch.Tensor:
@@ -360,6 +360,11 @@ class Head(ABC):
         return f"{type(self).__name__}(l2={self.l2:g}{shape})"
 
 
+def _split_shift(VT: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(VT[:, :D] as ``dt``, contiguous; VT[:, D] float64) of an (m, D + 1) float64 matrix: ũᵀv = uᵀv[:D] + v[D]."""
+    return VT[:, :-1].to(dt).contiguous(), VT[:, -1].contiguous()
+
+
 class LinearHead(Head):
     """A head whose logits are linear in ũ = [u, 1] (z_k = θ_kᵀũ), so g = r ⊗ ũ: every score is a GEMM on
     the features (``LogisticHead``, ``SoftmaxHead``)."""
@@ -384,7 +389,11 @@ class LinearHead(Head):
         """``Head.gradient_stats`` without forming g = r ⊗ ũ: Σ w_i g_i = [Rᵀ X | Σ r] and
         ‖g_i‖∞ = max_k |r_ik| · max(1, max_j |u_ij|). A float32 block X (mixed precision) gives the float64
         residuals r from its logits and the GEMM RᵀX in float32; the results are float64."""
-        r = self._residuals_from_logits(self.block_logits(X), y)
+        return self._gradient_stats(X, self._residuals_from_logits(self.block_logits(X), y), w)
+
+    def _gradient_stats(self, X: torch.Tensor, r: torch.Tensor,
+                        w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gradient_stats`` from the block's float64 residuals r (c, K_out)."""
         if w is not None:
             r = r * w[:, None]
         grad = torch.cat([(r.to(X.dtype).T @ X).to(DTYPE), r.sum(0)[:, None]], dim=1).reshape(-1)
@@ -392,6 +401,23 @@ class LinearHead(Head):
             return grad, grad.new_zeros(())
         xmax = X.abs().amax(1).to(DTYPE).clamp_min(1.0) if X.shape[1] else torch.ones_like(r[:, 0])
         return grad, (r.abs().amax(1) * xmax).sum()
+
+    @abstractmethod
+    def hessian_from_logits(self, X: torch.Tensor, Z: torch.Tensor,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``hessian_sum`` of a row block X (c, D) from its float64 logits Z (c, K_out)."""
+
+    def hessian_block(self, X: torch.Tensor, y: torch.Tensor | None, weights: torch.Tensor | None = None, *,
+                      gradients: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(Σ w_i ∇²ℓ_i (P, P), and with ``gradients`` the stationarity sums Σ w_i g_i (P,) and Σ w_i ‖g_i‖∞)
+        of one row block, float64, from one product for its logits (the Hessian pass's per-block work)."""
+        Z = self.block_logits(X)
+        S = self.hessian_from_logits(X, Z, weights)
+        if not gradients:
+            return S, None, None
+        assert y is not None, "the stationarity sums need the labels"
+        g, scale = self._gradient_stats(X, self._residuals_from_logits(Z, y), weights)
+        return S, g, scale
 
     def leverage_blocks(self, Xa: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
         """M_p = U_pᵀ H⁻¹ U_p for augmented rows Xa (c, D + 1): (M_p)_kl = ũ_pᵀ (H⁻¹)_kl ũ_p, (c, K, K)."""
@@ -436,11 +462,14 @@ class LinearHead(Head):
         if pair_factors is not None:
             T = int(pair_factors.shape[1])
             blocks.append(pair_factors)
-        # the GEMMs below take the transposed view of a contiguous (m, D + 1) matrix: much faster in MKL than a
-        # row-major (D + 1, m) right-hand side when m is small
-        VT = torch.cat([split(V) for V in blocks]).to(dt)
+        # ũᵀv = uᵀv[:D] + v[D]: the GEMMs take the feature rows as they are (no copy of X̃ = [X, 1]) and the
+        # last entries are added in float64. The GEMMs take the transposed view of a contiguous (m, D)
+        # matrix: much faster in MKL than a row-major (D, m) right-hand side when m is small.
+        VT, v0 = _split_shift(torch.cat([split(V) for V in blocks]), dt)
         if curvature is not None:
-            MT = split(curvature.inverse_factor().T).to(dt)  # (K·P, D + 1): rows of (L⁻¹)_k
+            MT, m0 = _split_shift(split(curvature.inverse_factor().T), dt)  # rows of (L⁻¹)_k
+            if K == 1 and dt != DTYPE:
+                m0 = m0.to(dt)
 
         c = int(X.shape[0])
         infl = torch.empty(c, dtype=DTYPE, device=dev)
@@ -450,9 +479,12 @@ class LinearHead(Head):
             direct = pairs_out is not None and torch.device(dev).type == "cpu"
             pairs = torch.from_numpy(pairs_out) if direct else torch.empty(c, T, dtype=DTYPE, device=dev)
         yt_all = torch.as_tensor(y, device=dev)
-        B = row_block(max(D + 1, VT.shape[0], MT.shape[0] if curvature is not None else 0), dev)
-        for s, e, Xb in float64_blocks(X, B, dev, ones_column=True, dtype=dt):  # Xb = X̃ (b, D + 1)
-            Z = (Xb @ VT.T).to(DTYPE)  # (b, K + K + K·T)
+        # blocks bound the (b, m) products (and the converted rows, when X is not already of dtype ``dt``)
+        width = max(VT.shape[0], MT.shape[0] if curvature is not None else 0)
+        if not block_is_view(X, dt, dev):
+            width += D
+        for s, e, Xb in float64_blocks(X, row_block(width, dev), dev, dtype=dt):  # Xb: rows of X, as ``dt``
+            Z = torch.addmm(v0, Xb, VT.T) if dt == DTYPE else (Xb @ VT.T).to(DTYPE).add_(v0)  # (b, 2K + K·T)
             r = self._residuals_from_logits(Z[:, :K], yt_all[s:e])  # (b, K)
             rn = r.neg_()  # −r: the influences carry a minus sign
             torch.sum(rn * Z[:, K:2 * K], 1, out=infl[s:e])
@@ -462,9 +494,14 @@ class LinearHead(Head):
                 else:
                     torch.sum(rn[:, :, None] * Z[:, 2 * K:].reshape(-1, K, T), 1, out=pairs[s:e])
             if self_infl is not None:
-                W = (Xb @ MT.T).to(DTYPE)  # (b, K·P): row p, block k = (L⁻¹)_k ũ_p
-                W = W.mul_(rn) if K == 1 else (W.reshape(-1, K, W.shape[1] // K) * rn[:, :, None]).sum(1)
-                torch.sum(W * W, 1, out=self_infl[s:e])
+                # (b, K·P): row p, block k = (L⁻¹)_k ũ_p
+                if K == 1:  # ‖L⁻¹g_p‖² = r_p²‖L⁻¹ũ_p‖²: the product in ``dt``, its squares summed in float64
+                    W = torch.addmm(m0, Xb, MT.T)
+                    torch.mul(W.mul_(W).sum(1, dtype=DTYPE), rn[:, 0].square(), out=self_infl[s:e])
+                else:
+                    W = torch.addmm(m0, Xb, MT.T) if dt == DTYPE else (Xb @ MT.T).to(DTYPE).add_(m0)
+                    W = (W.reshape(-1, K, W.shape[1] // K) * rn[:, :, None]).sum(1)
+                    torch.sum(W * W, 1, out=self_infl[s:e])
         infl_np = infl.cpu().numpy()
         out = {"influence": infl_np, "loss_change_if_removed": infl_np / -n_train}
         if self_infl is not None:
@@ -531,21 +568,15 @@ class LogisticHead(LinearHead):
 
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
                     weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
-        # a float32 X (mixed precision): float64 weights a from the upcast logits, the GEMM XᵀY in float32,
-        # the result (and Σa) float64
-        a = self.curvature_weights(X, theta)
-        if weights is not None:
-            a = a * weights
-        # X̃ᵀ diag(a) X̃ assembled from its blocks [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]: one GEMM, no copy of X̃
-        D = X.shape[1]
-        H = torch.empty(D + 1, D + 1, dtype=X.dtype, device=X.device)
-        Y = X * a.to(X.dtype)[:, None]
-        torch.mm(X.T, Y, out=H[:D, :D])
-        H[:D, D] = Y.sum(0)
-        H[D, :D] = H[:D, D]
-        H = H.to(DTYPE)
-        H[D, D] = a.sum()
-        return H
+        return self.hessian_from_logits(X, self.block_logits(X, theta), weights)
+
+    def hessian_from_logits(self, X: torch.Tensor, Z: torch.Tensor,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_i w_i s_i(1 − s_i) x̃_i x̃_iᵀ (P, P) float64 from the block's float64 logits Z (c, 1): a float32 X
+        (mixed precision) runs the product in float32 (``weighted_gram``), the weights and sums are float64."""
+        s = torch.sigmoid(Z[:, 0])
+        a = s * (1 - s)
+        return weighted_gram(X, a if weights is None else a * weights)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         self._check_fitted()
@@ -662,27 +693,31 @@ class SoftmaxHead(LinearHead):
 
     def hessian_sum(self, X: torch.Tensor, theta: torch.Tensor | None = None,
                     weights: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.hessian_from_logits(X, self.block_logits(X, theta), weights)
+
+    def hessian_from_logits(self, X: torch.Tensor, Z: torch.Tensor,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
         # Σ_i (diag p_i − p_i p_iᵀ) ⊗ ũ_i ũ_iᵀ = blockdiag_k(X̃ᵀ diag(p_k) X̃) − AᵀA with A_i = p_i ⊗ ũ_i
-        p = torch.softmax(self.block_logits(X, theta), dim=1)
+        p = torch.softmax(Z, dim=1)
         pw = p * weights[:, None] if weights is not None else p
-        Xa = augment(X)
-        K, D1 = self.n_outputs, Xa.shape[1]
+        K, D1 = self.n_outputs, X.shape[1] + 1
         H = torch.zeros(K * D1, K * D1, dtype=DTYPE, device=X.device)
         if X.dtype != DTYPE:
             # mixed precision (float32 X): with p_k(1 − p_k) = Σ_{l≠k} p_k p_l, the off-diagonal blocks are
-            # −B_kl, B_kl = X̃ᵀ diag(w p_k p_l) X̃ (one float32 GEMM per k < l, weights from float64 p), and
+            # −B_kl, B_kl = X̃ᵀ diag(w p_k p_l) X̃ (one float32 ``weighted_gram`` per k < l, weights from float64 p), and
             # each diagonal block is Σ_{l≠k} B_kl summed in float64. Every block row then sums to 0 up to
             # float64 rounding, as in exact arithmetic: the directions θ_k = θ_l (where the loss is flat and
             # only λ or the null-direction fill holds H up) keep their curvature, which float32 rounding of
             # separately computed blocks would swamp; a confident row's p_k − p_k² loses no digits either.
             for k in range(K):
                 for m in range(k + 1, K):
-                    B = (Xa.T @ ((pw[:, k] * p[:, m]).to(X.dtype)[:, None] * Xa)).to(DTYPE)
+                    B = weighted_gram(X, pw[:, k] * p[:, m])
                     H[k * D1:(k + 1) * D1, m * D1:(m + 1) * D1] = -B
                     H[m * D1:(m + 1) * D1, k * D1:(k + 1) * D1] = -B.T
                     H[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1] += B
                     H[m * D1:(m + 1) * D1, m * D1:(m + 1) * D1] += B
             return H
+        Xa = augment(X)
         for k in range(K):
             H[k * D1:(k + 1) * D1, k * D1:(k + 1) * D1] = Xa.T @ (pw[:, k:k + 1] * Xa)
         A = (p[:, :, None] * Xa[:, None, :]).reshape(X.shape[0], -1)

@@ -39,6 +39,10 @@ class ScoreColumns(ABC):
 
     fields: list[tuple[str, Any]] = []
     metadata: dict[str, str] = {}
+    #: names of columns that are non-finite for every row with a NaN or Inf feature (for a 2-D column its
+    #: first column is enough): with a closed-form head the scoring pass then reads each chunk once,
+    #: checking these instead of scanning the features first
+    witness: tuple[str, ...] = ()
 
     @abstractmethod
     def prepare(self, analyzer: Any, test: Any) -> None:
@@ -69,6 +73,7 @@ class ColumnFunction(ScoreColumns):
     metadata: Mapping[str, str] = field(default_factory=dict)  # type: ignore[assignment]
     label: str | None = None
     head: Any = None
+    witness: tuple[str, ...] = ()  # type: ignore[misc]
 
     @property
     def identity(self) -> str:
@@ -116,6 +121,19 @@ class ScoreKernel:
     head: Any
     columns: Sequence[ScoreColumns]
     ids: bool = True
+
+    @property
+    def checks_features(self) -> bool:
+        """Whether a column of a closed-form head witnesses every feature (see ``ScoreColumns.witness``)."""
+        return bool(getattr(self.head, "closed_form", False)) and any(c.witness for c in self.columns)
+
+    def finite_witness(self, result: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for c in self.columns:
+            for name in c.witness:
+                v = result[name]
+                out.append(v[:, 0] if v.ndim == 2 else v)
+        return out
 
     def __call__(self, chunk: Chunk, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
         cols: dict[str, np.ndarray] = {"id": chunk.ids, "label": chunk.y} if self.ids else {}

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ValidationError
-from ..io.parts import Partition, open_part, plan_partitions, read_partition, split_rows
+from ..io.parts import Partition, check_chunk_features, open_part, plan_partitions, read_partition, split_rows
 from ..io.sources import Chunk, DataSource, NpzSource, open_source
 
 __all__ = ["Kernel", "Engine", "Task", "tree_sum", "add_results", "check_rows", "current_engine"]
@@ -48,7 +48,13 @@ def current_engine() -> Engine | None:
 
 
 class Kernel(Protocol):
-    """A pure per-chunk function (see the module docstring)."""
+    """A pure per-chunk function (see the module docstring).
+
+    A kernel may also set ``checks_features = True`` and define ``finite_witness(result)``: arrays of its
+    result that are non-finite whenever any feature of the chunk is NaN or Inf (every feature of every row
+    enters them through IEEE products). The engine then reads its chunks without a separate scan for
+    non-finite features and checks the witness instead (see ``chunk_results``).
+    """
 
     def __call__(self, chunk: Chunk, weights: np.ndarray | None) -> Any: ...
 
@@ -179,17 +185,37 @@ def chunk_results(job: Job, task: Task) -> Iterator[tuple[int, Any]]:
     source = job.open()
     part = task.part
     where = part.file or source.name
-    head = getattr(job.kernel, "head", None)
+    kernel = job.kernel
+    head = getattr(kernel, "head", None)
+    # One read of each chunk: a kernel whose results are non-finite whenever a feature is (``checks_features``,
+    # its ``finite_witness``) checks them instead of the reader scanning the features first; the features are
+    # scanned only when a result is not finite, to raise the same error naming the first bad row.
+    deferred = bool(getattr(kernel, "checks_features", False)) and bool(getattr(source, "defers_finite_check",
+                                                                               False))
     start = 0
-    for ch in read_partition(source, part, job.chunk_size, rows=task.rows):
+    for ch in read_partition(source, part, job.chunk_size, rows=task.rows, check_finite=not deferred):
         if head is not None:
             head.check_labels(ch.y, argument=where)
         w = None if task.weights is None else task.weights[start:start + len(ch)]
         start += len(ch)
-        yield len(ch), job.kernel(ch, w)
+        res = kernel(ch, w)
+        if deferred and not all_finite(kernel.finite_witness(res)):
+            check_chunk_features(source, ch, where)
+        yield len(ch), res
     if start != task.n_rows:
         raise ValidationError(f"{where}: read {start} rows for {part.where()}, expected {task.n_rows} "
                               "(the input changed while the job ran?)")
+
+
+def all_finite(values: Sequence[Any]) -> bool:
+    """Whether every entry of every array (numpy or torch) in ``values`` is finite."""
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            if not bool(torch.isfinite(v).all()):
+                return False
+        elif not np.isfinite(np.asarray(v)).all():
+            return False
+    return True
 
 
 def task_steps(job: Job, task: Task) -> Generator[int, None, Any]:

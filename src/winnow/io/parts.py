@@ -122,18 +122,20 @@ def plan_partitions(source: DataSource, partition_rows: int | None = None) -> li
 
 
 def read_partition(source: DataSource, part: Partition, chunk_size: int = 65536,
-                   rows: np.ndarray | None = None, prefetch: int = 1) -> Iterator[Chunk]:
+                   rows: np.ndarray | None = None, prefetch: int = 1, check_finite: bool = True) -> Iterator[Chunk]:
     """Chunks of ``part``'s rows (or only ``rows``, global positions inside the partition), in order.
 
     ``prefetch`` chunks are read ahead by a background thread (decoding Parquet overlaps the maths on the
     previous chunk; memory grows by that many chunks); 0 reads in the calling thread. Reading errors from
     the Parquet library (a corrupt page, a file truncated after it was opened) are raised as
-    ValidationError naming the file and rows.
+    ValidationError naming the file and rows. ``check_finite=False`` leaves the features unchecked (a source
+    with ``defers_finite_check``): the caller then checks its results and calls ``check_chunk_features``.
     """
     sel = np.arange(part.start, part.stop, dtype=np.int64) if rows is None else rows
 
     def chunks() -> Iterator[Chunk]:
-        it = source.chunks(chunk_size, rows=sel)
+        it = (source.chunks(chunk_size, rows=sel) if check_finite
+              else source.chunks(chunk_size, rows=sel, check_finite=False))
         while True:
             try:
                 ch = next(it)
@@ -143,18 +145,34 @@ def read_partition(source: DataSource, part: Partition, chunk_size: int = 65536,
                 raise ValidationError(f"{part.file or source.name}: cannot read {part.where()} "
                                       f"({type(e).__name__}: {e})") from None
             except ValidationError as e:  # bad values (NaN features, unknown labels...): name the argument
-                argument = getattr(source, "argument", None)
-                if argument is None:
-                    raise
-                from ..validation import data_error
-
-                raise data_error(e, argument) from None
+                raise _named(e, source) from None
             yield ch
 
     if prefetch < 1:
         yield from chunks()
     else:
         yield from _read_ahead(chunks(), prefetch)
+
+
+def _named(e: ValidationError, source: DataSource) -> ValidationError:
+    """A data error of ``source`` led by the argument it was given as (``train: ...``), when known."""
+    argument = getattr(source, "argument", None)
+    if argument is None:
+        return e
+    from ..validation import data_error
+
+    return data_error(e, argument)
+
+
+def check_chunk_features(source: DataSource, chunk: Chunk, where: str) -> None:
+    """The finiteness check of a chunk read with ``check_finite=False``: raises the data error the reader
+    would have raised (NaN or Inf features, naming ``where``, the first such row and the argument)."""
+    from .sources import check_finite_features
+
+    try:
+        check_finite_features(chunk.X, where, chunk.ids)
+    except ValidationError as e:
+        raise _named(e, source) from None
 
 
 _DONE = object()

@@ -171,20 +171,23 @@ def _check_feature_dtype(dtype: np.dtype, where: str, what: str) -> None:
                               f"got dtype {dtype}")
 
 
-def _as_features(X: np.ndarray, where: str, ids: np.ndarray) -> np.ndarray:
-    """A (c, D) block as C-contiguous float32/float64, checked finite. float32 and float64 are kept as
-    stored; float16 becomes float32 and other numeric dtypes float64."""
+def _as_features(X: np.ndarray, where: str, ids: np.ndarray, check: bool = True) -> np.ndarray:
+    """A (c, D) block as C-contiguous float32/float64, checked finite (unless ``check`` is False). float32
+    and float64 are kept as stored; float16 becomes float32 and other numeric dtypes float64."""
     if X.dtype == np.float32 or X.dtype == np.float64:
         X = np.ascontiguousarray(X)
     elif X.dtype == np.float16:
         X = np.ascontiguousarray(X, dtype=np.float32)
     else:
         X = np.ascontiguousarray(X, dtype=np.float64)
-    _check_finite(X, where, ids)
+    if check:
+        check_finite_features(X, where, ids)
     return X
 
 
-def _check_finite(X: np.ndarray, where: str, ids: np.ndarray) -> None:
+def check_finite_features(X: np.ndarray, where: str, ids: np.ndarray) -> None:
+    """Raise the data error of features holding NaN or Inf, naming ``where`` and the first such row (by
+    ``ids``); returns when every entry of the (c, D) block ``X`` is finite."""
     # A cheap test first (one read of the block, in its own dtype): the sum of all entries is finite iff the
     # block holds no NaN/Inf, barring overflow, which the exact test below resolves.
     with np.errstate(all="ignore"):
@@ -237,12 +240,19 @@ class DataSource(ABC):
     def __len__(self) -> int:
         """The number of rows n, known without reading the data."""
 
+    #: whether ``chunks`` takes ``check_finite`` (the sources of this package do)
+    defers_finite_check = False
+
     @abstractmethod
-    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None) -> Iterator[Chunk]:
+    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None, *,
+               check_finite: bool = True) -> Iterator[Chunk]:
         """Yield chunks of at most ``chunk_size`` rows in storage order.
 
         ``rows``: optional sorted, unique int64 array of row positions (0..n-1); only those rows are read.
-        Arguments are validated when called, data errors are raised while iterating.
+        Arguments are validated when called, data errors are raised while iterating. ``check_finite=False``
+        skips the scan for NaN/Inf features: only for a reader that checks its own results instead (the
+        engine does, for kernels whose every result is non-finite when a feature is; see
+        ``winnow.engine.engine.chunk_results``), so that a pass reads each chunk once.
         """
 
     def labels(self) -> np.ndarray:
@@ -308,19 +318,23 @@ class _ArrayBacked(DataSource):
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
-    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None) -> Iterator[Chunk]:
-        chunk_size, rows = self._check_args(chunk_size, rows)
-        return self._iter(chunk_size, rows)
+    defers_finite_check = True
 
-    def _iter(self, chunk_size: int, rows: np.ndarray | None) -> Iterator[Chunk]:
+    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None, *,
+               check_finite: bool = True) -> Iterator[Chunk]:
+        chunk_size, rows = self._check_args(chunk_size, rows)
+        return self._iter(chunk_size, rows, check_finite)
+
+    def _iter(self, chunk_size: int, rows: np.ndarray | None, check_finite: bool = True) -> Iterator[Chunk]:
         for index, positions in row_blocks(len(self), chunk_size, rows):
-            yield self._chunk(index, positions)
+            yield self._chunk(index, positions, check_finite)
 
     _codec: LabelCodec | None = None
 
-    def _chunk(self, index: slice | np.ndarray, positions: np.ndarray) -> Chunk:
+    def _chunk(self, index: slice | np.ndarray, positions: np.ndarray, check_finite: bool = True) -> Chunk:
         ids = positions if self.id is None else self._ids(self.id[index], positions)
-        return Chunk(_as_features(self.X[index], self.name, ids), self._labels(self.y[index], ids), ids)
+        return Chunk(_as_features(self.X[index], self.name, ids, check_finite), self._labels(self.y[index], ids),
+                     ids)
 
     def _labels(self, y: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
         if self._codec is not None:
@@ -820,11 +834,13 @@ class TablePlan:
             return positions
         return _ids_of(_column(data, self.id_column), where, f"id column '{self.id_column}'", positions)
 
-    def convert(self, data: pa.RecordBatch | pa.Table, where: str, positions: np.ndarray) -> Chunk:
+    def convert(self, data: pa.RecordBatch | pa.Table, where: str, positions: np.ndarray,
+                check_finite: bool = True) -> Chunk:
         ids = self.ids(data, where, positions)
         y = self.codec.encode(_column(data, self.label_column), where, ids)
         X = self.features(data, where, ids)
-        _check_finite(X, where, ids)
+        if check_finite:
+            check_finite_features(X, where, ids)
         return Chunk(X, y, ids)
 
     def features(self, data: pa.RecordBatch | pa.Table, where: str, ids: np.ndarray) -> np.ndarray:
@@ -853,7 +869,8 @@ class TablePlan:
             i = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]) // D
             raise ValidationError(f"{where}: features column '{fc}' has a null value inside the list at "
                                   f"{_row_desc(ids, i)}")
-        return values.to_numpy(zero_copy_only=False, writable=True).reshape(n, D)
+        # zero-copy: the block is read-only (Arrow's buffer); nothing downstream writes into features
+        return values.to_numpy(zero_copy_only=False).reshape(n, D)
 
     def first_length(self, data: pa.RecordBatch | pa.Table, where: str) -> int:
         """D of a variable-length list column, from the first row of ``data``."""
@@ -872,6 +889,7 @@ class _TableSource(DataSource):
     """What the table sources share: a :class:`TablePlan`, ``classes`` and the resolved ``data_columns``."""
 
     plan: TablePlan
+    defers_finite_check = True
 
     @property
     def n_features(self) -> int:
@@ -1016,9 +1034,10 @@ class ParquetSource(_TableSource):
     def __len__(self) -> int:
         return self._n
 
-    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None) -> Iterator[Chunk]:
+    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None, *,
+               check_finite: bool = True) -> Iterator[Chunk]:
         chunk_size, rows = self._check_args(chunk_size, rows)
-        pieces = self._stream(chunk_size) if rows is None else self._take(rows)
+        pieces = self._stream(chunk_size, check_finite) if rows is None else self._take(rows, check_finite)
         return _rechunk(pieces, chunk_size)
 
     def labels(self) -> np.ndarray:
@@ -1037,7 +1056,7 @@ class ParquetSource(_TableSource):
     def _open(self, i: int) -> pq.ParquetFile:
         return pq.ParquetFile(self._files[i], metadata=self._meta[i])
 
-    def _stream(self, chunk_size: int) -> Iterator[Chunk]:
+    def _stream(self, chunk_size: int, check_finite: bool = True) -> Iterator[Chunk]:
         for i in range(len(self._files)):
             if self._meta[i].num_rows == 0:
                 continue
@@ -1047,10 +1066,11 @@ class ParquetSource(_TableSource):
                 for batch in _iter_batches(pf, chunk_size, self.plan.read):
                     m = batch.num_rows
                     if m:
-                        yield self.plan.convert(batch, where, np.arange(pos, pos + m, dtype=np.int64))
+                        yield self.plan.convert(batch, where, np.arange(pos, pos + m, dtype=np.int64),
+                                                check_finite)
                         pos += m
 
-    def _take(self, rows: np.ndarray) -> Iterator[Chunk]:
+    def _take(self, rows: np.ndarray, check_finite: bool = True) -> Iterator[Chunk]:
         bounds = np.searchsorted(rows, self._offsets)
         for i in range(len(self._files)):
             sel = rows[bounds[i]:bounds[i + 1]]
@@ -1069,7 +1089,7 @@ class ParquetSource(_TableSource):
                     g = int(groups[start])
                     table = pf.read_row_group(g, columns=self.plan.read)
                     table = table.take(pa.array(part_local - gstarts[g]))
-                    yield self.plan.convert(table, str(self._files[i]), part_global)
+                    yield self.plan.convert(table, str(self._files[i]), part_global, check_finite)
 
     def _column_blocks(self, column: str, kind: str, block_size: int) -> Iterator[np.ndarray]:
         """The labels (encoded) or the ids in row order, in blocks of at most ``block_size`` rows."""
@@ -1202,3 +1222,4 @@ def open_source(spec: Any, *, argument: str = "data", columns: DataColumns | Non
         raise fail(f"{argument}: {p} has an unsupported extension {p.suffix or '(none)'}; expected "
                    f"{ACCEPTED_FILES}", argument)
     raise fail(f"{argument}: cannot read data from a {type(spec).__name__}; expected {_ACCEPTED}", argument)
+

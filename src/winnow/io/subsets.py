@@ -54,9 +54,17 @@ class SubsetSource(DataSource):
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
-    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None) -> Iterator[Chunk]:
+    @property
+    def defers_finite_check(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.source, "defers_finite_check", False))
+
+    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None, *,
+               check_finite: bool = True) -> Iterator[Chunk]:
         chunk_size, sel = self._check_args(chunk_size, rows)
-        return self.source.chunks(chunk_size, rows=self.rows if sel is None else self.rows[sel])
+        rows = self.rows if sel is None else self.rows[sel]
+        if check_finite:
+            return self.source.chunks(chunk_size, rows=rows)
+        return self.source.chunks(chunk_size, rows=rows, check_finite=False)
 
     def labels(self) -> np.ndarray:
         if self._labels is None:

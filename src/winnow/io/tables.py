@@ -77,15 +77,16 @@ class ArrowSource(_TableSource):
     def __len__(self) -> int:
         return int(self.table.num_rows)
 
-    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None) -> Iterator[Chunk]:
+    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None, *,
+               check_finite: bool = True) -> Iterator[Chunk]:
         chunk_size, rows = self._check_args(chunk_size, rows)
-        return self._iter(chunk_size, rows)
+        return self._iter(chunk_size, rows, check_finite)
 
-    def _iter(self, chunk_size: int, rows: np.ndarray | None) -> Iterator[Chunk]:
+    def _iter(self, chunk_size: int, rows: np.ndarray | None, check_finite: bool) -> Iterator[Chunk]:
         for index, positions in row_blocks(len(self), chunk_size, rows):
             part = (self.table.slice(index.start, index.stop - index.start) if isinstance(index, slice)
                     else self.table.take(pa.array(index)))
-            yield self.plan.convert(part, self.name, positions)
+            yield self.plan.convert(part, self.name, positions, check_finite)
 
     def labels(self) -> np.ndarray:
         ids = None if self.plan.id_column is None else self.ids()
@@ -192,19 +193,20 @@ class CsvSource(_TableSource):
     def __len__(self) -> int:
         return self._n
 
-    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None) -> Iterator[Chunk]:
+    def chunks(self, chunk_size: int = 65536, rows: np.ndarray | None = None, *,
+               check_finite: bool = True) -> Iterator[Chunk]:
         chunk_size, rows = self._check_args(chunk_size, rows)
-        return _rechunk(self._iter(rows), chunk_size)
+        return _rechunk(self._iter(rows, check_finite), chunk_size)
 
-    def _iter(self, rows: np.ndarray | None) -> Iterator[Chunk]:
+    def _iter(self, rows: np.ndarray | None, check_finite: bool) -> Iterator[Chunk]:
         for batch, positions in self._positioned(self.plan.read):
             if rows is None:
-                yield self.plan.convert(batch, self.name, positions)
+                yield self.plan.convert(batch, self.name, positions, check_finite)
                 continue
             lo, hi = np.searchsorted(rows, [positions[0], positions[-1] + 1])
             if hi > lo:
                 sel = rows[lo:hi]
-                yield self.plan.convert(batch.take(pa.array(sel - positions[0])), self.name, sel)
+                yield self.plan.convert(batch.take(pa.array(sel - positions[0])), self.name, sel, check_finite)
 
     def labels(self) -> np.ndarray:
         return np.concatenate(list(self.label_blocks()))
