@@ -10,7 +10,7 @@ import torch
 from nets import Net, data, trained_net
 
 from winnow.core.autodiff import ModelFunction
-from winnow.core.models import ModelData, ModelHessian, ModelInfluence
+from winnow.core.models import ModelData, ModelHessian, ModelInfluence, refine_model
 from winnow.core.solvers import (
     CGSolver,
     ConvergenceWarning,
@@ -94,7 +94,7 @@ def test_ggn_influence_with_auto_damping_matches_a_dense_solve():
     X, y = data(40, k=3)
     l2 = 1e-3
     warnings.simplefilter("ignore", UserWarning)  # an untrained net is not stationary: said, and beside the point
-    mi = ModelInfluence(net, l2=l2, curvature="ggn", solver="cg").fit((X, y))
+    mi = ModelInfluence(net, l2=l2, curvature="ggn", solver=CGSolver(preconditioner="diagonal")).fit((X, y))
     info = mi.damping_info()
     G = dense_ggn(net, X, y, l2)
     ev = torch.linalg.eigvalsh(G)
@@ -142,7 +142,7 @@ def test_preconditioned_cg_converges_where_plain_cg_needs_far_more_iterations():
 
     B = torch.randn(P, 2, generator=g, dtype=torch.float64)
     ref = torch.linalg.solve(H, B)
-    pre = CGSolver(tol=1e-9, max_iter=400).fit(Op(H))
+    pre = CGSolver(tol=1e-9, max_iter=400, preconditioner="auto").fit(Op(H))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         plain = CGSolver(tol=1e-9, max_iter=400, preconditioner=None).fit(Op(H))
@@ -204,7 +204,7 @@ def test_dense_indefinite_message_quotes_the_largest_eigenvalue_not_the_null_fil
 def test_dense_build_is_refused_before_it_runs_past_its_budget():
     net = trained_net(k=3)
     X, y = data(k=3)
-    with pytest.raises(ValidationError, match=r"about .* above max_dense_seconds = 0: lower max_dense below 53"):
+    with pytest.raises(ValidationError, match=r"about .* above the limit of 0 s: lower max_dense below 53"):
         ModelInfluence(net, l2=1e-2, damping=1e-3, solver="dense", max_dense_seconds=0.0).fit((X, y))
     mi = ModelInfluence(net, l2=1e-2, damping=1e-3, solver="dense", max_dense_seconds=60).fit((X, y))
     assert mi.hessian_.dense_estimate_seconds < 60
@@ -233,3 +233,37 @@ def test_theorem1_reports_every_sweep_value_and_the_damping_it_needed():
                                  "reason": lz.damping_sweep[0]["reason"]}]
     assert "dense" in lz.damping_sweep[0]["reason"]
     assert any("closed form" in n for n in lz.notes)
+
+
+def _accuracy_and_loss(net, X, y):
+    with torch.no_grad():
+        z = net(X)[:, 0]
+    loss = float(torch.nn.functional.binary_cross_entropy_with_logits(z, y.double()))
+    return float(((z > 0).long() == y).double().mean()), loss
+
+
+def test_refine_model_measures_accuracy_and_does_not_trade_it_away_silently():
+    X, y = data(60)
+    # valid = the training inputs with every label flipped: fitting the training data costs valid accuracy
+    torch.manual_seed(2)
+    net = Net(k=1).double().eval()
+    acc0, loss0 = _accuracy_and_loss(net, X, 1 - y)
+    with pytest.warns(UserWarning, match=r"accuracy on valid .* before"):
+        res = refine_model(net, (X, y), l2=1e-2, valid=(X, 1 - y), max_iter=200, check_every=5,
+                           max_accuracy_drop=0.05)
+    acc1, loss1 = _accuracy_and_loss(net, X, 1 - y)  # the iterate left in the model
+    assert res.accuracy_before == pytest.approx(acc0) and res.loss_before == pytest.approx(loss0, rel=1e-10)
+    assert res.accuracy_after == pytest.approx(acc1) and res.loss_after == pytest.approx(loss1, rel=1e-10)
+    assert acc1 >= acc0 - 0.05 and "accuracy fell" in res.stopped and res.monitored == "valid"
+    # the float is the kept iterate's ‖∇R‖∞, against plain autograd
+    R = torch.nn.functional.binary_cross_entropy_with_logits(net(X)[:, 0], y.double()) + 0.5e-2 * sum(
+        (p * p).sum() for p in net.parameters() if p.ndim >= 2)
+    g = max(float(t.abs().max()) for t in torch.autograd.grad(R, list(net.parameters())))
+    assert float(res) == pytest.approx(g, rel=1e-6)
+    # on the training data itself polishing reaches the tolerance and keeps the last iterate
+    torch.manual_seed(2)
+    net = Net(k=1).double().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        res = refine_model(net, (X, y), l2=1e-2, max_iter=300, tol=1e-9)
+    assert float(res) <= 1e-9 and res.kept == "last" and res.accuracy_after >= res.accuracy_before

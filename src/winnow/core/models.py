@@ -633,8 +633,8 @@ class ModelInfluence:
     a number ≥ 0, or "auto" (default): chosen from the spectrum by a few Lanczos steps with the rule of
     :func:`winnow.core.solvers.choose_damping` (smallest damped eigenvalue ≥ 1e-3·λ_max), recorded in
     ``damping_`` / ``damping_choice_`` and in the scores' metadata (pass 0 for the undamped curvature);
-    ``solver`` "auto" (dense up to ``max_dense`` parameters, else CG, Jacobi-preconditioned by the
-    Gauss-Newton diagonal), "dense", "cg", "lissa", "lanczos"/"arnoldi" or a solver instance;
+    ``solver`` "auto" (dense up to ``max_dense`` parameters, else CG; ``CGSolver(preconditioner="diagonal")``
+    preconditions by the Gauss-Newton diagonal), "dense", "cg", "lissa", "lanczos"/"arnoldi" or a solver instance;
     ``max_dense_seconds`` the time a dense build may take, estimated from its first block of columns
     before the rest starts (refused above it; None: no limit); ``loss`` "auto" (1 output: sigmoid + BCE,
     K: softmax + CE);
@@ -906,17 +906,51 @@ class ModelInfluence:
         return s
 
 
+class RefineResult(float):
+    """What :func:`refine_model` did. As a float it is the final ‖∇R‖∞ (so ``refine_model(...) < tol`` reads
+    as before); the attributes: ``gradient_norm``; ``loss_before`` / ``loss_after`` (mean loss) and
+    ``accuracy_before`` / ``accuracy_after`` on the monitored data (``valid`` when given, else train);
+    ``iterations`` (L-BFGS iterations run); ``kept`` ("last" or "best": an earlier iterate was restored);
+    ``stopped`` (why it stopped, in words)."""
+
+    gradient_norm: float
+    loss_before: float
+    loss_after: float
+    accuracy_before: float
+    accuracy_after: float
+    iterations: int
+    kept: str
+    stopped: str
+    monitored: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("gradient_norm", "loss_before", "loss_after", "accuracy_before",
+                                              "accuracy_after", "iterations", "kept", "stopped", "monitored")}
+
+
 def refine_model(model: torch.nn.Module, train: Any, *, l2: float = 0.0, regularize: str = "weights",
                  params: str | Sequence[str] | None = None, loss: str = "auto", max_iter: int = 500,
-                 tol: float = 1e-8, batch_size: int = 4096) -> float:
-    """Polish ``model`` in place to a stationary point of R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² by full-batch
-    L-BFGS (strong Wolfe) over ``params`` (default all), in the model's own dtype and eval mode.
+                 tol: float = 1e-8, batch_size: int = 4096, valid: Any = None, check_every: int = 25,
+                 max_accuracy_drop: float = 0.005) -> RefineResult:
+    """Polish ``model`` in place towards a stationary point of R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² by
+    full-batch L-BFGS (strong Wolfe) over ``params`` (default all), in the model's own dtype and eval mode.
 
-    Influence functions assume θ̂ minimises R; a network stopped early by SGD is not there. Returns the
-    final ‖∇R‖_∞ (compare it with your tolerance; float64 models reach ~1e-8 and below).
+    Influence functions assume θ̂ minimises R; a network stopped early by SGD is not there. Polishing can
+    cost accuracy (with λ = 0 it fits the training data harder), so accuracy and mean loss are measured on
+    ``valid`` (any :class:`ModelData` form; default: the training data) before and every ``check_every``
+    iterations. An iterate whose accuracy is more than ``max_accuracy_drop`` below the start stops the
+    polish; the iterate kept is the one with the smallest ‖∇R‖∞ among those within ``max_accuracy_drop``
+    of the start (the start itself if none is). When the kept iterate's accuracy is below the start's a
+    UserWarning gives both figures. Returns a :class:`RefineResult`: a float (the final ‖∇R‖∞ of the kept
+    iterate; float64 models reach ~1e-8 and below) with the figures before and after.
     """
+    from ..validation import check_integer, check_number
+
+    check_every = check_integer(check_every, "check_every", minimum=1)
+    max_accuracy_drop = check_number(max_accuracy_drop, "max_accuracy_drop", minimum=0.0)
     names = select_params(model, params)
     data = ModelData(train, batch_size=batch_size, argument="train")
+    watch = ModelData(valid, batch_size=batch_size, argument="valid") if valid is not None else data
     n = len(data)
     named = dict(model.named_parameters())
     ps = [named[k] for k in names]
@@ -929,10 +963,25 @@ def refine_model(model: torch.nn.Module, train: Any, *, l2: float = 0.0, regular
         K = out0.reshape(out0.shape[0], -1).shape[1]
         lname = resolve_loss(loss, K)
         check_labels_for(K, lname, data.labels(), "train labels", what="the model")
+        if valid is not None:
+            check_labels_for(K, lname, watch.labels(), "valid labels", what="the model")
         from .autodiff import loss_from_logits
 
-        opt = torch.optim.LBFGS(ps, lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=0,
-                                history_size=50, line_search_fn="strong_wolfe")
+        def measure() -> tuple[float, float]:
+            total, right, count = 0.0, 0, 0
+            with torch.no_grad():
+                for x, y, _ in watch.batches():
+                    out = model(x.to(dev))
+                    out = out.reshape(out.shape[0], -1)
+                    yt = y.to(dev)
+                    total += float(loss_from_logits(out, yt, lname).sum())
+                    pred = (out[:, 0] > 0).long() if lname == "logistic" else out.argmax(1)
+                    right += int((pred == yt).sum())
+                    count += len(y)
+            return total / max(count, 1), right / max(count, 1)
+
+        opt = torch.optim.LBFGS(ps, lr=1, max_iter=min(check_every, max_iter), tolerance_grad=tol,
+                                tolerance_change=0, history_size=50, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
@@ -949,8 +998,49 @@ def refine_model(model: torch.nn.Module, train: Any, *, l2: float = 0.0, regular
                 total += float(r.detach())
             return torch.tensor(total, dtype=torch.float64)  # float64: a float32 loss stalls the line search
 
-        opt.step(closure)
-        closure()
-        gmax = max(float(p.grad.abs().max()) for p in ps if p.grad is not None)
+        def gradient_norm() -> float:
+            closure()
+            g = max(float(p.grad.abs().max()) for p in ps if p.grad is not None)
+            opt.zero_grad()
+            return g
+
+        loss0, acc0 = measure()
+        g0 = gradient_norm()
+        best = (g0, [p.detach().clone() for p in ps], loss0, acc0)
+        done, stopped = 0, f"max_iter = {max_iter} iterations"
+        while done < max_iter:
+            before = opt.state[opt._params[0]].get("n_iter", 0) if opt._params else 0
+            opt.param_groups[0]["max_iter"] = min(check_every, max_iter - done)
+            opt.step(closure)
+            ran = opt.state[opt._params[0]].get("n_iter", 0) - before
+            done += max(ran, 1)
+            g = gradient_norm()
+            lo, acc = measure()
+            if acc >= acc0 - max_accuracy_drop and g < best[0]:
+                best = (g, [p.detach().clone() for p in ps], lo, acc)
+            if acc < acc0 - max_accuracy_drop:
+                stopped = (f"the accuracy fell from {acc0:.4f} to {acc:.4f}, more than max_accuracy_drop = "
+                           f"{max_accuracy_drop:g}")
+                break
+            if g <= tol:
+                stopped = f"‖∇R‖∞ = {g:.2e} <= tol {tol:g}"
+                break
+            if ran <= 1 and g >= best[0]:
+                stopped = "L-BFGS made no further progress"
+                break
+        g_last = g if done else g0
+        kept = "last" if best[0] == g_last and done else ("start" if best[0] == g0 else "best")
+        with torch.no_grad():
+            for p, t in zip(ps, best[1]):
+                p.copy_(t)
         opt.zero_grad()
-    return gmax
+    monitored = "valid" if valid is not None else "train"
+    res = RefineResult(best[0])
+    res.gradient_norm, res.loss_before, res.loss_after = best[0], loss0, best[2]
+    res.accuracy_before, res.accuracy_after, res.iterations = acc0, best[3], done
+    res.kept, res.stopped, res.monitored = kept, stopped, monitored
+    if best[3] < acc0 or kept != "last":
+        warnings.warn(f"refine_model: accuracy on {monitored} {acc0:.4f} before, {best[3]:.4f} after (mean loss "
+                      f"{loss0:.4g} -> {best[2]:.4g}); stopped: {stopped}; kept the {kept} iterate, ‖∇R‖∞ = "
+                      f"{best[0]:.2e} (from {g0:.2e})", UserWarning, stacklevel=2)
+    return res

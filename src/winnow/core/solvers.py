@@ -10,8 +10,8 @@ Solvers (``fit(op)`` once, then ``solve(B)`` any number of times; ``info_`` desc
 
 - ``DenseSolver``: builds H, Cholesky; exact. P ≤ ``max_params`` (20 000 by default: a 3.2 GB matrix).
 - ``CGSolver``: block conjugate gradient (one Krylov space for all right-hand sides, breakdown-free), or
-  independent CGs (``block=False``), Jacobi-preconditioned by the operator's ``diagonal()`` when it has
-  one; exact to ``tol`` (relative residual, checked on the true residual ‖B − HX‖ after the solve).
+  independent CGs (``block=False``), optionally Jacobi-preconditioned by the operator's ``diagonal()``;
+  exact to ``tol`` (relative residual, checked on the true residual ‖B − HX‖ after the solve).
 - ``LiSSASolver``: the Neumann series h ← b + (I − H/s)h (Agarwal et al. 2017, Koh & Liang 2017), full-batch
   or stochastic minibatch HVPs; converges only when H is positive definite and s > λ_max.
 - ``LanczosSolver``: a rank-k approximation H ≈ U Θ Uᵀ + σ(I − UUᵀ) from k Ritz pairs of Lanczos with full
@@ -310,9 +310,9 @@ def matvec_columns(op: Any, block: int = 256) -> torch.Tensor:
                 if budget is not None and estimate > budget and e < P:
                     raise ValidationError(
                         f"the dense Hessian needs P = {P} Hessian-vector products; the first {e - s} took "
-                        f"{_duration(took)}, so about {_duration(estimate)} in all, above max_dense_seconds = "
-                        f"{budget:g}: lower max_dense below {P} (an iterative solver then runs instead), "
-                        f"restrict params, or raise max_dense_seconds",
+                        f"{_duration(took)}, so about {_duration(estimate)} in all, above the limit of {budget:g} s: "
+                        f"lower max_dense below {P} (an iterative solver then runs instead), restrict params, or "
+                        f"raise max_dense_seconds",
                         parameters=("max_dense_seconds", "max_dense", "params"))
                 tracker = Tracker(P, f"Hessian columns (about {_duration(estimate)})", "columns",
                                   enabled=bool(getattr(op, "progress", False)))
@@ -344,8 +344,10 @@ class CGSolver(InverseHVPSolver):
     all right-hand sides, search directions re-orthonormalised (rank-revealing SVD) every step; many
     right-hand sides converge in far fewer HVP rounds. ``block=False``: m independent CGs, vectorised.
 
-    ``preconditioner``: "auto" (the operator's ``diagonal()`` when it has one, else none), "diagonal"
-    (required), None, or a (P,) tensor of positive values d ≈ diag(H). Jacobi preconditioning runs CG on
+    ``preconditioner``: None (default), "diagonal" (the operator's ``diagonal()``, e.g. a model's
+    Gauss-Newton diagonal), "auto" (that diagonal when the operator has one, else none), or a (P,) tensor of
+    positive values d ≈ diag(H). Measured on a small trained CNN the Jacobi preconditioner did not pay
+    (docs/models.md), hence the default. Jacobi preconditioning runs CG on
     D^{-1/2} H D^{-1/2} (the same iterates as PCG with M = D); the diagonal is computed once, in ``fit``.
     Stops when every column's *true* residual ‖b − Hx‖/‖b‖ ≤ ``tol`` (in the original coordinates, whatever
     the preconditioner); the residual is recomputed from X after the loop and, when it is above ``tol``
@@ -357,7 +359,7 @@ class CGSolver(InverseHVPSolver):
     name = "cg"
 
     def __init__(self, tol: float = 1e-8, max_iter: int | None = None, *, block: bool = True,
-                 preconditioner: str | torch.Tensor | None = "auto") -> None:
+                 preconditioner: str | torch.Tensor | None = None) -> None:
         if not (tol > 0):
             raise ValidationError(f"tol must be > 0, got {tol!r}")
         if max_iter is not None and max_iter < 1:
