@@ -37,7 +37,7 @@ def test_both_implement_the_protocol_and_agree_on_a_linear_model(tmp_path):
         lin.weight.copy_(torch.as_tensor(head.weight_))
         lin.bias.copy_(torch.as_tensor(head.bias_))
     an = InfluenceAnalyzer(head)
-    mi = ModelInfluence(lin, l2=1e-2, solver="dense")
+    mi = ModelInfluence(lin, l2=1e-2, damping=0.0, solver="dense")
     for est in (an, mi):
         assert isinstance(est, InfluenceEstimator)
         with pytest.raises(NotFittedError):

@@ -218,13 +218,13 @@ def test_model_progress_counts_rows(files, tmp_path, capsys):
                 "nets:small_mlp"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"^scoring pass: 37/37 rows in ", err, re.M), err
-    assert re.search(r"^Hessian columns: 19/19 columns in ", err, re.M), err  # P = 4·3 + 3 + 3 + 1
+    assert re.search(r"^Hessian columns \(about [^)]*\): 19/19 columns in ", err, re.M), err  # P = 4·3 + 3 + 3 + 1
     assert run(["check-head", tmp_path / "w.pt", "--head", "2", "--train", tmp_path / "in.npz", "--test",
                 tmp_path / "in.npz", "--batch-size", "8", "--damping", "1", "--pairs-train", "5", "--pairs-test", "3",
                 "--factory", "nets:small_mlp"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"^gradients: 37/37 rows in ", err, re.M), err
-    assert re.search(r"^Hessian columns: 19/19 columns in ", err, re.M), err
+    assert re.search(r"^Hessian columns \(about [^)]*\): 19/19 columns in ", err, re.M), err
 
 
 # --------------------------------------------------------------------------------------- demo and help

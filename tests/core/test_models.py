@@ -98,7 +98,7 @@ def test_head_only_torch_path_equals_closed_form_head_path(k):
     fte = extract_features(net, "fc", (Xte, yte), dtype=np.float64)
     a = InfluenceAnalyzer(head).fit((ftr.X, ftr.y))
     sa = a.score((fte.X, fte.y))
-    mi = ModelInfluence(net, params="fc", l2=1e-2, solver="dense").fit((X, y))
+    mi = ModelInfluence(net, params="fc", l2=1e-2, damping=0.0, solver="dense").fit((X, y))
     sb = mi.score((Xte, yte))
     assert mi.n_params == head.n_params
     for col in ("influence", "loss_change_if_removed", "self_influence"):
@@ -155,7 +155,7 @@ def test_full_model_influence_predicts_leave_one_out_retraining():
     with torch.no_grad():
         for p, t in zip(net.parameters(), ref.fn.unflatten(ref.theta_).values()):
             p.copy_(t)
-    mi = ModelInfluence(net, l2=l2, regularize="all", solver="dense").fit((X, y))
+    mi = ModelInfluence(net, l2=l2, regularize="all", damping=0.0, solver="dense").fit((X, y))
     pred = mi.score((Xte, yte))["loss_change_if_removed"].to_numpy()
     rows = np.arange(0, 60, 3)
     Xte_n, yte_n = Xte.numpy(), torch.as_tensor(yte)
@@ -185,7 +185,7 @@ def test_solver_choice_errors_and_warnings(tmp_path):
     untrained = Net().double().eval()
     torch.manual_seed(0)
     with pytest.raises((NotPositiveDefiniteError, ValidationError)):
-        ModelInfluence(untrained, solver="dense").fit((X, y))
+        ModelInfluence(untrained, damping=0.0, solver="dense").fit((X, y))
     out = mi.write_scores((X[:5], y[:5]), tmp_path / "s.parquet", pairs_out=tmp_path / "p.parquet")
     t = pq.read_table(out)
     assert t.column_names == ["id", "label", "influence", "loss_change_if_removed", "self_influence"]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from . import app
-from .options import Damping, ModelFactory, Overwrite, Quiet, TrustModelFile, polish_head, say
+from .options import ModelFactory, Overwrite, Quiet, TrustModelFile, polish_head, say
 
 ModelArg = Annotated[Path, typer.Argument(help="The model's weights, saved with torch.save(model.state_dict(), "
                                                "path); --factory builds the model they go into. A whole "
@@ -49,6 +49,35 @@ class SolverName(str, Enum):
     cg = "cg"
     lissa = "lissa"
     lanczos = "lanczos"
+
+
+class CurvatureName(str, Enum):
+    hessian = "hessian"
+    ggn = "ggn"
+
+
+CurvatureOpt = Annotated[CurvatureName, typer.Option(
+    "--curvature", help="hessian: the exact Hessian (indefinite away from a minimum); ggn: the Gauss-Newton "
+                        "curvature JᵀH_out J + λ, positive semi-definite by construction, for a trained network "
+                        "that is not at a minimum.")]
+ModelDamping = Annotated[str, typer.Option(
+    "--damping", help="Added to the curvature's diagonal: a number >= 0, or auto (default): chosen from the "
+                      "spectrum by a few Lanczos steps (smallest damped eigenvalue >= 1e-3·λ_max), and printed.")]
+MaxDenseSeconds = Annotated[float, typer.Option(
+    "--max-dense-seconds", min=0.0, help="Refuse a dense Hessian build whose time, estimated from its first block "
+                                         "of columns, is above this many seconds.")]
+ParamsOpt = Annotated[str | None, typer.Option("--params", help="Comma-separated module or parameter names to "
+                                               "differentiate (default: all parameters).")]
+
+
+def _damping(value: str) -> float | str:
+    from ..core.models import check_model_damping
+
+    return check_model_damping(value)
+
+
+def _params(value: str | None) -> list[str] | None:
+    return [p.strip() for p in value.split(",") if p.strip()] if value else None
 
 
 RegOpt = Annotated[Regularize, typer.Option("--regularize", help="Which parameters the L2 applies to: weights "
@@ -270,12 +299,13 @@ def model_influence_cmd(
     model: ModelArg, train: ModelData, test: TestData,
     out: Annotated[Path, typer.Option("--out", help="Scores, one row per training point (.parquet or .csv): id, label, "
                                       "influence (>0 harmful), loss_change_if_removed, self_influence.")],
-    params: Annotated[str | None, typer.Option("--params", help="Comma-separated module or parameter names to "
-                                               "differentiate (default: all parameters).")] = None,
+    params: ParamsOpt = None,
     solver: Annotated[SolverName, typer.Option("--solver", help="Inverse-HVP solver: dense (P <= --max-dense), "
-                                               "cg, lissa, lanczos (low rank + damping); auto = dense if small "
-                                               "enough else cg.")] = SolverName.auto,
-    l2: L2 = 0.0, regularize: RegOpt = Regularize.weights, damping: Damping = 0.0,
+                                               "cg (preconditioned by the curvature's diagonal), lissa, lanczos "
+                                               "(low rank + damping); auto = dense if small enough else cg.")
+                      ] = SolverName.auto,
+    l2: L2 = 0.0, regularize: RegOpt = Regularize.weights, damping: ModelDamping = "auto",
+    curvature: CurvatureOpt = CurvatureName.hessian, max_dense_seconds: MaxDenseSeconds = 600.0,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Also write pairwise influence (test_id, "
                                                "train_id, influence).")] = None,
     max_dense: Annotated[int, typer.Option("--max-dense", min=1, help="Largest P for the dense solver.")] = 20000,
@@ -292,14 +322,17 @@ def model_influence_cmd(
     m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
     check_model_runs(m, train, "train")
     check_model_runs(m, test, "test")
-    plist = [p.strip() for p in params.split(",") if p.strip()] if params else None
-    mi = ModelInfluence(m, params=plist, l2=l2, regularize=regularize.value, damping=damping,
+    mi = ModelInfluence(m, params=_params(params), l2=l2, regularize=regularize.value, damping=_damping(damping),
                         solver=solver.value, max_dense=max_dense, batch_size=batch_size, device=device,
-                        progress=not quiet).fit(train)
+                        progress=not quiet, curvature=curvature.value, max_dense_seconds=max_dense_seconds).fit(train)
+    choice = mi.damping_choice_
+    say(quiet, choice.describe() if choice is not None else f"damping {mi.damping_:g} (given)")
     mi.write_scores(test, out, pairs_out=pairs, overwrite=overwrite)
     info = mi.direction_info_
-    say(quiet, f"{mi.n_params} parameters, solver {mi.solver_!r}: iterations {info.iterations}, relative residual "
-               f"{info.residual:.3g}" + (f", rank {info.rank}" if info.rank is not None else ""))
+    say(quiet, f"{mi.n_params} parameters, {curvature.value} curvature, solver {mi.solver_!r}: iterations "
+               f"{info.iterations}, relative residual {info.residual:.3g}"
+               + (f", rank {info.rank}" if info.rank is not None else "")
+               + ("" if info.converged else " (did not meet its tolerance: see the warning)"))
     say(quiet, f"stationarity of the model: {mi.stationarity_.describe()}, threshold {mi.stationarity_.threshold:.0e}")
     say(quiet, f"wrote {out}" + (f" and {pairs}" if pairs else ""))
 
@@ -307,7 +340,9 @@ def model_influence_cmd(
 @app.command("check-head")
 def check_head_cmd(
     model: ModelArg, head: HeadName, train: ModelData, test: TestData,
-    l2: L2 = 0.0, regularize: RegOpt = Regularize.weights, damping: Damping = 0.0,
+    l2: L2 = 0.0, regularize: RegOpt = Regularize.weights, damping: ModelDamping = "auto",
+    curvature: CurvatureOpt = CurvatureName.hessian, params: ParamsOpt = None,
+    max_dense_seconds: MaxDenseSeconds = 600.0,
     pairs_train: Annotated[int, typer.Option("--pairs-train", min=2, help="Training points sampled.")] = 200,
     pairs_test: Annotated[int, typer.Option("--pairs-test", min=1, help="Test points sampled.")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the sampled points.")] = 0,
@@ -330,10 +365,12 @@ def check_head_cmd(
     m = load_model(model, device, factory=factory, trust_model_file=trust_model_file)
     check_model_runs(m, train, "train")
     check_model_runs(m, test, "test")
-    res = theorem1_check(m, head, train, test, l2=l2, regularize=regularize.value, damping=damping,
+    res = theorem1_check(m, head, train, test, l2=l2, regularize=regularize.value, damping=_damping(damping),
                          n_train=pairs_train, n_test=pairs_test, seed=seed, max_dense=max_dense, rank=rank,
-                         batch_size=batch_size, device=device, progress=not quiet)
-    typer.echo(f"head {res.head_name!r}: {res.n_head_params} of {res.n_params} parameters ({res.method})")
+                         batch_size=batch_size, device=device, progress=not quiet, params=_params(params),
+                         curvature=curvature.value, max_dense_seconds=max_dense_seconds)
+    typer.echo(f"head {res.head_name!r}: {res.n_head_params} of {res.n_params} parameters ({res.method}, "
+               f"{res.curvature} curvature, {res.seconds:.1f} s)")
     typer.echo(f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}, sign agreement {res.sign_agreement:.3f}, "
                f"I_head/I median {res.ratio_quantiles.get('q50', float('nan')):.3g}")
     if res.stationarity is not None:
@@ -341,7 +378,7 @@ def check_head_cmd(
                    f"{res.stationarity['relative']:.1e}, threshold {res.stationarity['threshold']:.0e})")
     typer.echo(f"inverse-Hessian mass on head coordinates {res.head_inverse_mass:.3g} (evenly: "
                f"{res.head_mass_baseline:.3g}); eigenvalues <= 0: {res.n_negative}; damping added "
-               f"{res.damping_added:.3g}")
+               f"{res.damping_added:.3g} ({res.damping_rule})")
     if res.t1_relative is not None and res.t2_relative:
         typer.echo(f"‖T1‖/‖Q_CᵀΛ_CQ_C‖ = {res.t1_relative:.3g}; median |T2|/|main term| = "
                    f"{res.t2_relative.get('q50', float('nan')):.3g}")

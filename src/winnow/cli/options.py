@@ -49,6 +49,7 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     # models
     "params": "--params", "solver": "--solver", "max_dense": "--max-dense", "rank": "--rank",
     "n_train": "--pairs-train", "n_test": "--pairs-test", "regularize": "--regularize", "device": "--device",
+    "curvature": "--curvature", "max_dense_seconds": "--max-dense-seconds",
     # stationarity of the head
     "refit=True": "--refit", "allow_nonstationary=True": "--allow-nonstationary",
     # the report of a run

@@ -30,11 +30,11 @@ import torch
 
 from ..errors import NotFittedError, ValidationError
 from ..progress import track
-from .autodiff import AutodiffHead, ModelFunction, check_labels_for, resolve_loss
+from .autodiff import _FUNC_LOCK, AutodiffHead, ModelFunction, check_labels_for, resolve_loss
 from .curvature import Stationarity
 from .heads import DTYPE, Head, head_from_torch
 from .influence import SCORE_COLUMNS, SIGN_METADATA
-from .solvers import InverseHVPSolver, SolveInfo, make_solver, matvec_columns
+from .solvers import DampingChoice, InverseHVPSolver, SolveInfo, choose_damping, make_solver, matvec_columns
 
 HeadSpec = str | Callable[[torch.nn.Module], torch.nn.Module]
 
@@ -384,24 +384,114 @@ def select_params(model: torch.nn.Module, params: str | Sequence[str] | None) ->
 
 
 # -------------------------------------------------------------------------------- the model Hessian
-class ModelHessian:
-    """The damped Hessian of R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² over the chosen parameters, as an operator.
+CURVATURES = ("hessian", "ggn")
+#: seconds a dense build may take by default before it is refused (estimated from its first block)
+MAX_DENSE_SECONDS = 600.0
 
-    ``matvec(V)`` = (1/n) Σ_batches ∇²(Σ ℓ)·V + λ·mask·V + damping·V (one pass over the data per
-    call, V (P,) or (P, m) with the m columns vectorised, ``col_chunk`` at a time when set: lower it to
-    bound memory, which grows as m · batch · activations). ``sample_matvec``
-    uses a random minibatch (in-memory data) for stochastic LiSSA. ``hvp_mode``: "rev" (reverse-over-
-    reverse, the gradient linearised once per batch and shared by all columns; default, fastest measured
-    on CPU) or "fwd" (forward-over-reverse, jvp(grad)); both give the same products.
+
+def check_curvature(curvature: Any) -> str:
+    """"hessian" or "ggn" (the Gauss-Newton curvature), else a ValidationError naming ``curvature``."""
+    if curvature not in CURVATURES:
+        raise ValidationError(f"curvature must be 'hessian' (the exact Hessian) or 'ggn' (Gauss-Newton, positive "
+                              f"semi-definite), got {curvature!r}", parameters=("curvature",))
+    return str(curvature)
+
+
+def check_model_damping(damping: Any) -> float | str:
+    """"auto" (chosen from the spectrum) or a finite number >= 0."""
+    if isinstance(damping, str) and damping == "auto":
+        return "auto"
+    from ..validation import check_damping
+
+    if isinstance(damping, str):
+        try:
+            damping = float(damping)
+        except ValueError:
+            raise ValidationError(f"damping must be 'auto' (chosen from the spectrum) or a number >= 0, got "
+                                  f"{damping!r}", parameters=("damping",)) from None
+    return check_damping(damping)
+
+
+def _apply_out_hessian(Z: torch.Tensor, U: torch.Tensor, loss: str) -> torch.Tensor:
+    """H_out·U per row: the loss Hessian w.r.t. the logits, sigmoid p(1 − p), softmax diag(p) − ppᵀ.
+    Z (c, K) logits; U (c, K) or (c, K, m) (applied to every trailing column)."""
+    extra = (None,) * (U.ndim - 2)
+    if loss == "logistic":
+        p = torch.sigmoid(Z)
+        return (p * (1 - p))[(...,) + extra] * U
+    p = torch.softmax(Z, 1)[(...,) + extra]
+    return p * U - p * (p * U).sum(1, keepdim=True)
+
+
+def ggn_sum(fn: ModelFunction, x: torch.Tensor, V: torch.Tensor, loss: str, chunk_size: int | None = None
+            ) -> torch.Tensor:
+    """Σ_i J_iᵀ H_out,i J_i · V, V (P,) or (P, m): the Gauss-Newton product over the rows of ``x``, matrix-free.
+
+    J_i = ∂z_i/∂θ (K × P) at ``fn.theta``; J·v by forward mode (``jvp``), Jᵀ·u by the one reverse
+    linearisation of the logits shared by every column (``vjp``); columns vectorised by ``vmap``."""
+    with _FUNC_LOCK:
+        def logits(th: torch.Tensor) -> torch.Tensor:
+            return fn.logits(th, x)
+
+        Z, pull = torch.func.vjp(logits, fn.theta)
+        Z = Z.detach()
+
+        def one(v: torch.Tensor) -> torch.Tensor:
+            u = torch.func.jvp(logits, (fn.theta,), (v,))[1]
+            return pull(_apply_out_hessian(Z, u, loss))[0]
+
+        if V.ndim == 1:
+            return one(V)
+        return torch.func.vmap(one, in_dims=1, out_dims=1, chunk_size=chunk_size)(V)
+
+
+def ggn_diagonal_sum(fn: ModelFunction, x: torch.Tensor, loss: str, rows: int = 32) -> torch.Tensor:
+    """Σ_i diag(J_iᵀ H_out,i J_i) (P,), exact: per-example Jacobians of the logits (``rows`` at a time)."""
+    with _FUNC_LOCK:
+        def one(th: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+            return fn.logits(th, xi[None])[0]
+
+        jac = torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))
+        out = torch.zeros(fn.n_params, dtype=fn.dtype, device=fn.device)
+        for s in range(0, int(x.shape[0]), rows):
+            xs = x[s:s + rows]
+            J = jac(fn.theta, xs)  # (r, K, P)
+            with torch.no_grad():
+                Z = fn.logits(fn.theta, xs)
+                out += (J * _apply_out_hessian(Z, J, loss)).sum((0, 1))
+        return out
+
+
+class ModelHessian:
+    """The damped curvature of R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² over the chosen parameters, as an operator.
+
+    ``curvature``: "hessian" (the exact Hessian ∇²R; indefinite away from a minimum) or "ggn" (the
+    Gauss-Newton curvature (1/n) Σ J_iᵀ H_out,i J_i + λ·mask, with J_i the Jacobian of the logits and H_out
+    the loss Hessian w.r.t. them — sigmoid p(1 − p), softmax diag(p) − ppᵀ: positive semi-definite by
+    construction, the exact Hessian without the term Σ_k ∂ℓ/∂z_k ∇²z_k; equal to it for a linear model).
+
+    ``matvec(V)`` = (1/n) Σ_batches C·V + λ·mask·V + damping·V (one pass over the data per call, V (P,) or
+    (P, m) with the m columns vectorised, ``col_chunk`` at a time when set: lower it to bound memory, which
+    grows as m · batch · activations). ``sample_matvec`` uses a random minibatch (in-memory data) for
+    stochastic LiSSA. ``diagonal()``: the Gauss-Newton diagonal (exact, one pass of per-example Jacobians)
+    + λ·mask + damping — CG's Jacobi preconditioner for either curvature. ``head_block(name, coords)``:
+    the block of a ``nn.Linear`` head whose output is the model's logits, in closed form (one forward pass).
+    ``hvp_mode`` (exact Hessian): "rev" (reverse-over-reverse, the gradient linearised once per batch and
+    shared by all columns; default, fastest measured on CPU) or "fwd" (forward-over-reverse, jvp(grad));
+    both give the same products. ``max_dense_seconds``: a dense build (``dense()``) is timed on its first
+    block of columns and refused when the estimate for all P columns is above it (None: no limit).
     """
 
     def __init__(self, fn: ModelFunction, data: ModelData, loss: str, *, l2: float, damping: float,
                  n: int, col_chunk: int | None = None, batch_size: int = 256, hvp_mode: str = "rev",
-                 progress: bool = False) -> None:
+                 progress: bool = False, curvature: str = "hessian",
+                 max_dense_seconds: float | None = None) -> None:
         if hvp_mode not in ("fwd", "rev"):
             raise ValidationError(f"hvp_mode must be 'fwd' or 'rev', got {hvp_mode!r}")
         self.hvp_mode = hvp_mode
-        self.progress = bool(progress)  # a bar over the columns when the dense matrix is built
+        self.curvature = check_curvature(curvature)
+        self.progress = bool(progress)  # bars over the dense columns, Lanczos steps, CG iterations
+        self.max_dense_seconds = max_dense_seconds
         self.fn, self.data, self.loss = fn, data, loss
         self.l2, self.damping, self.n = float(l2), float(damping), int(n)
         self.n_params = fn.n_params
@@ -411,6 +501,7 @@ class ModelHessian:
         self.batch_size = int(batch_size)
         self.n_matvec = 0
         self._null: torch.Tensor | None = None
+        self._diag: torch.Tensor | None = None
         # curvature every direction has at least: damping + λ when every chosen parameter is regularised
         self.spectrum_floor = self.l2 if bool((fn.reg_mask > 0).all()) else 0.0
 
@@ -418,21 +509,35 @@ class ModelHessian:
         m = self.fn.reg_mask if V.ndim == 1 else self.fn.reg_mask[:, None]
         return self.l2 * m * V + self.damping * V
 
+    def _product(self, x: torch.Tensor, y: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        xt = self.fn.prepare(x)
+        if self.curvature == "ggn":
+            return ggn_sum(self.fn, xt, V, self.loss, chunk_size=self.col_chunk)
+        return self.fn.hvp_sum(self.fn.theta, xt, y.to(self.device), V, self.loss, chunk_size=self.col_chunk,
+                               mode=self.hvp_mode)
+
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
         V = V.to(self.device, self.dtype)
         out = torch.zeros_like(V)
         for x, y, _ in self.data.batches(self.batch_size):
-            out += self.fn.hvp_sum(self.fn.theta, self.fn.prepare(x), y.to(self.device), V, self.loss,
-                                   chunk_size=self.col_chunk, mode=self.hvp_mode)
+            out += self._product(x, y, V)
         self.n_matvec += 1 if V.ndim == 1 else V.shape[1]
         return out / self.n + self._reg(V)
 
     def sample_matvec(self, V: torch.Tensor, generator: torch.Generator, batch_size: int) -> torch.Tensor:
         rows = torch.randint(0, self.n, (min(batch_size, self.n),), generator=generator).numpy()
         x, y, _ = self.data.take(np.sort(rows))
-        hv = self.fn.hvp_sum(self.fn.theta, self.fn.prepare(x), y.to(self.device), V.to(self.device, self.dtype),
-                             self.loss, chunk_size=self.col_chunk, mode=self.hvp_mode)
-        return hv / len(rows) + self._reg(V)
+        return self._product(x, y, V.to(self.device, self.dtype)) / len(rows) + self._reg(V)
+
+    def diagonal(self) -> torch.Tensor:
+        """diag of the Gauss-Newton curvature (1/n) Σ J_iᵀH_out,iJ_i + λ·mask + damping (P,), exact; the
+        data pass is done once and kept. For the exact Hessian too this is the (positive) preconditioner."""
+        if self._diag is None:
+            d = torch.zeros(self.n_params, dtype=self.dtype, device=self.device)
+            for x, _, _ in self.data.batches(self.batch_size):
+                d += ggn_diagonal_sum(self.fn, self.fn.prepare(x), self.loss)
+            self._diag = d / self.n
+        return self._diag + self.l2 * self.fn.reg_mask + self.damping
 
     def null_directions(self) -> torch.Tensor:
         if self._null is None:
@@ -444,6 +549,69 @@ class ModelHessian:
         """The P×P matrix (P matvec columns, one data pass per block of ``block`` columns)."""
         H = matvec_columns(self, block)
         return 0.5 * (H + H.T)
+
+    def head_block(self, head: str, coords: np.ndarray) -> torch.Tensor | None:
+        """The block H[coords][:, coords] (damped) of a ``nn.Linear`` head module ``head`` in closed form, or
+        None when it does not apply (another module, a head whose output is not the model's logits, or
+        ``coords`` not exactly the head's parameters). For a linear head the exact Hessian and the
+        Gauss-Newton curvature have the same block: (1/n) Σ_i H_out,i ⊗ ũ_iũ_iᵀ (ũ = [input, 1]) + λ·mask +
+        damping; one forward pass instead of |coords| Hessian-vector products."""
+        module = dict(self.fn.module.named_modules()).get(head)
+        if not isinstance(module, torch.nn.Linear):
+            return None
+        wname, bname = f"{head}.weight", f"{head}.bias"
+        has_bias = module.bias is not None and bname in self.fn.names
+        if wname not in self.fn.names:
+            return None
+        K, D = module.out_features, module.in_features
+        ws = self.fn.slice_of(wname)
+        nat = [ws.start + k * D + d for k in range(K) for d in range(D)]  # (k, d) row-major, then the bias
+        index = np.arange(K * D).reshape(K, D)
+        if has_bias:
+            bs = self.fn.slice_of(bname)
+            index = np.concatenate([index, (K * D + np.arange(K))[:, None]], 1)  # natural order (k, d')
+            nat += [bs.start + k for k in range(K)]
+        nat_arr = np.asarray(nat)
+        if sorted(nat_arr.tolist()) != sorted(np.asarray(coords).tolist()):
+            return None
+        Dp = D + int(has_bias)
+        A = torch.zeros(K * Dp, K * Dp, dtype=self.dtype, device=self.device)
+        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def hook(_m: torch.nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
+            captured.append((inputs[0].detach(), out.detach()))
+
+        handle = module.register_forward_hook(hook)
+        try:
+            for x, _, _ in self.data.batches(self.batch_size):
+                captured.clear()
+                with torch.no_grad():
+                    Z = self.fn.logits(self.fn.theta, self.fn.prepare(x))
+                if len(captured) != 1 or captured[0][0].ndim != 2:
+                    return None
+                U, out = captured[0]
+                if out.reshape(Z.shape).shape != Z.shape or not torch.allclose(out.reshape(Z.shape), Z):
+                    return None  # something follows the head: its block is not the closed form
+                Ut = torch.cat([U, torch.ones(len(U), 1, dtype=U.dtype, device=U.device)], 1) if has_bias else U
+                if self.loss == "logistic":
+                    p = torch.sigmoid(Z[:, 0])
+                    A += (Ut * (p * (1 - p))[:, None]).T @ Ut
+                else:
+                    p = torch.softmax(Z, 1)
+                    for k in range(K):
+                        A[k * Dp:(k + 1) * Dp, k * Dp:(k + 1) * Dp] += (Ut * p[:, k:k + 1]).T @ Ut
+                    N = (p[:, :, None] * Ut[:, None, :]).reshape(len(Ut), K * Dp)
+                    A -= N.T @ N
+        finally:
+            handle.remove()
+        # natural position of every θ coordinate in ``coords``
+        where = {int(t): i for i, t in enumerate(index.reshape(-1).tolist())}
+        pos = {int(nat_arr[i]): where[i] for i in range(len(nat_arr))}
+        order = torch.as_tensor([pos[int(c)] for c in coords], device=self.device)
+        Hcc = A[order][:, order] / self.n
+        ct = torch.as_tensor(np.asarray(coords), device=self.device)
+        Hcc += torch.diag(self.l2 * self.fn.reg_mask[ct] + self.damping)
+        return 0.5 * (Hcc + Hcc.T)
 
 
 # ---------------------------------------------------------------------------- full-model influence
@@ -459,9 +627,17 @@ class ModelInfluence:
     Parameters: ``model`` (any ``nn.Module`` mapping a batch of inputs to logits (c, K) or (c,)/(c, 1));
     ``params`` None (all trainable), a module name, a parameter name, or a list; ``l2`` λ and
     ``regularize`` ("weights": parameters with ≥ 2 dims; "all") of the training objective
-    R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² — use what the model was trained with; ``damping`` added to H;
-    ``solver`` "auto" (dense up to ``max_dense`` parameters, else CG), "dense", "cg", "lissa",
-    "lanczos"/"arnoldi" or a solver instance; ``loss`` "auto" (1 output: sigmoid + BCE, K: softmax + CE);
+    R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² — use what the model was trained with; ``curvature`` "hessian" (the
+    exact Hessian, default) or "ggn" (Gauss-Newton: positive semi-definite by construction, what a trained
+    network that is not at a minimum needs; see :class:`ModelHessian`); ``damping`` added to the curvature:
+    a number ≥ 0, or "auto" (default): chosen from the spectrum by a few Lanczos steps with the rule of
+    :func:`winnow.core.solvers.choose_damping` (smallest damped eigenvalue ≥ 1e-3·λ_max), recorded in
+    ``damping_`` / ``damping_choice_`` and in the scores' metadata (pass 0 for the undamped curvature);
+    ``solver`` "auto" (dense up to ``max_dense`` parameters, else CG; ``CGSolver(preconditioner="diagonal")``
+    preconditions by the Gauss-Newton diagonal), "dense", "cg", "lissa", "lanczos"/"arnoldi" or a solver instance;
+    ``max_dense_seconds`` the time a dense build may take, estimated from its first block of columns
+    before the rest starts (refused above it; None: no limit); ``loss`` "auto" (1 output: sigmoid + BCE,
+    K: softmax + CE);
     ``batch_size`` rows per pass; ``hvp_mode`` "rev" (reverse-over-reverse, default) or "fwd"
     (forward-over-reverse) Hessian-vector products; ``device`` where the maths runs (default: the
     model's device; the model is not moved, its parameters are copied); ``dtype`` float64 by default
@@ -478,21 +654,26 @@ class ModelInfluence:
     """
 
     def __init__(self, model: torch.nn.Module, *, params: str | Sequence[str] | None = None, l2: float = 0.0,
-                 regularize: str = "weights", damping: float = 0.0, solver: str | InverseHVPSolver = "auto",
+                 regularize: str = "weights", damping: float | str = "auto", solver: str | InverseHVPSolver = "auto",
                  loss: str = "auto", batch_size: int = 256, max_dense: int = 20000,
                  device: torch.device | str | None = None, dtype: torch.dtype = DTYPE,
-                 col_chunk: int | None = None, hvp_mode: str = "rev", progress: bool = False) -> None:
+                 col_chunk: int | None = None, hvp_mode: str = "rev", progress: bool = False,
+                 curvature: str = "hessian", max_dense_seconds: float | None = MAX_DENSE_SECONDS) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ValidationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        from ..validation import check_damping, check_integer, check_number
+        from ..validation import check_integer, check_number
 
-        l2, damping = check_number(l2, "l2", minimum=0.0), check_damping(damping)
+        l2, damping = check_number(l2, "l2", minimum=0.0), check_model_damping(damping)
         batch_size = check_integer(batch_size, "batch_size", minimum=1)
+        self.curvature = check_curvature(curvature)
+        if max_dense_seconds is not None:
+            max_dense_seconds = check_number(max_dense_seconds, "max_dense_seconds", minimum=0.0)
+        self.max_dense_seconds = max_dense_seconds
         self.model = model
         self.params = params
         self.l2 = float(l2)
         self.regularize = regularize
-        self.damping = float(damping)
+        self.damping = damping
         self.solver = solver
         self.loss = loss
         self.batch_size = int(batch_size)
@@ -521,9 +702,18 @@ class ModelInfluence:
             self.loss_ = resolve_loss(self.loss, K)
             self.n_outputs_ = K
             check_labels_for(K, self.loss_, self.train_.labels(), "train labels", what="the model")
-            self.hessian_ = ModelHessian(self.fn_, self.train_, self.loss_, l2=self.l2, damping=self.damping,
+            self.hessian_ = ModelHessian(self.fn_, self.train_, self.loss_, l2=self.l2, damping=0.0,
                                          n=self.n_train_, col_chunk=self.col_chunk, batch_size=self.batch_size,
-                                         hvp_mode=self.hvp_mode, progress=self.progress)
+                                         hvp_mode=self.hvp_mode, progress=self.progress, curvature=self.curvature,
+                                         max_dense_seconds=self.max_dense_seconds)
+            self.damping_choice_: DampingChoice | None = None
+            if self.damping == "auto":
+                self.damping_choice_ = choose_damping(self.hessian_, psd=self.curvature == "ggn",
+                                                      floor=self.hessian_.spectrum_floor)
+                self.damping_ = self.damping_choice_.damping
+            else:
+                self.damping_ = float(self.damping)
+            self.hessian_.damping = self.damping_
             self.solver_ = make_solver(self.solver, self.fn_.n_params, max_dense=self.max_dense)
             self.solver_.fit(self.hessian_)
         return self
@@ -643,8 +833,23 @@ class ModelInfluence:
         column is NaN (n more solves with CG/LiSSA; pass True to pay for them)."""
         parts = list(self.iter_scores(test, self_influence=self_influence, extra=extra))
         cols = {k: np.concatenate([p[k] for p in parts]) for k in SCORE_COLUMNS}
-        meta = {**SIGN_METADATA, "winnow.model_influence": self._describe(), **self.stationarity_.metadata()}
+        meta = {**SIGN_METADATA, **self.metadata(), **self.stationarity_.metadata()}
         return pa.table(cols).replace_schema_metadata(meta)
+
+    def damping_info(self) -> dict[str, Any]:
+        """How the damping was set: ``damping``, ``curvature`` and, when chosen from the spectrum, the
+        Lanczos estimates and the rule (:class:`winnow.core.solvers.DampingChoice`)."""
+        self._check()
+        choice = self.damping_choice_
+        d: dict[str, Any] = choice.as_dict() if choice is not None else {"damping": self.damping_, "chosen": "given"}
+        d["curvature"] = self.curvature
+        return d
+
+    def metadata(self) -> dict[str, str]:
+        """The scores' metadata: ``winnow.model_influence`` (a description) and ``winnow.damping`` (JSON)."""
+        import json
+
+        return {"winnow.model_influence": self._describe(), "winnow.damping": json.dumps(self.damping_info())}
 
     def pairwise(self, test: Any) -> np.ndarray:
         """I_loss(z_t, z_p) = −g_tᵀ H⁻¹ g_p, shape (T, n)."""
@@ -677,7 +882,7 @@ class ModelInfluence:
             raise ValidationError("parts/resume (partitioned output) are available for a head "
                                   "(InfluenceAnalyzer); a whole model's scores are written to one file")
         from ..analyses.influence import SCORE_FIELDS, write_score_stream
-        meta = {**SIGN_METADATA, "winnow.model_influence": self._describe()}
+        meta = {**SIGN_METADATA, **self.metadata()}
         chunks = self.iter_scores(test, self_influence=self_influence, pairs=pairs_out is not None)
 
         def measured() -> dict[str, str]:  # after the scoring pass: its ‖∇R(θ̂)‖∞
@@ -685,30 +890,67 @@ class ModelInfluence:
             return st.metadata() if st is not None else {}
 
         return write_score_stream(chunks, out, SCORE_FIELDS, pairs_out=pairs_out, overwrite=overwrite,
-                                  metadata=lambda: meta, final_metadata=measured)
+                                  metadata=lambda: {**meta, **self.metadata()}, final_metadata=measured)
 
     def _describe(self) -> str:
         info = getattr(self, "direction_info_", None)
-        s = (f"full-model influence over {self.fn_.n_params} parameters ({len(self.fn_.names)} tensors), "
-             f"solver {self.solver_!r}, l2 {self.l2:g} on {self.regularize}, damping {self.damping:g}")
+        how = "chosen from the spectrum" if self.damping_choice_ is not None else "given"
+        curv = "Gauss-Newton curvature" if self.curvature == "ggn" else "exact Hessian"
+        s = (f"full-model influence over {self.fn_.n_params} parameters ({len(self.fn_.names)} tensors), {curv}, "
+             f"solver {self.solver_!r}, l2 {self.l2:g} on {self.regularize}, damping {self.damping_:.3g} ({how})")
         if info is not None:
-            s += f"; test-direction solve: iterations {info.iterations}, relative residual {info.residual:.3g}"
+            s += (f"; test-direction solve: iterations {info.iterations}, relative residual {info.residual:.3g}, "
+                  f"{'converged' if info.converged else 'NOT converged'}")
             if info.rank is not None:
                 s += f", rank {info.rank}"
         return s
 
 
+class RefineResult(float):
+    """What :func:`refine_model` did. As a float it is the final ‖∇R‖∞ (so ``refine_model(...) < tol`` reads
+    as before); the attributes: ``gradient_norm``; ``loss_before`` / ``loss_after`` (mean loss) and
+    ``accuracy_before`` / ``accuracy_after`` on the monitored data (``valid`` when given, else train);
+    ``iterations`` (L-BFGS iterations run); ``kept`` ("last" or "best": an earlier iterate was restored);
+    ``stopped`` (why it stopped, in words)."""
+
+    gradient_norm: float
+    loss_before: float
+    loss_after: float
+    accuracy_before: float
+    accuracy_after: float
+    iterations: int
+    kept: str
+    stopped: str
+    monitored: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("gradient_norm", "loss_before", "loss_after", "accuracy_before",
+                                              "accuracy_after", "iterations", "kept", "stopped", "monitored")}
+
+
 def refine_model(model: torch.nn.Module, train: Any, *, l2: float = 0.0, regularize: str = "weights",
                  params: str | Sequence[str] | None = None, loss: str = "auto", max_iter: int = 500,
-                 tol: float = 1e-8, batch_size: int = 4096) -> float:
-    """Polish ``model`` in place to a stationary point of R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² by full-batch
-    L-BFGS (strong Wolfe) over ``params`` (default all), in the model's own dtype and eval mode.
+                 tol: float = 1e-8, batch_size: int = 4096, valid: Any = None, check_every: int = 25,
+                 max_accuracy_drop: float = 0.005) -> RefineResult:
+    """Polish ``model`` in place towards a stationary point of R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² by
+    full-batch L-BFGS (strong Wolfe) over ``params`` (default all), in the model's own dtype and eval mode.
 
-    Influence functions assume θ̂ minimises R; a network stopped early by SGD is not there. Returns the
-    final ‖∇R‖_∞ (compare it with your tolerance; float64 models reach ~1e-8 and below).
+    Influence functions assume θ̂ minimises R; a network stopped early by SGD is not there. Polishing can
+    cost accuracy (with λ = 0 it fits the training data harder), so accuracy and mean loss are measured on
+    ``valid`` (any :class:`ModelData` form; default: the training data) before and every ``check_every``
+    iterations. An iterate whose accuracy is more than ``max_accuracy_drop`` below the start stops the
+    polish; the iterate kept is the one with the smallest ‖∇R‖∞ among those within ``max_accuracy_drop``
+    of the start (the start itself if none is). When the kept iterate's accuracy is below the start's a
+    UserWarning gives both figures. Returns a :class:`RefineResult`: a float (the final ‖∇R‖∞ of the kept
+    iterate; float64 models reach ~1e-8 and below) with the figures before and after.
     """
+    from ..validation import check_integer, check_number
+
+    check_every = check_integer(check_every, "check_every", minimum=1)
+    max_accuracy_drop = check_number(max_accuracy_drop, "max_accuracy_drop", minimum=0.0)
     names = select_params(model, params)
     data = ModelData(train, batch_size=batch_size, argument="train")
+    watch = ModelData(valid, batch_size=batch_size, argument="valid") if valid is not None else data
     n = len(data)
     named = dict(model.named_parameters())
     ps = [named[k] for k in names]
@@ -721,10 +963,25 @@ def refine_model(model: torch.nn.Module, train: Any, *, l2: float = 0.0, regular
         K = out0.reshape(out0.shape[0], -1).shape[1]
         lname = resolve_loss(loss, K)
         check_labels_for(K, lname, data.labels(), "train labels", what="the model")
+        if valid is not None:
+            check_labels_for(K, lname, watch.labels(), "valid labels", what="the model")
         from .autodiff import loss_from_logits
 
-        opt = torch.optim.LBFGS(ps, lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=0,
-                                history_size=50, line_search_fn="strong_wolfe")
+        def measure() -> tuple[float, float]:
+            total, right, count = 0.0, 0, 0
+            with torch.no_grad():
+                for x, y, _ in watch.batches():
+                    out = model(x.to(dev))
+                    out = out.reshape(out.shape[0], -1)
+                    yt = y.to(dev)
+                    total += float(loss_from_logits(out, yt, lname).sum())
+                    pred = (out[:, 0] > 0).long() if lname == "logistic" else out.argmax(1)
+                    right += int((pred == yt).sum())
+                    count += len(y)
+            return total / max(count, 1), right / max(count, 1)
+
+        opt = torch.optim.LBFGS(ps, lr=1, max_iter=min(check_every, max_iter), tolerance_grad=tol,
+                                tolerance_change=0, history_size=50, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
@@ -741,8 +998,49 @@ def refine_model(model: torch.nn.Module, train: Any, *, l2: float = 0.0, regular
                 total += float(r.detach())
             return torch.tensor(total, dtype=torch.float64)  # float64: a float32 loss stalls the line search
 
-        opt.step(closure)
-        closure()
-        gmax = max(float(p.grad.abs().max()) for p in ps if p.grad is not None)
+        def gradient_norm() -> float:
+            closure()
+            g = max(float(p.grad.abs().max()) for p in ps if p.grad is not None)
+            opt.zero_grad()
+            return g
+
+        loss0, acc0 = measure()
+        g0 = gradient_norm()
+        best = (g0, [p.detach().clone() for p in ps], loss0, acc0)
+        done, stopped = 0, f"max_iter = {max_iter} iterations"
+        while done < max_iter:
+            before = opt.state[opt._params[0]].get("n_iter", 0) if opt._params else 0
+            opt.param_groups[0]["max_iter"] = min(check_every, max_iter - done)
+            opt.step(closure)
+            ran = opt.state[opt._params[0]].get("n_iter", 0) - before
+            done += max(ran, 1)
+            g = gradient_norm()
+            lo, acc = measure()
+            if acc >= acc0 - max_accuracy_drop and g < best[0]:
+                best = (g, [p.detach().clone() for p in ps], lo, acc)
+            if acc < acc0 - max_accuracy_drop:
+                stopped = (f"the accuracy fell from {acc0:.4f} to {acc:.4f}, more than max_accuracy_drop = "
+                           f"{max_accuracy_drop:g}")
+                break
+            if g <= tol:
+                stopped = f"‖∇R‖∞ = {g:.2e} <= tol {tol:g}"
+                break
+            if ran <= 1 and g >= best[0]:
+                stopped = "L-BFGS made no further progress"
+                break
+        g_last = g if done else g0
+        kept = "last" if best[0] == g_last and done else ("start" if best[0] == g0 else "best")
+        with torch.no_grad():
+            for p, t in zip(ps, best[1]):
+                p.copy_(t)
         opt.zero_grad()
-    return gmax
+    monitored = "valid" if valid is not None else "train"
+    res = RefineResult(best[0])
+    res.gradient_norm, res.loss_before, res.loss_after = best[0], loss0, best[2]
+    res.accuracy_before, res.accuracy_after, res.iterations = acc0, best[3], done
+    res.kept, res.stopped, res.monitored = kept, stopped, monitored
+    if best[3] < acc0 or kept != "last":
+        warnings.warn(f"refine_model: accuracy on {monitored} {acc0:.4f} before, {best[3]:.4f} after (mean loss "
+                      f"{loss0:.4g} -> {best[2]:.4g}); stopped: {stopped}; kept the {kept} iterate, ‖∇R‖∞ = "
+                      f"{best[0]:.2e} (from {g0:.2e})", UserWarning, stacklevel=2)
+    return res

@@ -10,15 +10,19 @@ Solvers (``fit(op)`` once, then ``solve(B)`` any number of times; ``info_`` desc
 
 - ``DenseSolver``: builds H, Cholesky; exact. P ≤ ``max_params`` (20 000 by default: a 3.2 GB matrix).
 - ``CGSolver``: block conjugate gradient (one Krylov space for all right-hand sides, breakdown-free), or
-  independent CGs (``block=False``); exact to ``tol`` (relative residual).
+  independent CGs (``block=False``), optionally Jacobi-preconditioned by the operator's ``diagonal()``;
+  exact to ``tol`` (relative residual, checked on the true residual ‖B − HX‖ after the solve).
 - ``LiSSASolver``: the Neumann series h ← b + (I − H/s)h (Agarwal et al. 2017, Koh & Liang 2017), full-batch
   or stochastic minibatch HVPs; converges only when H is positive definite and s > λ_max.
 - ``LanczosSolver``: a rank-k approximation H ≈ U Θ Uᵀ + σ(I − UUᵀ) from k Ritz pairs of Lanczos with full
   re-orthogonalisation (σ = the damping: the low-rank-plus-damping model of H), so
   H⁻¹ ≈ U Θ⁻¹ Uᵀ + σ⁻¹(I − UUᵀ). An approximation: accurate when the spectrum outside the top k is ≈ σ.
 
-Each records iterations, the relative residual ‖HX − B‖/‖B‖ (largest over columns), the rank where
-relevant, and issues a ``ConvergenceWarning`` when it did not reach its tolerance.
+Each records iterations, the relative residual ‖HX − B‖/‖B‖ (largest over columns, computed from the
+solution after the solve), the rank where relevant, and ``converged`` — True only when that residual met
+the solver's tolerance — and issues a ``ConvergenceWarning`` when it did not.
+
+:func:`choose_damping` picks a damping from the spectrum (a few Lanczos steps) when none is given.
 """
 
 from __future__ import annotations
@@ -154,7 +158,10 @@ class InverseHVPSolver(ABC):
 class DenseSolver(InverseHVPSolver):
     """Exact: H built explicitly (``op.dense()`` or P matvecs on identity blocks), then Cholesky.
 
-    ``max_params``: refuse larger P (a P×P float64 matrix is 8P² bytes). ``on_indefinite``: "raise"
+    ``max_params``: refuse larger P (a P×P float64 matrix is 8P² bytes); an operator with a
+    ``max_dense_seconds`` attribute is timed on its first block of columns and the build refused when the
+    estimate for all P columns is above it. ``tol``: the relative residual a solve must meet to count as
+    converged (floating-point error on an ill-conditioned H can exceed it). ``on_indefinite``: "raise"
     (NotPositiveDefiniteError naming the smallest eigenvalue and the damping that would fix it) or
     "eigh" (solve with the eigendecomposition anyway, warning how many eigenvalues are ≤ 0: the result is
     then an influence with respect to an indefinite H, which you should read with care).
@@ -162,14 +169,18 @@ class DenseSolver(InverseHVPSolver):
 
     name = "dense"
 
-    def __init__(self, max_params: int = 20000, *, on_indefinite: str = "raise", block: int = 256) -> None:
+    def __init__(self, max_params: int = 20000, *, on_indefinite: str = "raise", block: int = 256,
+                 tol: float = 1e-6) -> None:
         if on_indefinite not in ("raise", "eigh"):
             raise ValidationError(f"on_indefinite must be 'raise' or 'eigh', got {on_indefinite!r}")
         if max_params < 1 or block < 1:
             raise ValidationError("max_params and block must be >= 1")
+        if not (tol > 0):
+            raise ValidationError(f"tol must be > 0, got {tol!r}")
         self.max_params = int(max_params)
         self.on_indefinite = on_indefinite
         self.block = int(block)
+        self.tol = float(tol)
 
     @property
     def factorised(self) -> bool:
@@ -200,8 +211,9 @@ class DenseSolver(InverseHVPSolver):
             self.cholesky_ = L
             return
         ev, Q = torch.linalg.eigh(F)
-        lo, hi = float(ev[0]), float(ev[-1])
-        neg = int((ev <= 1e-13 * max(abs(hi), 1e-300)).sum())
+        spec = _without_null(ev, Q, self.null_)  # the fill along the null directions is no eigenvalue of H
+        lo, hi = float(spec[0]), float(spec[-1])
+        neg = int((spec <= 1e-13 * max(abs(hi), 1e-300)).sum())
         damp = getattr(op, "damping", 0.0)
         msg = (f"the Hessian (P = {P}) is not positive definite: {neg} eigenvalue(s) <= 0, smallest {lo:.3g}, "
                f"largest {hi:.3g}, with {damp:g} added to its diagonal; a trained network that is not at an "
@@ -227,7 +239,11 @@ class DenseSolver(InverseHVPSolver):
         nb = B.norm(dim=0)
         keep = nb > 0
         res = float((R.norm(dim=0)[keep] / nb[keep]).max()) if bool(keep.any()) else 0.0
-        self.info_ = SolveInfo("dense", iterations=0, residual=res, converged=True)
+        converged = res <= self.tol
+        self.info_ = SolveInfo("dense", iterations=0, residual=res, converged=converged, extra={"tol": self.tol})
+        if not converged:
+            _warn(f"the dense solve's relative residual is {res:.3g} > tol {self.tol:g}: H is too ill-conditioned "
+                  f"for an accurate solve in this precision; add damping")
         return X
 
     def whiten(self, G: torch.Tensor) -> torch.Tensor:
@@ -241,6 +257,15 @@ class DenseSolver(InverseHVPSolver):
         return f"DenseSolver(max_params={self.max_params})"
 
 
+def _without_null(ev: torch.Tensor, Q: torch.Tensor, null: torch.Tensor | None) -> torch.Tensor:
+    """The eigenvalues of H + c·NNᵀ with the r eigenpairs that live on the null directions N removed."""
+    if null is None or not null.shape[1]:
+        return ev
+    overlap = (null.T @ Q).pow(2).sum(0)  # ≈ 1 on the null directions, ≈ 0 elsewhere
+    keep = torch.argsort(overlap)[:ev.numel() - null.shape[1]]
+    return torch.sort(ev[keep]).values
+
+
 def build_dense(op: Any, block: int = 256) -> torch.Tensor:
     """The P×P matrix of ``op`` (``op.dense()`` when it has one, else matvecs on identity blocks)."""
     if hasattr(op, "dense"):
@@ -248,69 +273,170 @@ def build_dense(op: Any, block: int = 256) -> torch.Tensor:
     return matvec_columns(op, block)
 
 
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else (f"{s // 60} min {s % 60:02d} s" if s >= 60
+                                                                         else f"{max(seconds, 0.0):.1f} s")
+
+
 def matvec_columns(op: Any, block: int = 256) -> torch.Tensor:
     """H = [op.matvec(e_1) … op.matvec(e_P)], computed ``block`` identity columns at a time, (P, P).
-    An operator with ``progress`` true shows the columns done."""
-    from ..progress import track
+
+    The first block (at most 16 columns) is timed and the time for all P columns estimated from it; an operator with a
+    ``max_dense_seconds`` attribute (not None) refuses the build (ValidationError naming max_dense,
+    max_dense_seconds and params) when the estimate is above it. An operator with ``progress`` true shows
+    the columns done, the estimate in the bar's title."""
+    import time
+
+    from ..progress import Tracker
 
     P = int(op.n_params)
     H = torch.empty(P, P, dtype=op.dtype, device=op.device)
-    starts = range(0, P, block)
-    for s in track(starts, P, "Hessian columns", "columns", count=lambda s: min(P, s + block) - s,
-                   enabled=bool(getattr(op, "progress", False))):
-        e = min(P, s + block)
-        E = torch.zeros(P, e - s, dtype=op.dtype, device=op.device)
-        E[torch.arange(s, e), torch.arange(e - s)] = 1.0
-        H[:, s:e] = op.matvec(E)
+    budget = getattr(op, "max_dense_seconds", None)
+    tracker: Tracker | None = None
+    first = min(block, 16)  # a small first block: the estimate comes before most of the work
+    starts = [0] + list(range(first, P, block)) if P > first else [0]
+    try:
+        for s in starts:
+            e = min(P, s + (first if s == 0 else block))
+            E = torch.zeros(P, e - s, dtype=op.dtype, device=op.device)
+            E[torch.arange(s, e), torch.arange(e - s)] = 1.0
+            t0 = time.perf_counter()
+            H[:, s:e] = op.matvec(E)
+            if s == 0:
+                took = time.perf_counter() - t0
+                estimate = took * P / (e - s)
+                op.dense_estimate_seconds = estimate
+                if budget is not None and estimate > budget and e < P:
+                    raise ValidationError(
+                        f"the dense Hessian needs P = {P} Hessian-vector products; the first {e - s} took "
+                        f"{_duration(took)}, so about {_duration(estimate)} in all, above the limit of {budget:g} s: "
+                        f"lower max_dense below {P} (an iterative solver then runs instead), restrict params, or "
+                        f"raise max_dense_seconds",
+                        parameters=("max_dense_seconds", "max_dense", "params"))
+                tracker = Tracker(P, f"Hessian columns (about {_duration(estimate)})", "columns",
+                                  enabled=bool(getattr(op, "progress", False)))
+            if tracker is not None:
+                tracker.advance(e - s)
+    finally:
+        if tracker is not None:
+            tracker.close()
     return H
 
 
 # -------------------------------------------------------------------------------------------------- CG
+class _Scaled:
+    """The symmetrically preconditioned operator S H S (S = diag(s)) that Jacobi-preconditioned CG runs on."""
+
+    def __init__(self, op: Any, s: torch.Tensor) -> None:
+        self.op, self.s = op, s
+        self.n_params, self.device, self.dtype = op.n_params, op.device, op.dtype
+
+    def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        s = self.s if V.ndim == 1 else self.s[:, None]
+        return s * self.op.matvec(s * V)
+
+
 class CGSolver(InverseHVPSolver):
     """Conjugate gradient for all columns of B at once.
 
     ``block=True`` (default): breakdown-free block CG (Ji & Li, BIT 2017): one Krylov space shared by
     all right-hand sides, search directions re-orthonormalised (rank-revealing SVD) every step; many
     right-hand sides converge in far fewer HVP rounds. ``block=False``: m independent CGs, vectorised.
-    Stops when every column has ‖r‖/‖b‖ ≤ ``tol``; ``max_iter`` HVP rounds at most (default
+
+    ``preconditioner``: None (default), "diagonal" (the operator's ``diagonal()``, e.g. a model's
+    Gauss-Newton diagonal), "auto" (that diagonal when the operator has one, else none), or a (P,) tensor of
+    positive values d ≈ diag(H). Measured on a small trained CNN the Jacobi preconditioner did not pay
+    (docs/models.md), hence the default. Jacobi preconditioning runs CG on
+    D^{-1/2} H D^{-1/2} (the same iterates as PCG with M = D); the diagonal is computed once, in ``fit``.
+    Stops when every column's *true* residual ‖b − Hx‖/‖b‖ ≤ ``tol`` (in the original coordinates, whatever
+    the preconditioner); the residual is recomputed from X after the loop and, when it is above ``tol``
+    (rounding drift), CG restarts from X on it (at most 3 times). ``max_iter`` HVP rounds at most (default
     min(10·P, 1000)). Negative curvature (pᵀHp ≤ 0: H not positive definite) stops and warns.
+    ``info_.converged`` is True only when the final relative residual is ≤ ``tol``.
     """
 
     name = "cg"
 
-    def __init__(self, tol: float = 1e-8, max_iter: int | None = None, *, block: bool = True) -> None:
+    def __init__(self, tol: float = 1e-8, max_iter: int | None = None, *, block: bool = True,
+                 preconditioner: str | torch.Tensor | None = None) -> None:
         if not (tol > 0):
             raise ValidationError(f"tol must be > 0, got {tol!r}")
         if max_iter is not None and max_iter < 1:
             raise ValidationError(f"max_iter must be >= 1, got {max_iter}")
+        if isinstance(preconditioner, str) and preconditioner not in ("auto", "diagonal"):
+            raise ValidationError(f"preconditioner must be 'auto', 'diagonal', None or a (P,) tensor, got "
+                                  f"{preconditioner!r}")
         self.tol = float(tol)
         self.max_iter = max_iter
         self.block = bool(block)
+        self.preconditioner = preconditioner
+
+    def _fit(self, op: Any) -> None:
+        pre = self.preconditioner
+        d: torch.Tensor | None = None
+        if isinstance(pre, torch.Tensor):
+            d = pre.detach().to(op.device, op.dtype).reshape(-1)
+            if d.numel() != op.n_params or not bool(torch.isfinite(d).all()) or not bool((d > 0).all()):
+                raise ValidationError(f"preconditioner must hold P = {op.n_params} finite values > 0")
+        elif pre == "diagonal" or (pre == "auto" and hasattr(op, "diagonal")):
+            if not hasattr(op, "diagonal"):
+                raise ValidationError("preconditioner='diagonal' needs an operator with diagonal() (e.g. a model's "
+                                      "curvature); pass a (P,) tensor or None")
+            d = op.diagonal().to(op.device, op.dtype)
+            top = float(d.abs().max()) if d.numel() else 0.0
+            # a preconditioner must be positive definite: tiny or negative entries are raised to a floor
+            d = torch.clamp(d, min=max(top * 1e-8, 1e-300)) if top > 0 else None
+        self.scale_ = None if d is None else d.rsqrt()
 
     def _solve(self, B: torch.Tensor) -> torch.Tensor:
-        if self.block and B.shape[1] > 1:
-            return self._solve_block(B)
-        return self._solve_columns(B)
+        op = self.op_
+        P, m = B.shape
+        max_iter = self.max_iter if self.max_iter is not None else min(max(10 * P, 100), 1000)
+        s = getattr(self, "scale_", None)
+        work = op if s is None else _Scaled(op, s)
+        unscale = None if s is None else 1.0 / s
+        bn = B.norm(dim=0)
+        X = torch.zeros_like(B)
+        R = B.clone()
+        it = neg = restarts = 0
+        residual = 0.0 if not bool((bn > 0).any()) else 1.0
+        from ..progress import Tracker
 
-    def _finish(self, X: torch.Tensor, B: torch.Tensor, it: int, neg: int, m: int) -> torch.Tensor:
-        residual = _rel_residual(self.op_, X, B)
-        converged = residual <= max(10 * self.tol, 1e-14) and neg == 0
+        with Tracker(max_iter, "CG iterations", "iterations", enabled=bool(getattr(op, "progress", False))) as bar:
+            while True:
+                Rw = R if s is None else s[:, None] * R
+                run = self._solve_block if self.block and m > 1 else self._solve_columns
+                dY, k, neg = run(work, Rw, bn, unscale, max_iter - it, bar)
+                X += dY if s is None else s[:, None] * dY
+                it += k
+                R = B - op.matvec(X)  # the true residual, in the original coordinates
+                keep = bn > 0
+                residual = float((R.norm(dim=0)[keep] / bn[keep]).max()) if bool(keep.any()) else 0.0
+                if residual <= self.tol or neg or it >= max_iter or k == 0 or restarts >= 3:
+                    break
+                restarts += 1
+        converged = residual <= self.tol and neg == 0
         self.info_ = SolveInfo("cg", iterations=it, residual=residual, converged=converged,
-                               extra={"negative_curvature_columns": neg, "tol": self.tol, "block": self.block})
+                               extra={"negative_curvature_columns": neg, "tol": self.tol, "block": self.block,
+                                      "preconditioned": s is not None, "restarts": restarts})
         if neg:
             _warn(f"CG met negative curvature (pᵀHp ≤ 0) in {neg} of {m} right-hand sides: H is "
-                  f"not positive definite; add damping. Relative residual {residual:.3g}")
+                  f"not positive definite; add damping (or use the Gauss-Newton curvature, positive semi-definite "
+                  f"by construction). Relative residual {residual:.3g}")
         elif not converged:
             _warn(f"CG did not converge: relative residual {residual:.3g} > tol {self.tol:g} after {it} "
                   f"iterations (raise max_iter, or add damping to improve the conditioning)")
         return X
 
-    def _solve_block(self, B: torch.Tensor) -> torch.Tensor:
-        op = self.op_
-        P, m = B.shape
-        max_iter = self.max_iter if self.max_iter is not None else min(max(10 * P, 100), 1000)
-        bn = B.norm(dim=0)
-        bn_safe = torch.where(bn > 0, bn, torch.ones_like(bn))
+    @staticmethod
+    def _done(R: torch.Tensor, bn: torch.Tensor, unscale: torch.Tensor | None, tol: float) -> torch.Tensor:
+        """Columns whose true relative residual is ≤ tol (R in the working coordinates)."""
+        rn = (R if unscale is None else unscale[:, None] * R).norm(dim=0)
+        return (rn <= tol * bn) | (bn == 0)
+
+    def _solve_block(self, op: Any, B: torch.Tensor, bn: torch.Tensor, unscale: torch.Tensor | None,
+                     max_iter: int, bar: Any) -> tuple[torch.Tensor, int, int]:
         X = torch.zeros_like(B)
         R = B.clone()
 
@@ -322,10 +448,11 @@ class CGSolver(InverseHVPSolver):
         D = orth(R)
         it, neg = 0, 0
         while it < max_iter and D.shape[1] > 0:
-            done = (R.norm(dim=0) <= self.tol * bn_safe) | (bn == 0)
+            done = self._done(R, bn, unscale, self.tol)
             if bool(done.all()):
                 break
             it += 1
+            bar.advance(1)
             Q = op.matvec(D)
             DtQ = 0.5 * (D.T @ Q + Q.T @ D)
             ev = torch.linalg.eigvalsh(DtQ)
@@ -336,28 +463,26 @@ class CGSolver(InverseHVPSolver):
             alpha = torch.cholesky_solve(D.T @ R, L)
             X += D @ alpha
             R -= Q @ alpha
-            if bool(((R.norm(dim=0) <= self.tol * bn_safe) | (bn == 0)).all()):
+            if bool(self._done(R, bn, unscale, self.tol).all()):
                 break
             beta = -torch.cholesky_solve(Q.T @ R, L)
             D = orth(R + D @ beta)
-        return self._finish(X, B, it, neg, m)
+        return X, it, neg
 
-    def _solve_columns(self, B: torch.Tensor) -> torch.Tensor:
-        op = self.op_
+    def _solve_columns(self, op: Any, B: torch.Tensor, bn: torch.Tensor, unscale: torch.Tensor | None,
+                       max_iter: int, bar: Any) -> tuple[torch.Tensor, int, int]:
         P, m = B.shape
-        # in floating point CG needs more than P steps on ill-conditioned H
-        max_iter = self.max_iter if self.max_iter is not None else min(max(10 * P, 100), 1000)
         X = torch.zeros_like(B)
         R = B.clone()
         D = R.clone()
-        bn = B.norm(dim=0)
         rs = (R * R).sum(0)
-        active = bn > 0
+        active = ~self._done(R, bn, unscale, self.tol)
         neg_curv = torch.zeros(m, dtype=torch.bool, device=B.device)
         it = 0
         while bool(active.any()) and it < max_iter:
             idx = active.nonzero()[:, 0]
             it += 1
+            bar.advance(1)
             Dk = D[:, idx]
             HD = op.matvec(Dk)
             pHp = (Dk * HD).sum(0)
@@ -376,12 +501,15 @@ class CGSolver(InverseHVPSolver):
             beta = rs_new / rs[idx]
             rs[idx] = rs_new
             D[:, idx] = R[:, idx] + beta * Dk
-            done = rs_new.sqrt() <= self.tol * bn[idx]
-            active[idx[done]] = False
-        return self._finish(X, B, it, int(neg_curv.sum()), m)
+            Ri = R[:, idx]
+            rn = (Ri if unscale is None else unscale[:, None] * Ri).norm(dim=0)
+            active[idx[rn <= self.tol * bn[idx]]] = False
+        return X, it, int(neg_curv.sum())
 
     def __repr__(self) -> str:
-        return f"CGSolver(tol={self.tol:g}, max_iter={self.max_iter}, block={self.block})"
+        pre = self.preconditioner if not isinstance(self.preconditioner, torch.Tensor) else "tensor"
+        return (f"CGSolver(tol={self.tol:g}, max_iter={self.max_iter}, block={self.block}, "
+                f"preconditioner={pre!r})")
 
 
 # ----------------------------------------------------------------------------------------------- LiSSA
@@ -391,8 +519,17 @@ def lanczos(op: Any, n_iter: int, *, seed: int = 0, v0: torch.Tensor | None = No
 
     Stops early (m < n_iter) when the Krylov space is exhausted (β ≈ 0).
     """
+    from ..progress import Tracker
+
     P = int(op.n_params)
     m = min(int(n_iter), P)
+    with Tracker(m, "Lanczos steps", "steps", enabled=bool(getattr(op, "progress", False))) as bar:
+        return _lanczos_steps(op, m, seed, v0, bar)
+
+
+def _lanczos_steps(op: Any, m: int, seed: int, v0: torch.Tensor | None, bar: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    P = int(op.n_params)
     g = torch.Generator(device="cpu").manual_seed(seed)
     v = (torch.randn(P, generator=g, dtype=op.dtype) if v0 is None else v0.detach().cpu().to(op.dtype))
     v = v.to(op.device)
@@ -404,6 +541,7 @@ def lanczos(op: Any, n_iter: int, *, seed: int = 0, v0: torch.Tensor | None = No
     for k in range(m):
         V[:, k] = v
         w = op.matvec(v)
+        bar.advance(1)
         a = float(w @ v)
         w = w - a * v - (beta * V[:, k - 1] if k > 0 else 0.0)
         # full re-orthogonalisation (twice is enough, Parlett–Kahan)
@@ -511,7 +649,7 @@ class LiSSASolver(InverseHVPSolver):
             total += h / s
         X = total / self.repeats
         residual = _rel_residual(op, X, B)
-        converged = residual <= max(10 * self.tol, 1e-12) and not diverged
+        converged = residual <= self.tol and not diverged
         self.info_ = SolveInfo("lissa", iterations=iters, residual=residual, converged=converged,
                                extra={"scale": s, "lambda_max_estimate": self.lambda_max_,
                                       "stochastic": self.batch_size is not None, "diverged": diverged})
@@ -537,13 +675,16 @@ class LanczosSolver(InverseHVPSolver):
     projection onto the top-k space, as pyDVL's ArnoldiInfluence does). ``tol``: a Ritz pair counts as
     converged when ‖Hu − θu‖ ≤ tol·|θ|; a warning lists the unconverged ones. ``check_residual``: also
     report ‖HX − B‖/‖B‖ of each solve (one extra HVP round) — large values are expected from a low-rank
-    model and say how much of H it leaves out.
+    model and say how much of H it leaves out. ``solve_tol``: the relative residual a solve must meet to
+    count as converged (``info_.converged`` is True only when the Ritz pairs converged *and* the checked
+    residual is ≤ ``solve_tol``; a larger one gives a ConvergenceWarning; without ``check_residual`` the
+    residual is unknown and ``converged`` is False).
     """
 
     name = "lanczos"
 
     def __init__(self, rank: int = 50, *, n_iter: int | None = None, shift: float | str | None = "damping",
-                 tol: float = 1e-3, seed: int = 0, check_residual: bool = True) -> None:
+                 tol: float = 1e-3, seed: int = 0, check_residual: bool = True, solve_tol: float = 0.1) -> None:
         if rank < 1:
             raise ValidationError(f"rank must be >= 1, got {rank}")
         if n_iter is not None and n_iter < rank:
@@ -556,6 +697,9 @@ class LanczosSolver(InverseHVPSolver):
         self.tol = float(tol)
         self.seed = int(seed)
         self.check_residual = check_residual
+        if not (solve_tol > 0):
+            raise ValidationError(f"solve_tol must be > 0, got {solve_tol!r}")
+        self.solve_tol = float(solve_tol)
 
     @property
     def factorised(self) -> bool:
@@ -599,8 +743,15 @@ class LanczosSolver(InverseHVPSolver):
         if self.sigma_ > 0:
             X = X + (B - U @ C) / self.sigma_
         residual = _rel_residual(self.op_, X, B) if self.check_residual else float("nan")
-        self.info_ = SolveInfo("lanczos", iterations=self.n_iter_, residual=residual, converged=self.converged_,
+        converged = self.converged_ and residual <= self.solve_tol  # NaN (not checked) is not converged
+        if self.check_residual and not residual <= self.solve_tol:
+            _warn(f"the rank-{self.rank_} Lanczos solve has relative residual {residual:.3g} > solve_tol "
+                  f"{self.solve_tol:g}: the low-rank + damping model leaves out much of H; raise rank or the "
+                  f"damping, or use CG (exact to a tolerance)")
+        self.info_ = SolveInfo("lanczos", iterations=self.n_iter_, residual=residual, converged=converged,
                                rank=self.rank_, extra={"shift": self.sigma_, "negative_ritz_values": self.negative_,
+                                                       "ritz_converged": self.converged_,
+                                                       "solve_tol": self.solve_tol,
                                                        "max_ritz_residual": float((self.ritz_residuals_
                                                                                    / th.abs()).max())})
         return X
@@ -619,6 +770,74 @@ class LanczosSolver(InverseHVPSolver):
 
     def __repr__(self) -> str:
         return f"LanczosSolver(rank={self.rank}, n_iter={self.n_iter}, shift={self.shift!r})"
+
+
+# ------------------------------------------------------------------------------- damping from the spectrum
+#: the automatic damping makes the smallest eigenvalue of the damped H at least this fraction of λ_max
+AUTO_DAMPING_RATIO = 1e-3
+#: a few Lanczos steps underestimate |λ_min|: the negative part is over-corrected by this factor
+NEGATIVE_MARGIN = 1.5
+
+
+@dataclass
+class DampingChoice:
+    """A damping chosen from the spectrum: ``damping``; the Lanczos estimates ``lambda_max`` and
+    ``lambda_min`` of the undamped operator (``lambda_min`` of a positive semi-definite curvature is its
+    known floor, not estimated); ``steps`` Lanczos steps; ``rule`` in words."""
+
+    damping: float
+    lambda_max: float
+    lambda_min: float
+    steps: int
+    rule: str
+
+    def describe(self) -> str:
+        return (f"damping {self.damping:.3g} chosen from the spectrum ({self.steps} Lanczos steps: λ_max ≈ "
+                f"{self.lambda_max:.3g}, λ_min ≈ {self.lambda_min:.3g}; {self.rule})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"damping": self.damping, "lambda_max": self.lambda_max, "lambda_min": self.lambda_min,
+                "steps": self.steps, "rule": self.rule, "chosen": "from the spectrum"}
+
+
+def choose_damping(op: Any, *, psd: bool, floor: float = 0.0, steps: int = 30, ratio: float = AUTO_DAMPING_RATIO,
+                   seed: int = 0) -> DampingChoice:
+    """A damping δ for ``op`` (its own ``damping`` must be 0 while this runs) from ``steps`` Lanczos steps.
+
+    Rule: the damped operator's smallest eigenvalue should be at least ``ratio``·λ_max (a condition number of
+    at most about 1/ratio, which CG handles in O(√(1/ratio)) iterations). ``psd`` (a Gauss-Newton curvature):
+    its smallest eigenvalue is at least ``floor`` (the L2 term on every parameter, else 0), so
+    δ = max(0, ratio·λ_max − floor). Otherwise (the exact Hessian) with θ_min the smallest Ritz value:
+    δ = max(0, ratio·λ_max − min(θ_min, floor)) when θ_min ≥ 0 and δ = ratio·λ_max + 1.5·|θ_min| when
+    θ_min < 0 (a few Lanczos steps underestimate |λ_min|, hence the margin; CG still reports any negative
+    curvature left). Never exactly |λ_min|, which would leave H singular.
+    """
+    P = int(op.n_params)
+    m = max(1, min(P, int(steps)))
+    _, T, _, m_used = lanczos(op, m, seed=seed)
+    theta = torch.linalg.eigvalsh(T)
+    top, low = float(theta[-1]), float(theta[0])
+    lam_max = max(top, abs(low))
+    target = ratio * lam_max
+    if psd:
+        delta = max(0.0, target - floor)
+        lam_min = floor
+        rule = (f"δ = max(0, {ratio:g}·λ_max − {floor:.3g}) so that the damped curvature's smallest eigenvalue is "
+                f"at least {ratio:g}·λ_max")
+    elif low >= 0:
+        lam_min = min(low, floor) if floor > 0 else low
+        delta = max(0.0, target - lam_min)
+        rule = f"no negative curvature found; δ lifts the smallest eigenvalue to {ratio:g}·λ_max"
+    else:
+        lam_min = low
+        delta = target + NEGATIVE_MARGIN * abs(low)
+        rule = (f"the Hessian is indefinite: δ = {ratio:g}·λ_max + {NEGATIVE_MARGIN:g}·|λ_min| (a few Lanczos steps "
+                f"underestimate |λ_min|)")
+    if not math.isfinite(delta) or lam_max <= 0:
+        delta = max(floor, 1e-8)
+        rule = "the operator is zero along every direction tried; a nominal damping"
+    return DampingChoice(damping=float(delta), lambda_max=lam_max, lambda_min=float(lam_min), steps=m_used,
+                         rule=rule)
 
 
 SOLVERS: dict[str, type[InverseHVPSolver]] = {"dense": DenseSolver, "cg": CGSolver, "lissa": LiSSASolver,

@@ -15,9 +15,14 @@ the paper's sufficient condition ("the elements of Q_C have the highest values")
 with the head block of the same H), Pearson, Spearman, sign agreement, the distribution of I⁽ᶜ⁾/I, the
 norms of 𝒯₁ and 𝒯₂ relative to the terms they perturb, the fraction of the inverse-Hessian spectrum's
 mass on head coordinates, and a verdict. A trained network is rarely at an exact minimum, so the full
-Hessian may be indefinite: negative eigenvalues are counted and reported, and the smallest damping δ
-that makes H positive definite is added to both H and H_CC (said in the result). Models too large for a
-dense Hessian use a rank-k Lanczos approximation of H (low rank + damping), said as such, without 𝒯₁/𝒯₂.
+Hessian may be indefinite: negative eigenvalues are counted and reported, and a damping δ is added to both
+H and H_CC that lifts the smallest eigenvalue to 1e-3·λ_max (δ = −λ_min + 1e-3·λ_max; never exactly
+|λ_min|, which would leave H singular), said in the result (``damping_added``, ``damping_rule``). The
+Gauss-Newton curvature (``curvature="ggn"``, positive semi-definite by construction) is the alternative
+for a network that is not at a minimum. Models too large for a dense Hessian use a rank-k Lanczos
+approximation of H (low rank + damping), said as such, without 𝒯₁/𝒯₂; there the head block H_CC of an
+``nn.Linear`` head is computed in closed form (one pass) and the damping, when not given, is chosen from
+the spectrum (:func:`winnow.core.solvers.choose_damping`).
 """
 
 from __future__ import annotations
@@ -35,10 +40,20 @@ from .._moved import moved_names
 from ..core.autodiff import ModelFunction, check_labels_for, resolve_loss
 from ..core.curvature import Stationarity
 from ..core.heads import DTYPE
-from ..core.models import HeadSpec, ModelData, ModelHessian, eval_mode, find_module, model_device, select_params
-from ..core.solvers import LanczosSolver
+from ..core.models import (
+    MAX_DENSE_SECONDS,
+    HeadSpec,
+    ModelData,
+    ModelHessian,
+    check_curvature,
+    check_model_damping,
+    eval_mode,
+    find_module,
+    model_device,
+    select_params,
+)
+from ..core.solvers import AUTO_DAMPING_RATIO, LanczosSolver, choose_damping
 from ..errors import ValidationError
-from ..validation import check_damping
 
 
 @dataclass
@@ -64,15 +79,20 @@ class Theorem1Result:
     n_negative: int                     # eigenvalues of H (+ user damping) ≤ 0
     min_eigenvalue: float
     max_eigenvalue: float
-    damping: float                      # user damping
-    damping_added: float                # δ added so that H is positive definite (0 if none needed)
+    damping: float                      # user damping (0 when "auto")
+    damping_added: float                # δ added so that H is positive definite (0 if none needed), or chosen
     gradient_norm: float                # ‖∇R(θ̂)‖_∞: how far θ̂ is from a stationary point
     t1_relative: float | None = None    # ‖𝒯₁‖₂ / ‖Q_CᵀΛ_CQ_C‖₂
     t2_relative: dict[str, float] | None = None  # quantiles of |𝒯₂| / |g_tᵀQ_CᵀΛ_C⁻¹Q_Cg_p|
     head_block_mass: float | None = None  # ‖Q_C‖_F²/μ_C: how much the chosen eigenvectors live on the head
     eigenvalues: np.ndarray | None = None
     head_mass: np.ndarray | None = None  # ‖q_i[C]‖² per eigenvector
-    damping_sweep: list[dict[str, float]] | None = None  # Spearman / sign agreement at other dampings
+    #: Spearman / sign agreement at every total damping asked for; ``used`` False (with ``reason``) where it
+    #: could not be computed
+    damping_sweep: list[dict[str, Any]] | None = None
+    damping_rule: str = ""              # how damping_added was set, in words
+    curvature: str = "hessian"          # "hessian" or "ggn"
+    seconds: float | None = None        # wall time of the check
     t2: np.ndarray | None = None
     main_term: np.ndarray | None = None
     verdict: str = ""
@@ -114,30 +134,45 @@ def _verdict(spearman: float, sign: float, within: float, method: str, damping_a
                  f"(Spearman {spearman:.3f}, signs agree on {100 * sign:.1f}% of pairs); the featurizer's "
                  "curvature matters here"), False
     v += f"; {100 * within:.0f}% of pairs have I_head/I within a factor 2" + approx
-    if damping_added > 0:
+    if damping_added > 0 and method == "dense":
         v += (f". The full Hessian was indefinite at θ̂, so both were computed with H + {damping_added:.3g}·I: the "
+              "comparison holds for that damped H")
+    elif damping_added > 0:
+        v += (f". Both were computed with H + {damping_added:.3g}·I, a damping chosen from the spectrum: the "
               "comparison holds for that damped H")
     return v + ".", ok
 
 
 def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any, *, l2: float = 0.0,
-                   regularize: str = "weights", damping: float = 0.0, loss: str = "auto", n_train: int = 200,
-                   n_test: int = 20, seed: int = 0, max_dense: int = 6000, rank: int = 100,
+                   regularize: str = "weights", damping: float | str = "auto", loss: str = "auto",
+                   n_train: int = 200, n_test: int = 20, seed: int = 0, max_dense: int = 6000, rank: int = 100,
                    batch_size: int = 256, device: torch.device | str | None = None,
                    params: str | Sequence[str] | None = None, hessian: torch.Tensor | None = None,
-                   sweep: Sequence[float] = (), progress: bool = False) -> Theorem1Result:
+                   sweep: Sequence[float] = (), progress: bool = False, curvature: str = "hessian",
+                   max_dense_seconds: float | None = MAX_DENSE_SECONDS) -> Theorem1Result:
     """Compare head-only with full-model influence on ``n_test`` × ``n_train`` sampled pairs (seeded).
 
     ``l2``/``regularize``: the training objective's L2 (as in :class:`winnow.core.models.ModelInfluence`);
-    ``damping`` added to H; ``params`` the full parameter set (default: all trainable); ``max_dense``:
-    larger parameter counts use a rank-``rank`` Lanczos approximation of H (needs damping or l2 on all
-    parameters as the curvature outside the top-``rank`` space). ``hessian``: the dense damped H already
+    ``damping`` added to H: a number, or "auto" (default): none on the dense path, which adds what an
+    indefinite H needs from its exact spectrum (``damping_added``), and on the Lanczos path the damping
+    chosen from the spectrum; ``curvature`` "hessian" (default) or "ggn" (Gauss-Newton, for both sides);
+    ``params`` the full parameter set (default: all trainable); ``max_dense``: larger parameter counts use
+    a rank-``rank`` Lanczos approximation of H (the damping is the curvature outside the top-``rank``
+    space); ``max_dense_seconds``: the dense build is timed on its first block of columns and refused when
+    the estimate is above it (None: no limit). ``hessian``: the dense damped H already
     built for the same model, data, l2 and damping (e.g. ``ModelInfluence(...).solver_.hessian_``), to
-    skip rebuilding it. ``sweep``: other total dampings at which to repeat the comparison (dense only;
-    cheap, from the same eigendecomposition) — how much the verdict depends on the damping. ``progress``
+    skip rebuilding it. ``sweep``: other total dampings at which to repeat the comparison (cheap, from the
+    same eigendecomposition) — how much the verdict depends on the damping; every value is reported, those
+    that could not be used (H + dI not positive definite, or the Lanczos path) marked ``used: False`` with
+    the reason. ``progress``
     shows the passes over TRAIN. Returns a :class:`Theorem1Result`.
     """
-    damping = check_damping(damping)
+    import time
+
+    started = time.perf_counter()
+    damping_arg = check_model_damping(damping)
+    damping = 0.0 if damping_arg == "auto" else float(damping_arg)
+    curvature = check_curvature(curvature)
     head_name, _ = find_module(model, head)
     head_names = select_params(model, head_name)
     names = select_params(model, params)
@@ -158,7 +193,8 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
         lname = resolve_loss(loss, K)
         check_labels_for(K, lname, tr.labels(), "train labels", what="the model")
         check_labels_for(K, lname, te.labels(), "test labels", what="the model")
-        op = ModelHessian(fn, tr, lname, l2=l2, damping=damping, n=n, batch_size=batch_size, progress=progress)
+        op = ModelHessian(fn, tr, lname, l2=l2, damping=damping, n=n, batch_size=batch_size, progress=progress,
+                          curvature=curvature, max_dense_seconds=max_dense_seconds)
         C = np.concatenate([np.arange(fn.slice_of(nm).start, fn.slice_of(nm).stop) for nm in head_names])
         Fidx = np.setdiff1d(np.arange(fn.n_params), C)
         rng = np.random.default_rng(seed)
@@ -174,7 +210,7 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
             H = hessian.to(fn.device, fn.dtype) if hessian is not None else op.dense()
             res = _dense(H, C, Fidx, Gt, Gp, null, damping, sweep)
         else:
-            res = _lanczos(op, fn, C, Gt, Gp, null, damping, rank)
+            res = _lanczos(op, fn, C, Gt, Gp, null, damping, rank, head_name, damping_arg == "auto", sweep)
     I_full, I_head = res.pop("I_full"), res.pop("I_head")
     a, b = I_full.reshape(-1), I_head.reshape(-1)
     pearson = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
@@ -201,7 +237,7 @@ def theorem1_check(model: torch.nn.Module, head: HeadSpec, train: Any, test: Any
         test_rows=rows_t, influence_full=I_full, influence_head=I_head, pearson=pearson, spearman=spearman,
         sign_agreement=sign, ratio_quantiles=_quantiles(ratio), ratio_within_2x=within, damping=float(damping),
         gradient_norm=gnorm, verdict=verdict, trusted=ok, notes=notes, stationarity=st.as_dict(),
-        stationarity_note=msg, **res)
+        stationarity_note=msg, curvature=curvature, seconds=time.perf_counter() - started, **res)
 
 
 def _gradients_and_stationarity(fn: ModelFunction, data: ModelData, loss: str, rows: np.ndarray,
@@ -236,17 +272,22 @@ def _dense(H: torch.Tensor, C: np.ndarray, Fidx: np.ndarray, Gt: torch.Tensor, G
     c = float(H.diagonal().abs().sum()) + 1.0
     ev, V = torch.linalg.eigh(H + c * (null @ null.T) if r else H)
     if r:
-        # the null directions (softmax's shared bias shift) carry eigenvalue c > λ_max: drop them; every
-        # gradient is orthogonal to them, so H⁻¹ means the pseudo-inverse on their complement
-        ev, V = ev[:P - r], V[:, :P - r]
+        # the null directions (softmax's shared bias shift) carry the fill c: drop those eigenpairs (the ones
+        # living on the null directions, whatever their place in the order); every gradient is orthogonal to
+        # them, so H⁻¹ means the pseudo-inverse on their complement
+        keep = torch.sort(torch.argsort((null.T @ V).pow(2).sum(0))[:P - r]).values
+        ev, V = ev[keep], V[:, keep]
         notes.append(f"{r} null direction(s) of the loss (a softmax's shared bias shift) removed from H")
     lo, hi = float(ev[0]), float(ev[-1])
     n_neg = int((ev <= 0).sum())
     delta = 0.0
+    rule = "none needed: H is positive definite"
     if lo <= 1e-10 * hi:
-        delta = -lo + 1e-6 * hi
+        delta = -lo + AUTO_DAMPING_RATIO * hi
+        rule = (f"δ = −λ_min + {AUTO_DAMPING_RATIO:g}·λ_max = {delta:.3g}, so that the smallest eigenvalue of the "
+                f"damped H is {AUTO_DAMPING_RATIO:g}·λ_max (not 0: H + |λ_min|·I would be singular)")
         notes.append(f"H (with damping {damping:g}) has {n_neg} eigenvalue(s) <= 0 (min {lo:.3g}, max {hi:.3g}): "
-                     f"θ̂ is not a minimum of the objective; H + δI with δ = {delta:.3g} is used for both influences")
+                     f"θ̂ is not a minimum of the objective; H + δI is used for both influences, {rule}")
     lam = ev + delta
     Ct = torch.as_tensor(C, device=H.device)
     Ft = torch.as_tensor(Fidx, device=H.device)
@@ -288,17 +329,22 @@ def _dense(H: torch.Tensor, C: np.ndarray, Fidx: np.ndarray, Gt: torch.Tensor, G
     inv_w = 1.0 / lam.abs()
     swept = []
     for d in sweep:
-        extra = float(d) - damping - delta
-        if extra < 0:
+        extra = float(d) - damping - delta  # relative to the H the main comparison used
+        low = lo + delta + extra            # smallest eigenvalue of H + d·I
+        if low <= 1e-10 * hi:
+            swept.append({"damping": float(d), "used": False, "spearman": float("nan"),
+                          "sign_agreement": float("nan"),
+                          "reason": f"H + {float(d):g}·I is not positive definite (smallest eigenvalue {low:.3g})"})
             continue
         If = (-(At / (lam + extra)) @ Ap.T).cpu().numpy().reshape(-1)
         Fd = Fcc + extra * torch.eye(len(C), dtype=H.dtype, device=H.device)
         Ih = (-(gt @ torch.linalg.solve(Fd, gp.T))).cpu().numpy().reshape(-1)
         nzd = np.abs(If) > 1e-12 * np.abs(If).max()
-        swept.append({"damping": float(d), "spearman": float(stats.spearmanr(If, Ih).statistic),
-                      "sign_agreement": float(np.mean(np.sign(If[nzd]) == np.sign(Ih[nzd])))})
+        swept.append({"damping": float(d), "used": True, "spearman": float(stats.spearmanr(If, Ih).statistic),
+                      "sign_agreement": float(np.mean(np.sign(If[nzd]) == np.sign(Ih[nzd]))),
+                      "min_eigenvalue": low})
     return {
-        "damping_sweep": swept or None,
+        "damping_sweep": swept or None, "damping_rule": rule,
         "method": "dense", "I_full": I_full.cpu().numpy(), "I_head": I_head.cpu().numpy(),
         "head_inverse_mass": float((mass * inv_w).sum() / inv_w.sum()), "head_mass_baseline": len(C) / P,
         "n_negative": n_neg, "min_eigenvalue": lo, "max_eigenvalue": hi, "damping_added": delta,
@@ -310,22 +356,33 @@ def _dense(H: torch.Tensor, C: np.ndarray, Fidx: np.ndarray, Gt: torch.Tensor, G
 
 
 def _lanczos(op: ModelHessian, fn: ModelFunction, C: np.ndarray, Gt: torch.Tensor, Gp: torch.Tensor,
-             null: torch.Tensor, damping: float, rank: int) -> dict[str, Any]:
+             null: torch.Tensor, damping: float, rank: int, head_name: str, auto: bool,
+             sweep: Sequence[float] = ()) -> dict[str, Any]:
     notes = [f"P = {fn.n_params} is above max_dense: the full-model influence uses a rank-{rank} Lanczos "
              "approximation H ≈ UΘUᵀ + σ(I − UUᵀ) (σ = damping + l2 floor), not the exact H; 𝒯₁/𝒯₂ are not "
              "computed"]
     solver = LanczosSolver(rank=rank, check_residual=False)
-    if damping + op.spectrum_floor <= 0:
+    added, rule = 0.0, "none added: the damping given"
+    if auto:
+        choice = choose_damping(op, psd=op.curvature == "ggn", floor=op.spectrum_floor)
+        added, rule = choice.damping, choice.rule
+        op.damping = damping + added
+        notes.append(choice.describe())
+    if op.damping + op.spectrum_floor <= 0:
         raise ValidationError("the Lanczos approximation needs damping > 0 (the curvature assumed outside the "
                               "top-rank eigenspace), or a parameter count at most max_dense (the exact dense "
                               "Hessian)", parameters=("damping", "max_dense"))
     solver.fit(op)
     I_full = -(Gt @ solver.solve(Gp.T))
     Ct = torch.as_tensor(C, device=op.device)
-    E = torch.zeros(op.n_params, len(C), dtype=op.dtype, device=op.device)
-    E[Ct, torch.arange(len(C))] = 1.0
-    Hcc = op.matvec(E)[Ct]
-    Hcc = 0.5 * (Hcc + Hcc.T)
+    Hcc = op.head_block(head_name, C)
+    if Hcc is None:  # not a linear head feeding the logits: the head's columns through the network
+        E = torch.zeros(op.n_params, len(C), dtype=op.dtype, device=op.device)
+        E[Ct, torch.arange(len(C))] = 1.0
+        Hcc = op.matvec(E)[Ct]
+        Hcc = 0.5 * (Hcc + Hcc.T)
+    else:
+        notes.append("the head block H_CC computed in closed form (a linear head: one pass over the data)")
     r = null.shape[1]
     Fcc = Hcc + (float(Hcc.diagonal().abs().sum()) + 1.0) * (null[Ct] @ null[Ct].T) if r else Hcc
     L, info = torch.linalg.cholesky_ex(Fcc)
@@ -341,10 +398,13 @@ def _lanczos(op: ModelHessian, fn: ModelFunction, C: np.ndarray, Gt: torch.Tenso
     n_neg = int((th < 0).sum())
     if n_neg:
         notes.append(f"{n_neg} of the top-{th.numel()} Ritz values are negative: H is indefinite; add damping")
+    swept = [{"damping": float(d), "used": False, "spearman": float("nan"), "sign_agreement": float("nan"),
+              "reason": "the damping sweep needs the dense eigendecomposition (P above max_dense)"} for d in sweep]
     return {"method": f"lanczos (rank {solver.rank_})", "I_full": I_full.cpu().numpy(),
             "I_head": I_head.cpu().numpy(), "head_inverse_mass": num / den, "head_mass_baseline": len(C) / P,
             "n_negative": n_neg, "min_eigenvalue": float(th.min()), "max_eigenvalue": float(th.max()),
-            "damping_added": 0.0, "eigenvalues": th.cpu().numpy(), "head_mass": mass.cpu().numpy(), "notes": notes}
+            "damping_added": added, "damping_rule": rule, "damping_sweep": swept or None,
+            "eigenvalues": th.cpu().numpy(), "head_mass": mass.cpu().numpy(), "notes": notes}
 
 
 # figures and report sections live in winnow.report.theorem1

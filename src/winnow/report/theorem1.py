@@ -35,6 +35,7 @@ def theorem1_section(report: Any, result: Theorem1Result) -> Any:
     rows += [["eigenvalues ≤ 0", r.n_negative], ["smallest / largest eigenvalue", f"{r.min_eigenvalue:.3g} / "
                                                                                    f"{r.max_eigenvalue:.3g}"],
              ["damping (given + added)", f"{r.damping:.3g} + {r.damping_added:.3g}"],
+             ["how the damping was added", getattr(r, "damping_rule", "")],
              ["‖∇R(θ̂)‖∞", r.gradient_norm]]
     st = getattr(r, "stationarity", None)
     if st and st.get("relative") is not None:
@@ -46,8 +47,9 @@ def theorem1_section(report: Any, result: Theorem1Result) -> Any:
                        "The same pairs with more damping added to H (and to its head block). Damping lifts the "
                        "small eigenvalues that dominate H⁻¹; when agreement grows with it, the disagreement comes "
                        "from nearly flat directions of the full model.")
-        report.table(["damping", "Spearman", "sign agreement"],
-                     [[d["damping"], d["spearman"], d["sign_agreement"]] for d in r.damping_sweep])
+        report.table(["damping", "Spearman", "sign agreement", "note"],
+                     [[d["damping"], d["spearman"], d["sign_agreement"],
+                       "" if d.get("used", True) else "not used: " + d.get("reason", "")] for d in r.damping_sweep])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     a, b = r.influence_full.reshape(-1), r.influence_head.reshape(-1)
     axes[0].scatter(a, b, s=5, alpha=0.4)
