@@ -159,7 +159,7 @@ def model_outputs(model: Any, X: np.ndarray, y: np.ndarray, loss_fn: LossFn | No
     elif loss_fn is None:
         raise V.fail(f"train_fn {who} returned a {type(model).__name__}, which cannot be evaluated on the test "
                      "points: return a torch.nn.Module giving logits or an object with predict_proba, or pass "
-                     "loss_fn(model, (X, y)) giving the per-point test losses", "train_fn", "loss_fn")
+                     "loss_fn (a function of (model, (X, y)) giving the per-point test losses)", "train_fn", "loss_fn")
     if loss_fn is not None:
         out = loss_fn(model, (X, y))
         if isinstance(out, torch.Tensor):
@@ -653,10 +653,10 @@ def evaluate_subset_by_retraining(train_fn: TrainFn, train: Any, subset: str | P
         return _agg([_metrics(*res[f"{prefix}-s{s}"], yte) for s in range(seeds)])
 
     meta = sub.summary
-    rows = [{"method": "full (whole model)", "weighted": False, "n_kept": n, **agg("full")},
-            {"method": f"subset ({meta.get('policy', 'given')}, whole model)", "weighted": sub.weighted,
+    rows = [{"method": "full", "weighted": False, "n_kept": n, **agg("full")},
+            {"method": f"subset ({meta.get('policy', 'given')})", "weighted": sub.weighted,
              "n_kept": int(sub.rows.shape[0]), **agg("subset")},
-            {"method": "random (same size and class counts, whole model)", "weighted": sub.weighted,
+            {"method": "random (same size and class counts)", "weighted": sub.weighted,
              "n_kept": int(sub.rows.shape[0]), **agg("random")}]
     return SubsetEvaluation(rows=rows, subset_summary={**meta, "ground_truth": "whole model retrained by train_fn",
                                                        "seeds": seeds})
