@@ -66,7 +66,11 @@ EVAL_BATCH = 8192
 def describe(fn: Any) -> str:
     """``module:qualname`` of a function (how the command line names it), else its repr."""
     mod, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    return f"{mod}:{name}" if mod and name else repr(fn)
+    if mod and name:
+        return f"{mod}:{name}"
+    if type(fn).__repr__ is not object.__repr__:  # a callable object that says what it is (its settings)
+        return repr(fn)
+    return f"{type(fn).__module__}:{type(fn).__qualname__}"
 
 
 def check_train_fn(train_fn: Any) -> Any:
