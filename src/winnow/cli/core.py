@@ -21,6 +21,7 @@ from .options import (
     FeaturesColumn,
     IdColumn,
     LabelColumn,
+    LossFnOpt,
     Overwrite,
     PositiveLabel,
     PrecisionChoice,
@@ -28,9 +29,16 @@ from .options import (
     Quiet,
     Refit,
     ReportOut,
+    RetrainDir,
+    RetrainResume,
+    RetrainScheduler,
+    RetrainSeeds,
+    RetrainWorkers,
+    TrainFnOpt,
     data_columns,
     engine_for,
     polish_head,
+    retrain_settings,
     say,
     source_from,
 )
@@ -201,10 +209,14 @@ def validate_loo(
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
+    train_fn: TrainFnOpt = None, loss_fn: LossFnOpt = None, seeds: RetrainSeeds = None,
+    retrain_dir: RetrainDir = None, resume: RetrainResume = False, workers: RetrainWorkers = None,
+    scheduler: RetrainScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Ground truth: retrain the head without each of K points (ε = −1/n objective, warm start, tight
-    tolerance) and correlate the actual change of test loss with the predicted one."""
+    tolerance) — or, with --train-fn, your whole model with several seeds — and correlate the actual change
+    of test loss with the one the head predicts."""
     from ..core.heads import load_head
     from ..evaluation.loo import leave_one_out
     from ..io.outputs import check_output_path, write_json
@@ -216,11 +228,26 @@ def validate_loo(
                         positive_label)
     tr = source_from(train, cols, head=h)
     te = source_from(test, cols, parameter="test", head=h)
+    retrain = retrain_settings(train_fn, loss_fn, seeds, retrain_dir, resume, workers, scheduler, default_seeds=3,
+                               quiet=quiet)
     h = polish_head(h, tr, refit, quiet)
-    res = leave_one_out(h, tr, te, points=points, seed=seed, damping=damping, progress=not quiet,
-                        allow_nonstationary=allow_nonstationary)
-    typer.echo(f"leave-one-out over {len(res.ids)} points (n = {res.n_train}): "
-               f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}")
+    if retrain is not None:
+        import numpy as np
+
+        from ..evaluation.retrain import leave_one_out_retrained
+
+        res = leave_one_out_retrained(h, train=tr, test=te, points=points, seed=seed, damping=damping,
+                                      allow_nonstationary=allow_nonstationary, **retrain)
+        typer.echo(f"leave-one-out over {len(res.ids)} points (n = {res.n_train}), whole model retrained by "
+                   f"{train_fn} with {res.extra['seeds']} seed(s): Pearson {res.pearson:.4f}, Spearman "
+                   f"{res.spearman:.4f}; median |actual change| {np.median(np.abs(res.actual)):.3g}, seed noise "
+                   f"(std of the full-data test loss across seeds) "
+                   + (f"{res.extra['seed_noise']:.3g}" if res.extra["seeds"] > 1 else "not measured (one seed)"))
+    else:
+        res = leave_one_out(h, tr, te, points=points, seed=seed, damping=damping, progress=not quiet,
+                            allow_nonstationary=allow_nonstationary)
+        typer.echo(f"leave-one-out over {len(res.ids)} points (n = {res.n_train}): "
+                   f"Pearson {res.pearson:.4f}, Spearman {res.spearman:.4f}")
     if json_out is not None:
         write_json(json_out, res.summary(), overwrite=overwrite)
         say(quiet, f"wrote {json_out}")

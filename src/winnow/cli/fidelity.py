@@ -19,12 +19,20 @@ from .options import (
     FeaturesColumn,
     IdColumn,
     LabelColumn,
+    LossFnOpt,
     Overwrite,
     PositiveLabel,
     Quiet,
     Refit,
+    RetrainDir,
+    RetrainResume,
+    RetrainScheduler,
+    RetrainSeeds,
+    RetrainWorkers,
+    TrainFnOpt,
     data_columns,
     polish_head,
+    retrain_settings,
     say,
     source_from,
 )
@@ -86,11 +94,15 @@ def validate_group(
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
+    train_fn: TrainFnOpt = None, loss_fn: LossFnOpt = None, seeds: RetrainSeeds = None,
+    retrain_dir: RetrainDir = None, resume: RetrainResume = False, workers: RetrainWorkers = None,
+    scheduler: RetrainScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Change of the mean TEST loss when a whole set of training points is removed: first order (the sum of
     loss_change_if_removed) and Newton (one solve with the Hessian without the set; test loss to second order
-    and exact), against retraining. Data are held in memory."""
+    and exact), against retraining the head — or, with --train-fn, your whole model (--subset only). Data are
+    held in memory."""
     from ..analyses.fidelity import (
         GROUP_HEADER,
         SUMMARY_HEADER,
@@ -106,13 +118,34 @@ def validate_group(
     if (subset is None) == (not sweep):
         raise ValidationError("give exactly one of --subset FILE (one group) or --sweep (groups of several sizes)")
     _check_outputs(overwrite, json_out=json_out, report=report)
+    retrain_model = retrain_settings(train_fn, loss_fn, seeds, retrain_dir, resume, workers, scheduler,
+                                     default_seeds=3, quiet=quiet)
+    if retrain_model is not None and (sweep or not retrain):
+        from ..validation import fail
+
+        raise fail("train_fn retrains your whole model without one group: give subset (not --sweep) and keep "
+                   "--retrain", "train_fn", "subset")
     h = load_head(head)
     cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
                         positive_label)
     tr = source_from(train, cols, head=h)
     te = source_from(test, cols, parameter="test", head=h)
     h = polish_head(h, tr, refit, quiet)
-    if subset is not None:
+    if subset is not None and retrain_model is not None:
+        from ..evaluation.retrain import group_by_retraining
+
+        ids = read_subset_ids(subset, subset_column)
+        g = group_by_retraining(train=tr, test=te, subset=ids, head=h, renormalize=renormalize, damping=damping,
+                                allow_nonstationary=allow_nonstationary, **retrain_model)
+        _print_table(GROUP_HEADER, [g.as_row()])
+        typer.echo(f"whole model retrained by {train_fn} with {retrain_model['seeds']} seed(s); std of the "
+                   f"actual change across seeds {g.actual_std:.3g}")
+        if json_out is not None:
+            write_json(json_out, vars(g), overwrite=overwrite)
+        if report is not None:
+            Report("winnow: group removal").section("Group removal (whole model)").table(
+                GROUP_HEADER, [g.as_row()]).write(report, overwrite=overwrite)
+    elif subset is not None:
         ids = read_subset_ids(subset, subset_column)
         g = group_effect(h, tr, te, ids, retrain=retrain, renormalize=renormalize, damping=damping,
                          allow_nonstationary=allow_nonstationary)
@@ -204,10 +237,15 @@ def evaluate_lds(
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
+    train_fn: TrainFnOpt = None, loss_fn: LossFnOpt = None, seeds: RetrainSeeds = None,
+    retrain_dir: RetrainDir = None, resume: RetrainResume = False, workers: RetrainWorkers = None,
+    scheduler: RetrainScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
     """Linear datamodeling score: per test point, Spearman over M random subsets between the retrained test
-    loss and (1/n) Σ_(p kept) I_loss(t, p), averaged over test points. Holds the (T, n) influence matrix."""
+    loss and (1/n) Σ_(p kept) I_loss(t, p), averaged over test points. The head is retrained on each subset,
+    or with --train-fn your whole model (--seeds per subset, as TRAK and dattri average). Holds the (T, n)
+    influence matrix."""
     from ..core.heads import load_head
     from ..evaluation.lds import linear_datamodeling_score
     from ..io.outputs import write_json
@@ -215,17 +253,28 @@ def evaluate_lds(
     from ..report.html import Report
 
     _check_outputs(overwrite, json_out=json_out, report=report)
+    retrain_model = retrain_settings(train_fn, loss_fn, seeds, retrain_dir, resume, workers, scheduler,
+                                     default_seeds=1, quiet=quiet)
     h = load_head(head)
     cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes,
                         positive_label)
     tr = source_from(train, cols, head=h)
     te = source_from(test, cols, parameter="test", head=h)
     h = polish_head(h, tr, refit, quiet)
-    res = linear_datamodeling_score(h, tr, te, subsets=subsets, fraction=fraction, seed=seed,
-                                    renormalize=renormalize, damping=damping, progress=not quiet,
-                                    allow_nonstationary=allow_nonstationary)
-    typer.echo(f"LDS over {subsets} subsets ({fraction:g} of n = {res.n_train}): {res.score:.4f} "
-               f"(Newton group step: {res.score_newton:.4f})")
+    if retrain_model is not None:
+        from ..evaluation.retrain import lds_retrained
+
+        res = lds_retrained(h, train=tr, test=te, subsets=subsets, fraction=fraction, seed=seed, damping=damping,
+                            allow_nonstationary=allow_nonstationary, **retrain_model)
+        typer.echo(f"LDS of the head's influence over {subsets} subsets ({fraction:g} of n = {res.n_train}), "
+                   f"whole model retrained by {train_fn} with {retrain_model['seeds']} seed(s) each: "
+                   f"{res.score:.4f}")
+    else:
+        res = linear_datamodeling_score(h, tr, te, subsets=subsets, fraction=fraction, seed=seed,
+                                        renormalize=renormalize, damping=damping, progress=not quiet,
+                                        allow_nonstationary=allow_nonstationary)
+        typer.echo(f"LDS over {subsets} subsets ({fraction:g} of n = {res.n_train}): {res.score:.4f} "
+                   f"(Newton group step: {res.score_newton:.4f})")
     if json_out is not None:
         write_json(json_out, res.summary(), overwrite=overwrite)
         say(quiet, f"wrote {json_out}")

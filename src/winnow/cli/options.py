@@ -56,6 +56,8 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "scores": "SCORES", "top": "--top", "show": "--show",
     # model files
     "factory": "--factory", "trust_model_file=True": "--trust-model-file",
+    # ground truth by retraining the whole model
+    "train_fn": "--train-fn", "loss_fn": "--loss-fn", "retrain_dir": "--retrain-dir",
 }
 
 
@@ -251,3 +253,88 @@ PrecisionOpt = Annotated[PrecisionChoice, typer.Option(
                         "float32, summed in float64; H, its factorisation and the solves in float64; scores "
                         "within about 1e-6 relative of float64 on well-conditioned features, faster and "
                         "reading float32 features without a float64 copy).")]
+
+
+# ground truth by retraining the user's whole model (validate-loo, evaluate-lds, validate-group, evaluate-subset)
+TrainFnOpt = Annotated[str | None, typer.Option(
+    "--train-fn", metavar="MODULE:FUNCTION",
+    help="Ground truth by retraining your whole model instead of the head: the function "
+         "train_fn(rows, weights, seed) -> model that trains it on the given rows of TRAIN (positions, in "
+         "TRAIN's order; weights None or one per row; seed for its random choices). The model it returns is "
+         "evaluated on --test: a torch.nn.Module giving logits, an object with predict_proba, or see --loss-fn. "
+         "The module must be importable (installed, on PYTHONPATH or in the current directory).")]
+LossFnOpt = Annotated[str | None, typer.Option(
+    "--loss-fn", metavar="MODULE:FUNCTION",
+    help="With --train-fn: loss_fn(model, (X, y)) -> the per-point test losses, for a model that is neither a "
+         "torch.nn.Module giving logits nor has predict_proba.")]
+RetrainSeeds = Annotated[int | None, typer.Option(
+    "--seeds", help="With --train-fn: seeds per retrain (each removal or subset is trained with seeds 0..S-1 "
+                    "and its test losses averaged). Default: 3 for leave-one-out and group removal, 1 for LDS.")]
+RetrainDir = Annotated[Path | None, typer.Option(
+    "--retrain-dir", help="With --train-fn: save each retrain's test losses to this folder as it finishes, so "
+                          "that an interrupted run can be continued with --resume.")]
+RetrainResume = Annotated[bool, typer.Option(
+    "--resume", help="Continue the retrains in --retrain-dir (the same run: checked); finished ones are skipped.")]
+RetrainWorkers = Annotated[int | None, typer.Option(
+    "--workers", help="With --train-fn: run the retrains on a local Dask cluster of N worker processes.")]
+RetrainScheduler = Annotated[str | None, typer.Option(
+    "--scheduler", help="With --train-fn: run the retrains on an existing Dask cluster at ADDRESS (e.g. "
+                        "tcp://host:8786); its workers must be able to import --train-fn.")]
+
+
+def import_function(spec: str, parameter: str) -> Any:
+    """The callable named by ``module:name`` (``name`` may be dotted: ``module:Class.method``), imported as a
+    user's own code is (installed, on PYTHONPATH or in the current directory); errors name ``parameter``."""
+    import importlib
+    import os
+    import sys
+
+    from ..validation import fail
+
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise fail(f"{parameter} must be written module:function, e.g. mypkg.train:fit; got {spec!r}", parameter)
+    if os.getcwd() not in sys.path:  # a module next to the user's files, as `python -m` would find it
+        sys.path.append(os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as e:
+        raise fail(f"{parameter} {spec}: cannot import module {module!r} ({e}); install it or put it on "
+                   "PYTHONPATH", parameter) from None
+    except Exception as e:  # the module itself fails while importing
+        raise fail(f"{parameter} {spec}: importing module {module!r} raised {type(e).__name__}: {e}",
+                   parameter) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise fail(f"{parameter} {spec}: {module} has no attribute {attr!r}", parameter)
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise fail(f"{parameter} {spec}: {attr} is not a function (type {type(obj).__name__})", parameter)
+    return obj
+
+
+def retrain_settings(train_fn: str | None, loss_fn: str | None, seeds: int | None, retrain_dir: Path | None,
+                     resume: bool, workers: int | None, scheduler: str | None, *, default_seeds: int,
+                     quiet: bool) -> dict[str, Any] | None:
+    """The keyword arguments of the retraining API for the --train-fn flags (the functions imported and
+    checked), or None without --train-fn (then every other retraining flag is refused)."""
+    from ..validation import fail
+
+    if train_fn is None:
+        given = [name for name, v in (("seeds", seeds), ("loss_fn", loss_fn), ("retrain_dir", retrain_dir),
+                                      ("resume=True", resume or None), ("workers", workers),
+                                      ("scheduler", scheduler)) if v is not None]
+        if given:
+            raise fail(f"{given[0]} applies only with train_fn (retraining your whole model); without it the head "
+                       "is retrained", given[0], "train_fn")
+        return None
+    from ..evaluation.retrain import check_train_fn
+
+    fn = check_train_fn(import_function(train_fn, "train_fn"))
+    lf = import_function(loss_fn, "loss_fn") if loss_fn is not None else None
+    if resume and retrain_dir is None:
+        raise fail("resume=True needs retrain_dir, the folder that holds the retrains to continue", "resume=True",
+                   "retrain_dir")
+    return {"train_fn": fn, "loss_fn": lf, "seeds": default_seeds if seeds is None else seeds,
+            "retrain_dir": retrain_dir, "resume": resume, "workers": workers, "scheduler": scheduler,
+            "progress": not quiet}

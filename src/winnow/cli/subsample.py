@@ -22,13 +22,20 @@ from .options import (
     FeaturesColumn,
     IdColumn,
     LabelColumn,
+    LossFnOpt,
     Overwrite,
     PositiveLabel,
     Quiet,
     Refit,
+    RetrainDir,
+    RetrainResume,
+    RetrainScheduler,
+    RetrainWorkers,
+    TrainFnOpt,
     data_columns,
     engine_for,
     polish_head,
+    retrain_settings,
     say,
     source_from,
 )
@@ -150,10 +157,13 @@ def evaluate_subset(
     features_column: FeaturesColumn = None, feature_columns: FeatureColumns = None, exclude: Exclude = None,
     classes: ClassesOpt = None, positive_label: PositiveLabel = None,
     refit: Refit = False, allow_nonstationary: AllowNonstationary = False,
+    train_fn: TrainFnOpt = None, loss_fn: LossFnOpt = None, retrain_dir: RetrainDir = None,
+    resume: RetrainResume = False, workers: RetrainWorkers = None, scheduler: RetrainScheduler = None,
     overwrite: Overwrite = False, quiet: Quiet = False,
 ) -> None:
-    """Retrain the head on SUBSET (weighted if it has weights), on all of TRAIN and on random subsets of the
-    same size and class counts; print test log-loss, AUC and accuracy as mean ± std."""
+    """Retrain the head (or, with --train-fn, your whole model) on SUBSET (weighted if it has weights), on all
+    of TRAIN and on random subsets of the same size and class counts; print test log-loss, AUC and accuracy
+    as mean ± std."""
     from ..core.heads import load_head
     from ..evaluation.subset import evaluate_subset as api_evaluate
     from ..io.outputs import check_output_path, write_json
@@ -165,10 +175,24 @@ def evaluate_subset(
             check_output_path(path, overwrite, argument=arg)
     h = load_head(head) if head else None
     cols = data_columns(label_column, id_column, features_column, feature_columns, exclude, classes, positive_label)
+    if train_fn is not None:
+        from ..validation import fail
+
+        for name, value in (("curve", curve or None), ("head", head), ("l2", l2), ("valid", valid)):
+            if value is not None:
+                raise fail(f"{name} applies to retraining the head; with train_fn your whole model is retrained "
+                           "on the subset, the full data and random subsets", name, "train_fn")
+    retrain_model = retrain_settings(train_fn, loss_fn, None, retrain_dir, resume, workers, scheduler,
+                                     default_seeds=seeds, quiet=quiet)
     tr = source_from(train, cols, head=h)
     te = source_from(test, cols, parameter="test", head=h)
     va = source_from(valid, cols, parameter="valid", head=h) if valid else None
-    if h is not None:
+    if retrain_model is not None:
+        from ..evaluation.retrain import evaluate_subset_by_retraining
+
+        ev = evaluate_subset_by_retraining(train=tr, subset=subset, test=te, **retrain_model)
+        say(quiet, f"whole model retrained by {train_fn}, {seeds} seed(s) per entry")
+    elif h is not None:
         h = polish_head(h, tr, refit, quiet)
     elif refit or allow_nonstationary:
         from ..validation import fail
@@ -176,8 +200,9 @@ def evaluate_subset(
         name = "refit=True" if refit else "allow_nonstationary=True"
         raise fail(f"{name} applies only with head (a head of yours, to polish or to score as it is); without "
                    "it the head is fitted on train, at its optimum", name, "head", "train")
-    ev = api_evaluate(tr, subset, te, valid=va, head=h, l2=l2, seeds=seeds, curve=curve, chunk_size=chunk_size,
-                      progress=not quiet, allow_nonstationary=allow_nonstationary)
+    if retrain_model is None:
+        ev = api_evaluate(tr, subset, te, valid=va, head=h, l2=l2, seeds=seeds, curve=curve, chunk_size=chunk_size,
+                          progress=not quiet, allow_nonstationary=allow_nonstationary)
     lines = [f"{'training set':<40} {'weighted':>8} {'rows':>8}  {'log-loss':>17}  {'AUC':>17}  {'accuracy':>17}"]
     entries = [(r["method"], r) for r in ev.rows]
     entries += [(f"  {p['policy']}{' (weighted)' if p['weighted'] else ''} @ {p['keep']:g}", p)

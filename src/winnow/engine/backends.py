@@ -104,6 +104,12 @@ class LocalBackend:
         for r in track_rows(results(), sum(t.n_rows for t in tasks), description, progress):
             yield r.value
 
+    def each(self, fn: Any, shared: Any, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        """(i, ``fn(shared, items[i])``) for every item, here, one after the other (independent tasks such as
+        retrains: the caller saves each result as it comes)."""
+        for i, item in enumerate(items):
+            yield i, fn(shared, item)
+
 
 def _value(obj: Any) -> Any:
     return obj
@@ -259,6 +265,32 @@ class DaskBackend:
                         raise self._cluster_error(task.part, exc) from None
                     raise
                 yield from chunks
+        finally:
+            self.client.cancel(futs)
+
+
+    def each(self, fn: Any, shared: Any, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        """(i, ``fn(shared, items[i])``) for every item, in the order the workers finish them; ``shared`` is
+        shipped to every worker once. A task whose workers keep dying stops the run with a ClusterError."""
+        from distributed import as_completed
+
+        if not items:
+            return
+        common = self._broadcast(shared)
+        futs = [self.client.submit(fn, common, item, pure=False) for item in items]
+        index = {f.key: i for i, f in enumerate(futs)}
+        try:
+            for f in as_completed(futs, loop=self.client.loop):
+                try:
+                    result = f.result()
+                except BaseException as exc:
+                    if self._killed(exc):
+                        raise ClusterError(f"the Dask workers running task {index[f.key]} died while running it, "
+                                           f"on every retry ({type(exc).__name__}: {exc}); finished results are "
+                                           "kept: fix the cause (often a worker's memory limit) and rerun with "
+                                           "resume=True", parameters=("resume=True",)) from None
+                    raise
+                yield index[f.key], result
         finally:
             self.client.cancel(futs)
 
