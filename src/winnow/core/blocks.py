@@ -102,21 +102,16 @@ def weighted_gram(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """X̃ᵀ diag(a) X̃ for a row block X (b, D), float32 or float64, and float64 weights a (b,): the float64
     (D + 1, D + 1) matrix [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]; X̃ = [X, 1] is never formed.
 
-    The (D, D) product runs in X's dtype and is rounded to float64 (mixed precision for a float32 X). On a CPU
-    with every a_i ≥ 0 it is a symmetric rank-b update, (√a·X)ᵀ(√a·X) (numpy's product of an array's
-    transpose with itself runs BLAS syrk: half the flops of the general product torch would run); otherwise
-    Xᵀ(a·X) as a general product. Xᵀa and Σa are float64 sums over the block (not float32 dot products, whose
-    error would grow with the block's length).
+    The (D, D) product Xᵀ(a·X) runs in X's dtype (one GEMM on torch's BLAS) and is rounded to float64 (mixed
+    precision for a float32 X); Xᵀa and Σa are float64 sums over the block (not float32 dot products, whose
+    error would grow with the block's length). A symmetric rank-b update (BLAS syrk) would halve the flops,
+    but torch has none, and numpy's, on its own thread pool beside torch's, was slower on small blocks.
     """
     D = X.shape[1]
     H = torch.empty(D + 1, D + 1, dtype=DTYPE, device=X.device)
     Xa = X * a.to(X.dtype)[:, None]
-    if X.device.type == "cpu" and bool((a >= 0).all()):
-        Y = (X * a.sqrt().to(X.dtype)[:, None]).numpy()
-        H[:D, :D] = torch.from_numpy(Y.T @ Y)
-    else:
-        H[:D, :D] = X.T @ Xa
-    col = Xa.sum(0, dtype=DTYPE)  # summed in float64: a float32 product Xᵀa would accumulate over the block
+    H[:D, :D] = X.T @ Xa
+    col = Xa.sum(0, dtype=DTYPE)
     H[:D, D] = col
     H[D, :D] = col
     H[D, D] = a.sum()
