@@ -61,6 +61,12 @@ BLOCK_BYTES = 4 << 20
 DEVICE_BLOCK_BYTES = 256 << 20
 
 
+#: Most rows summed inside one float32 product (mixed precision): its float32 accumulation over b rows errs by
+#: ~√b·ε₃₂ relative, so blocks stay short and their results are summed in float64 (the error then does not grow
+#: with n, nor with a block that a small D would make long).
+MIXED_ROWS = 2048
+
+
 def row_block(n_cols: int, device: torch.device | str | None = None) -> int:
     """Rows of an (rows, n_cols) float64 working block on ``device`` (``BLOCK_BYTES`` on a CPU)."""
     size = BLOCK_BYTES if device is None or torch.device(device).type == "cpu" else DEVICE_BLOCK_BYTES
@@ -102,16 +108,24 @@ def weighted_gram(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """X̃ᵀ diag(a) X̃ for a row block X (b, D), float32 or float64, and float64 weights a (b,): the float64
     (D + 1, D + 1) matrix [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]; X̃ = [X, 1] is never formed.
 
-    The (D, D) product Xᵀ(a·X) runs in X's dtype (one GEMM on torch's BLAS) and is rounded to float64 (mixed
-    precision for a float32 X); Xᵀa and Σa are float64 sums over the block (not float32 dot products, whose
-    error would grow with the block's length). A symmetric rank-b update (BLAS syrk) would halve the flops,
-    but torch has none, and numpy's, on its own thread pool beside torch's, was slower on small blocks.
+    The (D, D) product runs in X's dtype (one GEMM on torch's BLAS) and is rounded to float64 (mixed precision
+    for a float32 X). With every a_i ≥ 0 it is the Gram matrix YᵀY of Y = √a·X: positive semi-definite for the
+    rounded Y, so rounding perturbs it only through the accumulation (a product Xᵀ(a·X) of two separately
+    rounded factors can come out indefinite at the rounding level, which matters when H is ill-conditioned).
+    Xᵀa and Σa are float64 sums over the block (not float32 dot products, whose error grows with the block's
+    length).
     """
     D = X.shape[1]
     H = torch.empty(D + 1, D + 1, dtype=DTYPE, device=X.device)
-    Xa = X * a.to(X.dtype)[:, None]
-    H[:D, :D] = X.T @ Xa
-    col = Xa.sum(0, dtype=DTYPE)
+    if bool((a >= 0).all()):
+        r = a.sqrt().to(X.dtype)[:, None]
+        Y = X * r
+        H[:D, :D] = Y.T @ Y
+        col = (Y * r).sum(0, dtype=DTYPE)
+    else:
+        Xa = X * a.to(X.dtype)[:, None]
+        H[:D, :D] = X.T @ Xa
+        col = Xa.sum(0, dtype=DTYPE)
     H[:D, D] = col
     H[D, :D] = col
     H[D, D] = a.sum()

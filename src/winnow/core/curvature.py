@@ -17,7 +17,14 @@ import torch
 
 from .._moved import moved_names
 from ..errors import NotPositiveDefiniteError, ValidationError
-from .blocks import BLOCK_BYTES, DEVICE_BLOCK_BYTES, block_dtype, float64_blocks, row_block  # noqa: F401
+from .blocks import (  # noqa: F401
+    BLOCK_BYTES,
+    DEVICE_BLOCK_BYTES,
+    MIXED_ROWS,
+    block_dtype,
+    float64_blocks,
+    row_block,
+)
 from .heads import DTYPE, Head, as_tensor
 
 
@@ -39,7 +46,10 @@ def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None,
         return S, torch.zeros(S.shape[0], dtype=DTYPE, device=head.device), zero
     S = g = scale = None
     dt = block_dtype(head.precision, X.dtype) if head.closed_form else DTYPE
-    for s, e, Xb in float64_blocks(X, row_block(X.shape[1] + 1, head.device), head.device, dtype=dt):
+    B = row_block(X.shape[1] + 1, head.device)
+    if dt != DTYPE:
+        B = min(B, MIXED_ROWS)
+    for s, e, Xb in float64_blocks(X, B, head.device, dtype=dt):
         w = as_tensor(weights[s:e], head.device) if weights is not None else None
         yb = torch.as_tensor(y[s:e], device=head.device) if y is not None else None
         if head.closed_form:  # one product for the logits serves the Hessian and the stationarity sums
