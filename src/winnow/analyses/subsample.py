@@ -402,7 +402,7 @@ class Subsampler:
                 raise V.fail(f"sharpness_grid must be a list of numbers k >= 0, got {sharpness_grid!r}",
                              "sharpness_grid") from None
             if not sharpness_grid or not all(math.isfinite(k) and k >= 0 for k in sharpness_grid):
-                raise V.fail(f"sharpness_grid must hold at least one finite sharpness k >= 0 (0 is uniform), got "
+                raise V.fail(f"sharpness_grid must be one or more finite values k >= 0 (0 is uniform), got "
                              f"{list(sharpness_grid)}", "sharpness_grid")
         if alpha is not None:
             if policy != "wang":
@@ -472,7 +472,7 @@ class Subsampler:
                     "the ratio is tuned on it" if self.tune_ratio else
                     "D (memorize_threshold or memorize_quantile) is not given and is chosen on it")
             raise V.fail(f"a validation set (valid) is required: {what}", "valid", "memorize_threshold",
-                         "memorize_quantile")
+                         "memorize_quantile", "split_memorize=False")
         score_valid = None
         self.folds_: tuple[DataSource, DataSource] | None = None
         if valid is not None:
