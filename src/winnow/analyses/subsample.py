@@ -2,13 +2,20 @@
 
 Given a training set of n points, a fitted head and a validation set, keep exactly m = round(keep · n)
 points, split over the classes by a fixed (proportional) or tuned ratio, and draw them within each class
-with inclusion probabilities π_i from one of three policies:
+with inclusion probabilities π_i from one of four policies:
 
-- ``paper`` (sections 6, 8): every D-memorizable point (memorization score ‖Λ⁻¹Qᵀg_p‖₁ > D, eq. 67) is kept
-  (π = 1); the rest of the class budget is filled by uniform sampling of the D-generalizable points.
+- ``paper`` (sections 6, 8): the points to memorize are kept (π = 1); the rest of the class budget is filled
+  by uniform sampling of the other points. The paper keeps every D-memorizable point (memorization score
+  ‖Λ⁻¹Qᵀg_p‖₁ > D, eq. 67); by default (``split_memorize``) winnow keeps only those that do not harm VALID
+  (influence φ_p ≤ 0) and samples the harmful ones with the rest, because a flipped label makes a point
+  isolated, hence memorizable, and the plain rule then keeps the mislabelled points with certainty (the
+  paper, section 7, notes that memorizing a point can raise the loss elsewhere; see ``memorize_set``).
 - ``influence`` (Wang et al., AAAI 2020, "Less is better"): π_i = σ((τ − φ_i) / T), decreasing in
   φ_i = −ḡ_validᵀH⁻¹g_i (winnow's ``influence`` on the validation loss, > 0 harmful); T = range(φ) / k with
-  the sharpness k chosen on VALID (k = 0 is uniform), τ solved per class so that Σπ = the class budget.
+  the sharpness k chosen on VALID from a grid (k = 0 is uniform), τ solved per class so that Σπ = the class
+  budget.
+- ``wang``: the same sigmoid with a fixed sharpness α on the spread of φ, T = sd(φ) / α (default α = 0.5),
+  no choice made on VALID: a plain Wang-style sampler to compare with.
 - ``random``: uniform within each class (π = m_c / n_c): the baseline at the same budget and class ratio.
 
 Sampling is randomised systematic sampling (Madow 1949) within each class: the class's points in random
@@ -25,10 +32,13 @@ full-data one. Dividing by Σw instead (Hájek) is only consistent, not unbiased
 Class ratio: by default the class budgets are proportional to the class sizes (largest remainder). With
 ``tune_ratio`` ("auc" or "logloss") candidate budgets are tried by retraining the head on subsets drawn with
 them and scoring VALID; the best is kept. Policy parameters (k, the memorization quantile) are chosen the
-same way, first, at the proportional ratio. All choices use VALID only. For ``influence`` VALID is split
-(stratified, half and half by default): the influence is computed on one part and the choices are judged
-on the other, since a subset chosen to lower the loss of given validation points looks better on those
-points than it is.
+same way, first, at the proportional ratio. All choices use VALID only. A subset chosen to lower the loss of
+given validation points looks better on those points than it is, so for the policies that use the influence
+on VALID the choices are cross-fitted (``crossfit``, the default): VALID is split into two stratified halves
+A and B; every candidate is scored with the influence on A and judged on B, then with the influence on B and
+judged on A, and the two figures are averaged; the subset itself is drawn with the influence on all of
+VALID (the row-weighted mean of the two, exactly). With ``crossfit=False`` VALID is split once
+(``score_fraction``): the influence on one part, the choices judged on the other.
 
 Layout: the sampling designs (systematic sampling, class allocation, the budget) are in
 ``winnow.analyses.sampling``; retraining and its metrics in ``winnow.evaluation.subset``; SUBSET files in
