@@ -82,6 +82,13 @@ def test_crossfitting_picks_what_an_independent_computation_picks():
         by_share[tuple(budget)] = np.mean(figures)
     best = min(by_share, key=by_share.get)
     assert tuple(s.class_budget_) == best
+    # the subset is drawn from the mean of the two judged policies: here the mean of two hard selections
+    halves = np.zeros((2, len(y)))
+    for j in (0, 1):
+        for c in (0, 1):
+            halves[j, np.flatnonzero(y == c)[np.argsort(phis[j][y == c])[:best[c]]]] = 1.0
+    assert np.any(halves.mean(0) == 0.5)  # the halves disagree somewhere: the mean is not a hard selection
+    np.testing.assert_allclose(s.inclusion_, halves.mean(0), atol=1e-9)
     assert len(set(np.round(list(by_share.values()), 6))) == len(by_share)  # the choice is not a tie
     summ = s.summary()
     assert summ["crossfitted"] and summ["valid_folds"] == [len(folds[0]), len(folds[1])]

@@ -36,9 +36,13 @@ same way, first, at the proportional ratio. All choices use VALID only. A subset
 given validation points looks better on those points than it is, so for the policies that use the influence
 on VALID the choices are cross-fitted (``crossfit``, the default): VALID is split into two stratified halves
 A and B; every candidate is scored with the influence on A and judged on B, then with the influence on B and
-judged on A, and the two figures are averaged; the subset itself is drawn with the influence on all of
-VALID (the row-weighted mean of the two, exactly). With ``crossfit=False`` VALID is split once
-(``score_fraction``): the influence on one part, the choices judged on the other.
+judged on A, and the two figures are averaged. The ``influence`` subset is then drawn with the mean of the
+two halves' inclusion probabilities at the chosen k (the policies that were judged; the same k on the
+influence on all of VALID would be a different policy, because range(φ) is set by a few extreme points
+whose influences on the two halves can cancel); ``wang`` and ``paper`` use the influence on all of VALID
+(the row-weighted mean of the two, exactly), whose scale sd(φ) and sign do not have that fragility.
+With ``crossfit=False`` VALID is split once (``score_fraction``): the influence on one part, the choices
+judged on the other.
 
 Layout: the sampling designs (systematic sampling, class allocation, the budget) are in
 ``winnow.analyses.sampling``; retraining and its metrics in ``winnow.evaluation.subset``; SUBSET files in
@@ -561,7 +565,15 @@ class Subsampler:
                 if _better(metric, res[f"valid_{metric}"], best_score):
                     best_b, best_score = b, res[f"valid_{metric}"]
             self.class_budget_ = best_b
-        self.inclusion_, notes = self._inclusion(self.class_budget_, best)
+        if self.folds_ is not None and self.policy == "influence":
+            # the mean of the two policies that were judged (each sums to the class budgets, so does their
+            # mean): the same k on the influence on all of VALID would be another policy, since range(φ) is
+            # set by a few extreme points whose influence on the two halves can cancel out (then the range
+            # shrinks and the same k is far sharper than the one judged)
+            pis = [self._inclusion(self.class_budget_, best, f)[0] for f in self.scores_.influence_folds]
+            self.inclusion_, notes = 0.5 * (pis[0] + pis[1]), []
+        else:
+            self.inclusion_, notes = self._inclusion(self.class_budget_, best)
         for note in notes:
             warnings.warn(note, UserWarning, stacklevel=2)
             self.warnings_.append(note)
@@ -760,8 +772,9 @@ class Subsampler:
         if self.folds_ is not None:
             out["valid_folds"] = [len(f) for f in self.folds_]
             out["tuning"] = ("cross-fitted: each candidate scored with the influence on one half of VALID and "
-                             "judged on the other, both ways, the two figures averaged; the subset drawn with the "
-                             "influence on all of VALID")
+                             "judged on the other, both ways, the two figures averaged; the subset drawn with " + (
+                                 "the mean of the two halves' inclusion probabilities at the choices made"
+                                 if self.policy == "influence" else "the influence on all of VALID"))
         if self.policy == "influence":
             out["sharpness"] = self.sharpness_
             out["sharpness_grid"] = [float(k) for k in self._policy_params()]
