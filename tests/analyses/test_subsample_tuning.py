@@ -240,3 +240,24 @@ def test_cli_wang_and_split_memorize(files, capsys):
                 "paper", "--memorize-quantile", "0.9", "--out", files / "q.parquet", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--valid" in err and "--no-split-memorize" in err and "split_memorize" not in err
+
+
+def test_sharpness_is_the_gentlest_within_one_standard_error_of_the_best():
+    X, y = _data(500, 14, flip=0.3)
+    Xv, yv = _data(300, 15)
+    head = LogisticHead(l2=L2, tol=1e-12).fit(X, y)
+    grid = [0.0, 1.0, 3.0, 10.0, 30.0, 100.0]
+    s = Subsampler(0.4, policy="influence", sharpness_grid=grid, tune_draws=2, seed=1).fit((X, y), head, (Xv, yv))
+    cands = s.candidates_["policy"]
+    assert [c["sharpness"] for c in cands] == grid
+    loss = np.array([c["valid_logloss"] for c in cands])
+    best = int(np.argmin(loss))
+    # equal halves: the mean of the paired per-row differences is the difference of the two figures
+    assert s.summary()["valid_folds"] == [150, 150]
+    for c, v in zip(cands, loss):
+        assert c["valid_logloss_excess"] == pytest.approx(v - loss[best], abs=1e-10)
+        assert c["valid_logloss_excess_se"] >= 0
+    ok = [c["sharpness"] for c in cands if c["valid_logloss_excess"] <= c["valid_logloss_excess_se"]]
+    assert s.sharpness_ == min(ok) and grid[best] in ok
+    assert "standard error" in s.summary()["sharpness_rule"]
+    assert s.sharpness_ > 0  # 30 % flipped labels: a random subset is clearly worse on VALID

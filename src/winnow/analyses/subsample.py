@@ -254,6 +254,21 @@ def policy_inclusion(policy: str, labels: np.ndarray, class_budget: np.ndarray, 
     return pi, notes
 
 
+def _row_losses(head: Head, data: Any, chunk_size: int) -> np.ndarray:
+    """The loss of ``head`` at every row of ``data`` (n,)."""
+    from ..engine.passes import map_columns
+
+    return map_columns(head, data, _loss_column, chunk_size=chunk_size, description="losses")["loss"]
+
+
+def _loss_column(head: Head, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    import torch
+
+    from ..core.heads import as_tensor
+
+    return {"loss": head.losses(as_tensor(X, head.device), torch.as_tensor(y, device=head.device)).cpu().numpy()}
+
+
 def _mean(values: Any) -> float:
     """The mean, NaN when any value is NaN (a failed retrain)."""
     arr = np.asarray(values, dtype=np.float64)
@@ -529,14 +544,19 @@ class Subsampler:
         self.memorize_quantile_ = self.memorize_quantile
         self.sharpness_ = self.sharpness
         self.alpha_ = self.alpha
+        self.sharpness_rule_: str | None = None
         best = params[0]
         if len(params) > 1:
             best_score = float("nan")
+            row_losses = []
             for p in track(params, len(params), "tuning " + self.policy, "candidates", enabled=self.progress):
                 res = self._evaluate(proportional, p)
+                row_losses.append(res.pop("_row_losses"))
                 self.candidates_["policy"].append(res)
                 if _better(metric, res[f"valid_{metric}"], best_score):
                     best, best_score = p, res[f"valid_{metric}"]
+            if self.policy == "influence" and metric == "logloss" and math.isfinite(best_score):
+                best = self._gentlest_within_one_se(params, row_losses, params.index(best))
         self._set_param(best)
         # 2) the class ratio
         self.class_budget_ = proportional
@@ -561,6 +581,7 @@ class Subsampler:
             best_b, best_score = proportional, float("nan")
             for b in track(cands, len(cands), "tuning the class ratio", "candidates", enabled=self.progress):
                 res = self._evaluate(b, best)
+                res.pop("_row_losses")
                 self.candidates_["ratio"].append(res)
                 if _better(metric, res[f"valid_{metric}"], best_score):
                     best_b, best_score = b, res[f"valid_{metric}"]
@@ -580,6 +601,25 @@ class Subsampler:
         self.rows_, self.weights_ = self.resample(self.seed)
         self.normalizer_ = float(n) if self.weighted else float(self.rows_.shape[0])
         return self
+
+    def _gentlest_within_one_se(self, params: list[Any], row_losses: list[np.ndarray], best: int) -> Any:
+        """The smallest sharpness k whose VALID log-loss exceeds the best one's by at most one standard error
+        of the difference, paired over the VALID rows (per-row losses (n_valid,), each the mean over the
+        tuning draws). k = 0 is a random subset: a sharper policy must beat it by more than VALID's noise."""
+        ref = row_losses[best]
+        chosen = params[best]
+        for i in sorted(range(len(params)), key=lambda j: float(params[j])):
+            d = row_losses[i] - ref
+            if not np.all(np.isfinite(d)):
+                continue
+            se = float(d.std(ddof=1) / math.sqrt(d.shape[0])) if d.shape[0] > 1 else 0.0
+            cand = self.candidates_["policy"][i]
+            cand["valid_logloss_excess"], cand["valid_logloss_excess_se"] = float(d.mean()), se
+            if float(params[i]) <= float(chosen) and float(d.mean()) <= se:
+                chosen = params[i]
+        self.sharpness_rule_ = ("the smallest k whose cross-fitted VALID log-loss is within one standard error "
+                                "(paired over VALID rows) of the best candidate's")
+        return chosen
 
     def _policy_params(self) -> list[Any]:
         """Candidate values of the policy's parameter: k (influence), D or Q (paper), None (random)."""
@@ -661,18 +701,24 @@ class Subsampler:
         if self.folds_ is None:
             pi, notes = self._inclusion(class_budget, param)
             vals = self._judge(pi, self.valid_, [self.seed, 7919])
+            res["_row_losses"] = vals.pop("_row_losses")
         else:
             assert self.scores_.influence_folds is not None
-            folds, notes, per = [], [], []
+            folds, notes, per, rows = [], [], [], []
             for j in (0, 1):
                 pi, nt = self._inclusion(class_budget, param, self.scores_.influence_folds[j])
                 notes += [f"fold {j + 1}: {t}" for t in nt]
                 v = self._judge(pi, self.folds_[1 - j], [self.seed, 7919, j])
+                rows.append(v.pop("_row_losses"))
                 per.append(v)
                 folds.append({"scored_on": f"half {j + 1} of valid", "judged_on": f"half {2 - j} of valid",
                               **{f"valid_{k}": _mean(a) for k, a in v.items()}})
-            vals = {k: [_mean(p[k]) for p in per] for k in per[0]}
+            vals = {k: [_mean(p[k]) for p in per] for k in per[0] if k != "error"}
+            errs = [e for p in per for e in p.get("error", [])]
+            if errs:
+                vals["error"] = errs
             res["folds"] = folds
+            res["_row_losses"] = np.concatenate(rows)
         if notes:
             res["notes"] = notes
         errors = vals.pop("error", None)
@@ -689,6 +735,7 @@ class Subsampler:
         draw d uses the seed ``key + [d]`` whatever the candidate)."""
         vals: dict[str, Any] = {"logloss": [], "auc": [], "accuracy": []}
         errors: list[str] = []
+        rows_sum = None
         for d in range(self.tune_draws):
             rows, w = self._draw(pi, np.random.default_rng([*key, d]))
             try:
@@ -702,8 +749,13 @@ class Subsampler:
             met = classification_metrics(h, valid, chunk_size=self.chunk_size)
             for k in ("logloss", "auc", "accuracy"):
                 vals[k].append(met[k])
+            rl = _row_losses(h, valid, self.chunk_size)
+            rows_sum = rl if rows_sum is None else rows_sum + rl
         if errors:
             vals["error"] = errors
+        n_valid = len(V.open_data(valid, "valid"))
+        vals["_row_losses"] = (rows_sum / self.tune_draws if rows_sum is not None and not errors
+                               else np.full(n_valid, np.nan))
         return vals
 
     # ----------------------------------------------------------------------------------- after fit
@@ -778,6 +830,8 @@ class Subsampler:
         if self.policy == "influence":
             out["sharpness"] = self.sharpness_
             out["sharpness_grid"] = [float(k) for k in self._policy_params()]
+            if getattr(self, "sharpness_rule_", None):
+                out["sharpness_rule"] = self.sharpness_rule_
         if self.policy == "wang":
             out["alpha"] = self.alpha_
             out["sigmoid_scale"] = "T = sd(influence) / alpha"
