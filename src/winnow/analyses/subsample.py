@@ -36,10 +36,11 @@ same way, first, at the proportional ratio. All choices use VALID only. A subset
 given validation points looks better on those points than it is, so for the policies that use the influence
 on VALID the choices are cross-fitted (``crossfit``, the default): VALID is split into two stratified halves
 A and B; every candidate is scored with the influence on A and judged on B, then with the influence on B and
-judged on A, and the two figures are averaged. The ``influence`` subset is then drawn with the mean of the
-two halves' inclusion probabilities at the chosen k (the policies that were judged; the same k on the
-influence on all of VALID would be a different policy, because range(φ) is set by a few extreme points
-whose influences on the two halves can cancel); ``wang`` and ``paper`` use the influence on all of VALID
+judged on A, and the two figures are averaged; for ``influence`` (logloss) the smallest k within one
+standard error of the best is kept (``_gentlest_within_one_se``). The ``influence`` subset is then drawn
+with the mean of the two halves' inclusion probabilities at the chosen k (the policies that were judged;
+the same k on the influence on all of VALID would be a different policy, because range(φ) is set by a few
+extreme points whose influences on the two halves can cancel); ``wang`` and ``paper`` use the influence on all of VALID
 (the row-weighted mean of the two, exactly), whose scale sd(φ) and sign do not have that fragility.
 With ``crossfit=False`` VALID is split once (``score_fraction``): the influence on one part, the choices
 judged on the other.
@@ -80,9 +81,9 @@ POLICIES = ("paper", "influence", "wang", "random")
 TUNE_METRICS = ("auc", "logloss")
 CURVE_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 #: sharpness k of the sigmoid (Wang et al.'s ``sigmoid_k``; T = range(φ)/k) tried on VALID; 0 = uniform. The
-#: grid runs to 3000 because range(φ) grows with the tails of the features: on heavy-tailed tabular data it is
+#: grid runs to 5000 because range(φ) grows with the tails of the features: on heavy-tailed tabular data it is
 #: 80 standard deviations of φ or more, and k = 100 would then still be a gentle slope over the bulk
-DEFAULT_SHARPNESS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+DEFAULT_SHARPNESS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
 #: the ``wang`` policy's fixed sharpness α: T = sd(φ)/α over the training set
 DEFAULT_ALPHA = 0.5
 #: sizes of the memorize set tried on VALID, as shares of the budget m: D is the quantile

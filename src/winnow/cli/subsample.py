@@ -78,7 +78,7 @@ def subsample(
         "chosen on VALID from --sharpness-grid.")] = None,
     sharpness_grid: Annotated[str | None, typer.Option(
         "--sharpness-grid", help="influence: the k tried on VALID, comma-separated (default "
-        "0,1,3,10,30,100,300,1000,3000).")] = None,
+        "0,1,2,5,10,20,50,100,200,500,1000,2000,5000).")] = None,
     alpha: Annotated[float | None, typer.Option(
         "--alpha", help="wang: the fixed sharpness α in π = σ((τ − φ)·α / sd(φ)), > 0 (default 0.5).")] = None,
     crossfit: Annotated[bool, typer.Option(
