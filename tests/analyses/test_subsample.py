@@ -26,6 +26,7 @@ from winnow.analyses.subsample import (
     ratio_candidates,
     report_section,
     sigmoid_inclusion,
+    split_validation,
     systematic_sample,
 )
 from winnow.core.heads import LogisticHead, SoftmaxHead
@@ -46,7 +47,8 @@ def setup():
     X, y = relu_embeddings(900, d_in=6, d=10, seed=4)
     train, valid = (X[:600], y[:600]), (X[600:], y[600:])
     head = LogisticHead(l2=1e-2, tol=1e-11).fit(*train)
-    scores = compute_scores(head, train, valid)
+    # the influence on each cross-fitting half of VALID (the Subsampler's default split, seed 0)
+    scores = compute_scores(head, train, folds=split_validation(valid, 0.5, 0))
     return train, valid, head, scores
 
 
@@ -276,8 +278,8 @@ def test_paper_policy_keeps_memorizable_points_and_fills_uniformly(setup):
     train, valid, head, scores = setup
     X, y = train
     np.testing.assert_allclose(scores.memorization, _dense_memorization(head, X, y), rtol=1e-7)
-    s = Subsampler(0.4, policy="paper", weighted=True, memorize_quantile=0.85).fit(train, head, valid,
-                                                                                   scores=scores)
+    s = Subsampler(0.4, policy="paper", weighted=True, memorize_quantile=0.85,
+                   split_memorize=False).fit(train, head, valid, scores=scores)
     D = np.quantile(scores.memorization, 0.85)
     mem = scores.memorization > D
     assert s.threshold_ == pytest.approx(D)
@@ -298,7 +300,8 @@ def test_budget_smaller_than_memorize_set_keeps_highest_scores_and_says_so(setup
     train, valid, head, scores = setup
     y = train[1]
     with pytest.warns(UserWarning, match="smaller than"):
-        s = Subsampler(0.1, policy="paper", memorize_threshold=0.0).fit(train, head, valid, scores=scores)
+        s = Subsampler(0.1, policy="paper", memorize_threshold=0.0, split_memorize=False).fit(
+            train, head, valid, scores=scores)
     assert s.warnings_ and s.summary()["warnings"]
     for c in (0, 1):
         idx = np.flatnonzero(y == c)

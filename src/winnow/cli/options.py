@@ -36,6 +36,8 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "keep": "--keep", "policy": "--policy", "weighted": "--weighted", "memorize_threshold": "--memorize-threshold",
     "memorize_quantile": "--memorize-quantile", "sharpness": "--sharpness", "tune_ratio": "--tune-ratio",
     "tune_draws": "--tune-draws", "score_fraction": "--score-fraction", "curve": "--curve",
+    "alpha": "--alpha", "sharpness_grid": "--sharpness-grid", "crossfit=False": "--no-crossfit",
+    "split_memorize=False": "--no-split-memorize",
     # evaluation against retraining
     "points": "--points", "subsets": "--subsets", "fraction": "--fraction", "fractions": "--fractions",
     "random_groups": "--random-groups", "flip": "--flip", "head_kind": "--head-kind",

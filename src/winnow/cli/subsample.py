@@ -47,6 +47,7 @@ TrainArg = Annotated[Path, typer.Argument(help="Training data: .npz (arrays X, y
 class Policy(str, Enum):
     paper = "paper"
     influence = "influence"
+    wang = "wang"
     random = "random"
 
 
@@ -67,9 +68,11 @@ def subsample(
     valid: Annotated[Path | None, typer.Option("--valid", help="Validation data: the influence policy scores "
                                                "points on it; every choice (sharpness, D, ratio) is made on it."
                                                )] = None,
-    policy: Annotated[Policy, typer.Option("--policy", help="paper: keep D-memorizable points, sample the rest "
-                                           "uniformly; influence: Wang et al.'s sigmoid of the validation "
-                                           "influence; random: uniform baseline.")] = Policy.influence,
+    policy: Annotated[Policy, typer.Option("--policy", help="paper: keep D-memorizable points that do not harm "
+                                           "VALID, sample the rest uniformly; influence: Wang et al.'s sigmoid of "
+                                           "the validation influence, sharpness chosen on VALID; wang: the same "
+                                           "sigmoid with a fixed sharpness --alpha; random: uniform baseline."
+                                           )] = Policy.influence,
     weighted: Annotated[bool, typer.Option("--weighted", help="Weight kept points by 1/π so that a weighted fit "
                                            "(normaliser n) estimates the full-data fit without bias.")] = False,
     memorize_threshold: Annotated[float | None, typer.Option(
@@ -79,14 +82,26 @@ def subsample(
         "10% memorize). Neither given: chosen on VALID.")] = None,
     sharpness: Annotated[float | None, typer.Option(
         "--sharpness", min=0.0, help="influence: k in π = σ((τ − φ)·k / range(φ)); 0 = uniform. Default: "
-        "chosen on VALID.")] = None,
+        "chosen on VALID from --sharpness-grid.")] = None,
+    sharpness_grid: Annotated[str | None, typer.Option(
+        "--sharpness-grid", help="influence: the k tried on VALID, comma-separated (default "
+        "0,1,2,5,10,20,50,100,200,500,1000,2000,5000).")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", help="wang: the fixed sharpness α in π = σ((τ − φ)·α / sd(φ)), > 0 (default 0.5).")] = None,
+    crossfit: Annotated[bool, typer.Option(
+        "--crossfit/--no-crossfit", help="Judge every choice by cross-fitting on the two halves of VALID "
+        "(influence on one half, judged on the other, both ways, averaged). --no-crossfit: split VALID once "
+        "by --score-fraction.")] = True,
+    split_memorize: Annotated[bool, typer.Option(
+        "--split-memorize/--no-split-memorize", help="paper: keep by the memorize rule only the memorizable "
+        "points that do not harm VALID (--no-split-memorize: every memorizable point, the paper's rule).")] = True,
     tune_ratio: Annotated[TuneMetric | None, typer.Option(
         "--tune-ratio", help="Choose per-class keep rates on VALID by retraining, for auc or logloss.")] = None,
     tune_draws: Annotated[int, typer.Option("--tune-draws", min=1, help="Subsets drawn per candidate when "
                                             "tuning.")] = 3,
     score_fraction: Annotated[float, typer.Option(
-        "--score-fraction", min=0.0, max=0.99, help="influence: share of VALID that scores the influence; the "
-        "rest judges the choices (0: all of VALID for both).")] = 0.5,
+        "--score-fraction", min=0.0, max=0.99, help="With --no-crossfit: share of VALID that scores the "
+        "influence; the rest judges the choices (0: all of VALID for both).")] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="Seed for every random draw.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary (policy, budget, ratio, "
                                                   "each candidate's validation metrics) as JSON.")] = None,
@@ -112,8 +127,18 @@ def subsample(
                         positive_label)
     tr = source_from(train, cols, head=h)
     va = source_from(valid, cols, parameter="valid", head=h) if valid else None
+    grid = None
+    if sharpness_grid is not None:
+        from ..validation import fail
+
+        try:
+            grid = [float(t) for t in sharpness_grid.split(",") if t.strip()]
+        except ValueError:
+            raise fail(f"sharpness_grid must be comma-separated numbers, got {sharpness_grid!r}",
+                       "sharpness_grid") from None
     sampler = Subsampler(keep, policy=policy.value, weighted=weighted, memorize_threshold=memorize_threshold,
-                         memorize_quantile=memorize_quantile, sharpness=sharpness,
+                         memorize_quantile=memorize_quantile, sharpness=sharpness, sharpness_grid=grid,
+                         alpha=alpha, crossfit=crossfit, split_memorize=split_memorize,
                          tune_ratio=tune_ratio.value if tune_ratio else None, tune_draws=tune_draws, seed=seed,
                          score_fraction=score_fraction, damping=damping, chunk_size=chunk_size, progress=not quiet,
                          allow_nonstationary=allow_nonstationary)
@@ -128,8 +153,13 @@ def subsample(
     chosen = []
     if "sharpness" in s:
         chosen.append(f"sharpness k = {s['sharpness']:g}")
+    if "alpha" in s:
+        chosen.append(f"sharpness α = {s['alpha']:g}")
     if "memorize_threshold" in s:
-        chosen.append(f"D = {s['memorize_threshold']:.4g} ({sum(s['memorize_by_class'])} memorizable)")
+        harmful = sum(s.get("memorize_harmful_by_class", []))
+        chosen.append(f"D = {s['memorize_threshold']:.4g} ({sum(s['memorize_by_class'])} to memorize"
+                      + (f"; {harmful} more memorizable but harmful to VALID, sampled with the rest)" if harmful
+                         else ")"))
     say(quiet, f"kept {s['budget']} of {s['n_train']} rows ({policy.value}, "
                f"{'weighted' if weighted else 'unweighted'}); per class {s['kept_by_class']} of "
                f"{s['class_sizes']}, ratio {s['ratio']}" + (f"; {', '.join(chosen)}" if chosen else ""))

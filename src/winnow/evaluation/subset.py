@@ -23,7 +23,7 @@ from ..progress import track
 __all__ = ["classification_metrics", "fit_subset", "SubsetEvaluation", "evaluate_subset", "CURVE_FRACTIONS"]
 
 CURVE_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
-POLICIES = ("paper", "influence", "random")
+POLICIES = ("paper", "influence", "wang", "random")
 
 
 # ================================================================================================ metrics
@@ -212,10 +212,15 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
             if p not in POLICIES:
                 raise V.fail(f"policies must be among {', '.join(POLICIES)}; got {p!r}", "policies")
         score_fraction = meta.get("score_fraction", 0.5)
-        score_valid = split_validation(valid, score_fraction, 0)[0] if score_fraction else valid
-        scores = compute_scores(head, src, score_valid, influence="influence" in policies,
+        # the subset's own tuning: cross-fitting on the two halves of VALID and the split memorize rule (a
+        # SUBSET file written before these existed has neither key: its choices were made the earlier way)
+        crossfit, split_memorize = bool(meta.get("crossfit", False)), bool(meta.get("split_memorize", False))
+        need_infl = any(p in ("influence", "wang") for p in policies) or ("paper" in policies and split_memorize)
+        folds = split_validation(valid, 0.5, 0) if crossfit and need_infl else None
+        score_valid = None if folds else split_validation(valid, score_fraction, 0)[0] if score_fraction else valid
+        scores = compute_scores(head, src, score_valid, influence=need_infl,
                                 memorization="paper" in policies, chunk_size=chunk_size, progress=progress,
-                                refit=refit, allow_nonstationary=allow_nonstationary)
+                                refit=refit, allow_nonstationary=allow_nonstationary, folds=folds)
         if scores.head is not None:
             head = scores.head
             stationarity = scores.stationarity.as_dict() if scores.stationarity is not None else None
@@ -229,7 +234,8 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
             # every choice (k, D, ratio) is made afresh on VALID at each fraction: a D that suits one budget
             # can exceed a smaller one
             sampler = Subsampler(f, policy=p, weighted=wt, tune_ratio=meta.get("tune_ratio"), seed=0,
-                                 score_fraction=score_fraction, chunk_size=chunk_size)
+                                 score_fraction=score_fraction, chunk_size=chunk_size, crossfit=crossfit,
+                                 split_memorize=split_memorize)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 sampler.fit(src, head, valid, scores=scores)
@@ -239,6 +245,7 @@ def evaluate_subset(train: Any, subset: str | Path, test: Any, *, valid: Any = N
                 res.append(test_metrics(sampler.fit_head(r, w)))
             points.append({"policy": p, "weighted": wt, "keep": f, "n_kept": sampler.budget_,
                            "sharpness": getattr(sampler, "sharpness_", None),
+                           "alpha": getattr(sampler, "alpha_", None),
                            "memorize_quantile": getattr(sampler, "memorize_quantile_", None),
                            "class_budget": sampler.class_budget_.tolist(), **_agg(res)})
         full_row = rows[0]

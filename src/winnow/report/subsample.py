@@ -55,6 +55,12 @@ def subsample_section(report: Any, evaluation: SubsetEvaluation) -> Any:
     text = (f"policy {meta.get('policy', '?')}, {'weighted (1/π)' if meta.get('weighted') else 'unweighted'}, "
             f"kept {meta.get('budget', '?')} of {meta.get('n_train', '?')} rows; class ratio "
             f"{meta.get('ratio', '?')}") if meta else "subset without winnow metadata"
+    if meta.get("sharpness") is not None:
+        text += f"; sharpness k = {meta['sharpness']:g} chosen on VALID"
+    if meta.get("alpha") is not None:
+        text += f"; fixed sharpness α = {meta['alpha']:g} (T = sd(influence)/α)"
+    if meta.get("crossfitted"):
+        text += "; choices cross-fitted on the two halves of VALID"
     report.section("Influence-guided subsampling", text)
     by = {r["method"].split(" ")[0]: r for r in evaluation.rows}
     if "subset" in by:
@@ -70,14 +76,17 @@ def subsample_section(report: Any, evaluation: SubsetEvaluation) -> Any:
         K = len(meta.get("class_sizes", []))
         header = ["class", "rows in TRAIN", "budget", "keep rate"]
         has_mem = "memorize_kept_by_class" in meta
+        has_harm = "memorize_harmful_by_class" in meta
         if has_mem:
-            header += ["memorizable in TRAIN", "memorize kept", "generalize kept"]
+            header += ["to memorize in TRAIN"] + (["memorizable, harmful to VALID"] if has_harm else []) + [
+                "memorize kept", "generalize kept"]
         body = []
         for c in range(K):
             row = [c, meta["class_sizes"][c], meta["class_budget"][c], meta["class_keep_rate"][c]]
             if has_mem:
-                row += [meta["memorize_by_class"][c], meta["memorize_kept_by_class"][c],
-                        meta["generalize_kept_by_class"][c]]
+                row += [meta["memorize_by_class"][c]] + ([meta["memorize_harmful_by_class"][c]] if has_harm
+                                                          else []) + [meta["memorize_kept_by_class"][c],
+                                                                      meta["generalize_kept_by_class"][c]]
             body.append(row)
         report.section("Class ratio and memorize/generalize counts",
                        f"ratio {meta.get('ratio')}" + (f"; positive share {meta['positive_share']:.4f} "
