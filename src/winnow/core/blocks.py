@@ -8,7 +8,6 @@ float64 (see ``LinearHead.score_chunk`` and ``winnow.core.curvature.hessian_chun
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,19 +16,6 @@ import torch
 
 DTYPE = torch.float64
 
-
-def _spend_readonly_warning() -> None:
-    """torch warns once per process when it wraps a read-only numpy array. Feature blocks read from Arrow
-    (Parquet, CSV, data frames) are read-only views of Arrow's buffers, wrapped as they are (no copy), and
-    nothing in this package writes into them; the one warning is spent here, silenced."""
-    a = np.zeros(1)
-    a.flags.writeable = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.as_tensor(a)
-
-
-_spend_readonly_warning()
 
 #: the accepted values of a head's ``precision``: "auto" (mixed for float32 features, float64 otherwise),
 #: "float64" (every product in float64), "mixed" (per-block GEMMs in float32, sums and solves in float64)

@@ -131,7 +131,9 @@ def read_partition(source: DataSource, part: Partition, chunk_size: int = 65536,
     ValidationError naming the file and rows. ``check_finite=False`` leaves the features unchecked (a source
     with ``defers_finite_check``): the caller then checks its results and calls ``check_chunk_features``.
     """
-    sel = np.arange(part.start, part.stop, dtype=np.int64) if rows is None else rows
+    sel = rows
+    if rows is None and not (part.start == 0 and part.stop == len(source)):
+        sel = np.arange(part.start, part.stop, dtype=np.int64)  # (a whole source is read without a selection)
 
     def chunks() -> Iterator[Chunk]:
         it = (source.chunks(chunk_size, rows=sel) if check_finite

@@ -205,7 +205,8 @@ def check_finite_features(X: np.ndarray, where: str, ids: np.ndarray) -> None:
 def row_blocks(n: int, chunk_size: int, rows: np.ndarray | None) -> Iterator[tuple[slice | np.ndarray,
                                                                                    np.ndarray]]:
     """The blocks an in-memory source yields: (index, row positions) for consecutive slices of at most
-    ``chunk_size`` of its ``n`` rows, or of the sorted ``rows`` (index = the positions themselves)."""
+    ``chunk_size`` of its ``n`` rows, or of the sorted ``rows`` (index = the positions themselves, or their slice
+    when they are consecutive)."""
     if rows is None:
         for s in range(0, n, chunk_size):
             e = min(s + chunk_size, n)
@@ -213,7 +214,8 @@ def row_blocks(n: int, chunk_size: int, rows: np.ndarray | None) -> Iterator[tup
     else:
         for s in range(0, rows.shape[0], chunk_size):
             idx = rows[s:s + chunk_size]
-            yield idx, idx
+            # a run of consecutive rows is a slice: a view, not a gathered copy
+            yield (slice(int(idx[0]), int(idx[-1]) + 1) if idx[-1] - idx[0] + 1 == idx.shape[0] else idx), idx
 
 
 class DataSource(ABC):
@@ -869,8 +871,9 @@ class TablePlan:
             i = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]) // D
             raise ValidationError(f"{where}: features column '{fc}' has a null value inside the list at "
                                   f"{_row_desc(ids, i)}")
-        # zero-copy: the block is read-only (Arrow's buffer); nothing downstream writes into features
-        return values.to_numpy(zero_copy_only=False).reshape(n, D)
+        # a copy, not a view of Arrow's buffer: views kept the decoded batches alive longer and the peak memory
+        # of a long stream grew with its length (tests/io/test_memory.py)
+        return values.to_numpy(zero_copy_only=False, writable=True).reshape(n, D)
 
     def first_length(self, data: pa.RecordBatch | pa.Table, where: str) -> int:
         """D of a variable-length list column, from the first row of ``data``."""
@@ -1088,7 +1091,11 @@ class ParquetSource(_TableSource):
                                                           strict=True):
                     g = int(groups[start])
                     table = pf.read_row_group(g, columns=self.plan.read)
-                    table = table.take(pa.array(part_local - gstarts[g]))
+                    lo = int(part_local[0] - gstarts[g])
+                    if part_local[-1] - part_local[0] + 1 == part_local.shape[0]:  # consecutive rows: no gather
+                        table = table.slice(lo, part_local.shape[0])
+                    else:
+                        table = table.take(pa.array(part_local - gstarts[g]))
                     yield self.plan.convert(table, str(self._files[i]), part_global, check_finite)
 
     def _column_blocks(self, column: str, kind: str, block_size: int) -> Iterator[np.ndarray]:
