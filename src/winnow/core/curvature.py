@@ -54,16 +54,13 @@ def hessian_chunk(head: Head, X: np.ndarray, weights: np.ndarray | None = None,
         yb = torch.as_tensor(y[s:e], device=head.device) if y is not None else None
         if head.closed_form:  # one product for the logits serves the Hessian and the stationarity sums
             part, gb, sb = head.hessian_block(Xb, yb, w, gradients=gradients)
-            S = part if S is None else S.add_(part)
+        else:
+            part = head.hessian_sum(Xb, weights=w, y=yb)
             if gradients:
-                g = gb if g is None else g.add_(gb)
-                scale = sb if scale is None else scale + sb
-            continue
-        part = head.hessian_sum(Xb, weights=w, y=yb)
+                assert yb is not None, "the stationarity sums need the labels"
+                gb, sb = head.gradient_stats(Xb, yb, w)
         S = part if S is None else S.add_(part)
         if gradients:
-            assert yb is not None, "the stationarity sums need the labels"
-            gb, sb = head.gradient_stats(Xb, yb, w)
             g = gb if g is None else g.add_(gb)
             scale = sb if scale is None else scale + sb
     return (S, g, scale) if gradients else S
