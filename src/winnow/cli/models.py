@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from . import app
-from .options import ModelFactory, Overwrite, Quiet, TrustModelFile, polish_head, say
+from .options import ModelFactory, Overwrite, Quiet, TrustModelFile, import_function, polish_head, say
 
 ModelArg = Annotated[Path, typer.Argument(help="The model's weights, saved with torch.save(model.state_dict(), "
                                                "path); --factory builds the model they go into. A whole "
@@ -86,30 +86,7 @@ RegOpt = Annotated[Regularize, typer.Option("--regularize", help="Which paramete
 
 def _import_factory(spec: str) -> Any:
     """The callable named by ``module:name`` (``name`` may be dotted: ``module:Class.build``)."""
-    import importlib
-    import os
-    import sys
-
-    from ..validation import fail
-
-    module, sep, attr = spec.partition(":")
-    if not sep or not module or not attr:
-        raise fail(f"factory must be written module:function (or module:Class), e.g. mypkg.nets:make_cnn; "
-                   f"got {spec!r}", "factory")
-    if os.getcwd() not in sys.path:  # a module next to the user's files, as `python -m` would find it
-        sys.path.append(os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module)
-    except ImportError as e:
-        raise fail(f"factory {spec}: cannot import module {module!r} ({e}); install it or put it on "
-                   f"PYTHONPATH", "factory") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise fail(f"factory {spec}: {module} has no attribute {attr!r}", "factory")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise fail(f"factory {spec}: {attr} is a {type(obj).__name__}, not a function or class", "factory")
-    return obj
+    return import_function(spec, "factory", example="mypkg.nets:make_cnn", classes=True)
 
 
 def _state_dict(obj: Any) -> dict[str, Any] | None:

@@ -284,9 +284,10 @@ RetrainScheduler = Annotated[str | None, typer.Option(
                         "tcp://host:8786); its workers must be able to import --train-fn.")]
 
 
-def import_function(spec: str, parameter: str) -> Any:
+def import_function(spec: str, parameter: str, *, example: str = "mypkg.train:fit", classes: bool = False) -> Any:
     """The callable named by ``module:name`` (``name`` may be dotted: ``module:Class.method``), imported as a
-    user's own code is (installed, on PYTHONPATH or in the current directory); errors name ``parameter``."""
+    user's own code is (installed, on PYTHONPATH or in the current directory); errors name ``parameter`` and show
+    ``example``. ``classes``: a class is expected as well as a function (the messages say so)."""
     import importlib
     import os
     import sys
@@ -295,7 +296,8 @@ def import_function(spec: str, parameter: str) -> Any:
 
     module, sep, attr = spec.partition(":")
     if not sep or not module or not attr:
-        raise fail(f"{parameter} must be written module:function, e.g. mypkg.train:fit; got {spec!r}", parameter)
+        form = "module:function (or module:Class)" if classes else "module:function"
+        raise fail(f"{parameter} must be written {form}, e.g. {example}; got {spec!r}", parameter)
     if os.getcwd() not in sys.path:  # a module next to the user's files, as `python -m` would find it
         sys.path.append(os.getcwd())
     try:
@@ -311,7 +313,9 @@ def import_function(spec: str, parameter: str) -> Any:
             raise fail(f"{parameter} {spec}: {module} has no attribute {attr!r}", parameter)
         obj = getattr(obj, part)
     if not callable(obj):
-        raise fail(f"{parameter} {spec}: {attr} is not a function (type {type(obj).__name__})", parameter)
+        what = (f"is a {type(obj).__name__}, not a function or class" if classes
+                else f"is not a function (type {type(obj).__name__})")
+        raise fail(f"{parameter} {spec}: {attr} {what}", parameter)
     return obj
 
 
