@@ -82,23 +82,14 @@ def _reset_peak() -> None:
         pass
 
 
-def _best(fn, repeat: int) -> float:
+def _best(fn, repeat: int, clock=time.perf_counter) -> float:
+    """The least time of ``repeat`` runs of ``fn`` on ``clock`` (``time.process_time``: CPU time of every thread
+    of this process, steadier than wall time on a shared machine)."""
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _best_cpu(fn, repeat: int) -> float:
-    """The least CPU time (every thread of this process) of ``repeat`` runs of ``fn``: steadier than wall time on
-    a shared machine."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -280,25 +271,11 @@ def worker_pydvl(n: int, d: int, repeat: int, dtype: str) -> dict:
 
 # -------------------------------------------------------------------------------------------- pairs worker
 def numpy_fit(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2: float, chunk: int = 65536):
-    """The plain numpy closed form's Hessian (benchmarks/numpy_pipeline.py): float32 GEMMs summed in float64,
-    H = (1/n) Σ s(1−s) x̃x̃ᵀ + λ·diag(1, …, 1, 0), and its Cholesky factor (lower)."""
-    from scipy.linalg import cholesky
+    """The plain numpy closed form's Hessian (``numpy_pipeline.hessian_factor`` over in-memory chunks): float32
+    GEMMs summed in float64, H = (1/n) Σ s(1−s) x̃x̃ᵀ + λ·diag(1, …, 1, 0); its Cholesky factor (lower)."""
+    from numpy_pipeline import hessian_factor
 
-    d = X.shape[1]
-    w32 = w.astype(np.float32)
-    H = np.zeros((d + 1, d + 1))
-    for s in range(0, len(y), chunk):
-        Xc = X[s:s + chunk]
-        p = 1 / (1 + np.exp(-((Xc @ w32).astype(np.float64) + b)))
-        a = p * (1 - p)
-        Xa = Xc * a.astype(np.float32)[:, None]
-        H[:d, :d] += Xa.T @ Xc
-        H[:d, d] += Xa.sum(0, dtype=np.float64)
-        H[d, d] += a.sum()
-    H /= len(y)
-    H[d, :d] = H[:d, d]
-    H[np.arange(d), np.arange(d)] += l2
-    return cholesky(H, lower=True)
+    return hessian_factor(((y[s:s + chunk], X[s:s + chunk]) for s in range(0, len(y), chunk)), w, b, l2)[0]
 
 
 def numpy_pairs(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, L: np.ndarray, Xt: np.ndarray,
@@ -757,7 +734,8 @@ def run_pipeline(args) -> list[dict]:
                 del X, y
                 size_gb = (root / "train.parquet").stat().st_size / 1e9
                 train_path = root / "train.parquet"
-                read_s = _best_cpu(lambda p=train_path: pq.read_table(p, columns=["features"]), args.repeat)
+                read_s = _best(lambda p=train_path: pq.read_table(p, columns=["features"]), args.repeat,
+                               time.process_time)
                 w_out, np_out = root / "winnow.parquet", root / "numpy.parquet"
                 cmds = {"winnow": winnow_cmd + ["influence", str(root / "train.parquet"), "--head",
                                                 str(root / "head.npz"), "--test", str(root / "test.parquet"),

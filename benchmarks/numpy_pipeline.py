@@ -23,13 +23,12 @@ def batches(path, d, size=65536):
         yield b.column("id").to_numpy(), b.column("label").to_numpy(), X
 
 
-def main(train, head_path, test, out):
-    z = np.load(head_path)
-    w, b, l2 = z["weight"].reshape(-1), float(z["bias"][0]), float(z["l2"])
+def hessian_factor(blocks, w, b, l2):
+    """(Cholesky factor L (lower) of H, n) from (y, X) blocks: float32 GEMMs summed in float64."""
     d = w.size
     w32 = w.astype(np.float32)
     H, n = np.zeros((d + 1, d + 1)), 0
-    for _, y, X in batches(train, d):  # pass 1: the Hessian
+    for y, X in blocks:
         p = 1 / (1 + np.exp(-((X @ w32).astype(np.float64) + b)))
         a = p * (1 - p)
         Xa = X * a.astype(np.float32)[:, None]
@@ -40,7 +39,15 @@ def main(train, head_path, test, out):
     H /= n
     H[d, :d] = H[:d, d]
     H[np.arange(d), np.arange(d)] += l2
-    L = cholesky(H, lower=True)
+    return cholesky(H, lower=True), n
+
+
+def main(train, head_path, test, out):
+    z = np.load(head_path)
+    w, b, l2 = z["weight"].reshape(-1), float(z["bias"][0]), float(z["l2"])
+    d = w.size
+    w32 = w.astype(np.float32)
+    L, n = hessian_factor(((y, X) for _, y, X in batches(train, d)), w, b, l2)  # pass 1: the Hessian
     g, t = np.zeros(d + 1), 0
     for _, y, X in batches(test, d):  # the mean test gradient
         r = 1 / (1 + np.exp(-((X @ w32).astype(np.float64) + b))) - y

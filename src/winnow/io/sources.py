@@ -45,7 +45,8 @@ _INT64_MAX = np.iinfo(np.int64).max
 class Chunk:
     """A block of consecutive (or selected) rows of a data source.
 
-    ``X``: (c, D) float32 or float64, C-contiguous, all finite (the stored dtype, never upcast);
+    ``X``: (c, D) float32 or float64, C-contiguous, all finite unless read with ``chunks(...,
+    check_finite=False)`` (the stored dtype, never upcast);
     ``y``: (c,) int64 labels (encoded 0..K-1); ``ids``: (c,) int64 row ids, or an object array of str for
     a string id column. Consumers must not modify the arrays.
     """
