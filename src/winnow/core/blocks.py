@@ -91,27 +91,23 @@ def float64_blocks(X: np.ndarray, block: int, device: torch.device | str | None,
 
 
 def weighted_gram(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """X̃ᵀ diag(a) X̃ for a row block X (b, D), float32 or float64, and float64 weights a (b,): the float64
+    """X̃ᵀ diag(a) X̃ for a row block X (b, D), float32 or float64, and float64 weights a ≥ 0 (b,): the float64
     (D + 1, D + 1) matrix [[Xᵀ diag(a) X, Xᵀa], [aᵀX, Σa]]; X̃ = [X, 1] is never formed.
 
-    The (D, D) product runs in X's dtype (one GEMM on torch's BLAS) and is rounded to float64 (mixed precision
-    for a float32 X). With every a_i ≥ 0 it is the Gram matrix YᵀY of Y = √a·X: positive semi-definite for the
-    rounded Y, so rounding perturbs it only through the accumulation (a product Xᵀ(a·X) of two separately
-    rounded factors can come out indefinite at the rounding level, which matters when H is ill-conditioned).
-    Xᵀa and Σa are float64 sums over the block (not float32 dot products, whose error grows with the block's
-    length).
+    Every caller's weights are ≥ 0 (s(1 − s), w·p_k·p_l, row weights checked ≥ 0 by ``check_rows``); a NaN
+    weight (a row with a NaN or Inf feature) gives a non-finite result, which the engine's finiteness check
+    catches. The (D, D) block is the Gram matrix YᵀY of Y = √a·X, one GEMM on torch's BLAS in X's dtype,
+    rounded to float64 (mixed precision for a float32 X): positive semi-definite for the rounded Y, so rounding
+    perturbs it only through the accumulation (a product Xᵀ(a·X) of two separately rounded factors can come out
+    indefinite at the rounding level, which matters when H is ill-conditioned). Xᵀa and Σa are float64 sums
+    over the block (not float32 dot products, whose error grows with the block's length).
     """
     D = X.shape[1]
     H = torch.empty(D + 1, D + 1, dtype=DTYPE, device=X.device)
-    if bool((a >= 0).all()):
-        r = a.sqrt().to(X.dtype)[:, None]
-        Y = X * r
-        H[:D, :D] = Y.T @ Y
-        col = (Y * r).sum(0, dtype=DTYPE)
-    else:
-        Xa = X * a.to(X.dtype)[:, None]
-        H[:D, :D] = X.T @ Xa
-        col = Xa.sum(0, dtype=DTYPE)
+    r = a.sqrt().to(X.dtype)[:, None]
+    Y = X * r
+    H[:D, :D] = Y.T @ Y
+    col = (Y * r).sum(0, dtype=DTYPE)
     H[:D, D] = col
     H[D, :D] = col
     H[D, D] = a.sum()
