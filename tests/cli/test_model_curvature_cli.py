@@ -48,6 +48,19 @@ def test_auto_damping_is_chosen_printed_and_recorded(files, tmp_path, capsys):
     assert "4 parameters" in err and "damping 0.1 (given)" in err, err
 
 
+def test_kfac_scores_the_whole_model_and_prints_its_damping(files, tmp_path, capsys):
+    out, pairs = tmp_path / "k.parquet", tmp_path / "kp.parquet"
+    assert run(args(files, "--out", out, "--pairs", pairs, "--curvature", "kfac", "--l2", "1e-3")) == 0
+    err = capsys.readouterr().err
+    assert "K-FAC damping per layer: 0 " in err and ", 2 " in err and "added to l2 0.001" in err, err
+    assert "19 parameters, kfac curvature" in err
+    meta = json.loads(pq.read_schema(out).metadata[b"winnow.damping"])
+    assert meta["curvature"] == "kfac" and set(meta["damping"]) == {"0", "2"}
+    t = pq.read_table(out)
+    assert t.num_rows == 40 and np.isfinite(t["self_influence"].to_numpy()).all()
+    assert pq.read_table(pairs).num_rows == 40 * 6
+
+
 def test_check_head_takes_params_curvature_and_reports_its_damping(files, tmp_path, capsys):
     assert run(["check-head", files / "model.pt", "--head", "2", "--train", files / "train.npz", "--test",
                 files / "test.npz", "--params", "0,2", "--curvature", "ggn", "--pairs-train", "10", "--pairs-test",
@@ -61,6 +74,9 @@ def test_check_head_takes_params_curvature_and_reports_its_damping(files, tmp_pa
 @pytest.mark.parametrize("more, message", [
     (["--damping", "lots"], "error: --damping must be 'auto' (chosen from the spectrum) or a number >= 0, got 'lots'"),
     (["--damping", "-1"], "error: --damping must be a finite number >= 0, got -1.0"),
+    (["--curvature", "kfac", "--solver", "cg"],
+     "error: --solver: curvature='kfac' is inverted exactly through its Kronecker factors; leave solver='auto'"),
+    (["--curvature", "kfac", "--damping", "0"], "error: --damping: curvature='kfac' needs l2 + damping > 0"),
     (["--solver", "dense", "--max-dense-seconds", "0", "--damping", "1"],
      "error: the dense Hessian needs P = 19 Hessian-vector products; the first 16 took"),
 ])

@@ -1,0 +1,189 @@
+"""ModelInfluence(curvature="kfac"): the Kronecker factors, the damped inverse and every score against numpy
+written here — per-example gradients by plain autograd on one example at a time, the factors from the layers'
+activations and the logits' Jacobians computed by hand, the damped Kronecker products built with np.kron and
+solved densely — and the bad inputs (one line naming the parameter)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from winnow.core.models import ModelInfluence
+from winnow.errors import ValidationError
+
+
+def _net(k: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, k)).double().eval()
+
+
+def _data(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 5))
+    y = rng.integers(0, max(k, 2), size=n)
+    return X, y
+
+
+def _expected(net: torch.nn.Module, train, test, l2: float, damping):
+    """(pairs (T, n) = −g_tᵀ C⁻¹ g_p, self-influence (n,), C (P, P) in the ModelInfluence parameter order)."""
+    W1, b1, W2, b2 = (p.detach().numpy() for p in net.parameters())
+    X, y = train
+    K = W2.shape[0]
+
+    def forward(x):
+        h = np.tanh(x @ W1.T + b1)
+        return h, h @ W2.T + b2
+
+    H1, Z = forward(X)
+    if K == 1:
+        p = 1 / (1 + np.exp(-Z))
+        Hout = (p * (1 - p))[:, :, None]
+    else:
+        e = np.exp(Z - Z.max(1, keepdims=True))
+        p = e / e.sum(1, keepdims=True)
+        Hout = np.stack([np.diag(q) - np.outer(q, q) for q in p])
+    n = len(X)
+    # layer 2: output o2 = logits, J_o2 = I; layer 1: J_o1 = W2 diag(1 − h²)
+    a1 = np.hstack([X, np.ones((n, 1))])
+    a2 = np.hstack([H1, np.ones((n, 1))])
+    J1 = np.stack([W2 * (1 - h ** 2)[None, :] for h in H1])  # (n, K, 4)
+    S1 = np.mean([J.T @ Ho @ J for J, Ho in zip(J1, Hout)], axis=0)
+    S2 = Hout.mean(0)
+    C_blocks = []
+    for A, S in ((a1.T @ a1 / n, S1), (a2.T @ a2 / n, S2)):
+        ma, ms = np.trace(A) / len(A), np.trace(S) / len(S)
+        d = 0.1 * ma * ms if damping == "auto" else damping
+        mu, pi = l2 + d, np.sqrt(ma / ms)
+        C_blocks.append(np.kron(S + np.sqrt(mu) / pi * np.eye(len(S)), A + pi * np.sqrt(mu) * np.eye(len(A))))
+
+    def grads(Xs, ys):  # (m, P) in ModelInfluence order: W1 (row-major), b1, W2, b2 — autograd, one row at a time
+        out = []
+        for x, t in zip(Xs, ys):
+            net.zero_grad()
+            z = net(torch.as_tensor(x)[None])
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], torch.tensor([float(t)]).double())
+                    if K == 1 else torch.nn.functional.cross_entropy(z, torch.tensor([t])))
+            loss.backward()
+            out.append(np.concatenate([q.grad.numpy().ravel() for q in net.parameters()]))
+        return np.array(out)
+
+    # the Kronecker blocks act on the row-major (W | b) matrix of each layer: permute to the flat order
+    order = []
+    off = 0
+    for d_out, d_in in ((4, 5), (K, 4)):
+        wb = np.empty((d_out, d_in + 1), dtype=int)
+        wb[:, :d_in] = off + np.arange(d_out * d_in).reshape(d_out, d_in)
+        wb[:, d_in] = off + d_out * d_in + np.arange(d_out)
+        order.append(wb.ravel())
+        off += d_out * (d_in + 1)
+    order = np.concatenate(order)
+    C = np.zeros((off, off))
+    C_perm = np.zeros((off, off))
+    C_perm[:C_blocks[0].shape[0], :C_blocks[0].shape[0]] = C_blocks[0]
+    C_perm[C_blocks[0].shape[0]:, C_blocks[0].shape[0]:] = C_blocks[1]
+    C[np.ix_(order, order)] = C_perm
+    Gtr, Gte = grads(*train), grads(*test)
+    V = np.linalg.solve(C, Gtr.T)
+    return -(Gte @ V), (Gtr * V.T).sum(1), C, Gtr
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("damping", ["auto", 0.05])
+def test_scores_match_the_dense_kronecker_inverse(k, damping):
+    net = _net(k)
+    train, test = _data(40, k, 1), _data(7, k, 2)
+    l2 = 1e-3
+    pairs, self_inf, C, Gtr = _expected(net, train, test, l2, damping)
+    with pytest.warns(UserWarning, match="not at a stationary point"):
+        mi = ModelInfluence(net, curvature="kfac", l2=l2, regularize="all", damping=damping,
+                            batch_size=16).fit(train)
+        got = mi.pairwise(test)
+        tab = mi.score(test)
+    np.testing.assert_allclose(got, pairs, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(tab["influence"].to_numpy(), pairs.mean(0), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(tab["self_influence"].to_numpy(), self_inf, rtol=1e-8)
+    np.testing.assert_allclose(mi.self_influence(), self_inf, rtol=1e-8)
+    # the flat solve and product (used by influence_up and any solver) against the same C
+    B = np.random.default_rng(3).standard_normal((C.shape[0], 2))
+    np.testing.assert_allclose(mi.solve(torch.as_tensor(B)).numpy(), np.linalg.solve(C, B), rtol=1e-8)
+    np.testing.assert_allclose(mi.hessian_.matvec(torch.as_tensor(B)).numpy(), C @ B, rtol=1e-10)
+    np.testing.assert_allclose(mi.gradients(train)[0].numpy(), Gtr, rtol=1e-10, atol=1e-14)
+    # the stationarity measured from the factored gradients: ∇R = mean g + λθ
+    theta = np.concatenate([q.detach().numpy().ravel() for q in net.parameters()])
+    assert mi.stationarity_.gradient_norm == pytest.approx(np.abs(Gtr.mean(0) + l2 * theta).max(), rel=1e-10)
+    assert mi.stationarity_.gradient_scale == pytest.approx(np.abs(Gtr).max(1).mean(), rel=1e-10)
+    info = mi.damping_info()
+    assert info["curvature"] == "kfac" and set(info["damping"]) == {"0", "2"}
+    assert "K-FAC damping per layer" in mi.describe_damping()
+
+
+def test_params_subset_factors_only_the_chosen_layer():
+    """The last layer alone (softmax): A = mean aaᵀ of its inputs, S = mean (diag p − ppᵀ)."""
+    net = _net(3)
+    X, y = _data(30, 3, 4)
+    mi = ModelInfluence(net, curvature="kfac", params="2", l2=0.0, damping=0.01).fit((X, y))
+    with torch.no_grad():
+        h = torch.tanh(net[0](torch.as_tensor(X))).numpy()
+        p = torch.softmax(net(torch.as_tensor(X)), 1).numpy()
+    a = np.hstack([h, np.ones((30, 1))])
+    (lay,) = mi.hessian_.layers
+    np.testing.assert_allclose(lay.A.numpy(), a.T @ a / 30, rtol=1e-12)
+    np.testing.assert_allclose(lay.S.numpy(), np.mean([np.diag(q) - np.outer(q, q) for q in p], 0), rtol=1e-10)
+    assert mi.n_params == 3 * 5
+
+
+def test_weight_without_bias_has_no_ones_column():
+    net = _net(3)
+    mi = ModelInfluence(net, curvature="kfac", params=["2.weight"], damping=0.01).fit(_data(20, 3, 5))
+    (lay,) = mi.hessian_.layers
+    assert lay.A.shape == (4, 4) and mi.n_params == 12
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 3)
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.fc(x) * self.scale
+
+
+class _Twice(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 5)
+        self.out = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc(torch.tanh(self.fc(x)))))
+
+
+class _Sequence(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(x[:, None, :].repeat(1, 2, 1)).mean(1)
+
+
+@pytest.mark.parametrize("model, kw, match, parameter", [
+    (_Scaled, {}, "scale belongs to a _Scaled.*choose params among the Linear layers \\(fc\\)", "params"),
+    (lambda: _net(3), {"params": ["0.bias"]}, "0.bias is chosen without 0.weight", "params"),
+    (lambda: _net(3), {"solver": "cg"}, "curvature='kfac' is inverted exactly.*leave solver='auto'", "solver"),
+    (lambda: _net(3), {"damping": 0.0}, "needs l2 \\+ damping > 0", "damping"),
+    (_Twice, {"params": ["fc.weight", "fc.bias"]}, "fc runs more than once", "curvature"),
+    (_Sequence, {}, "receives inputs of shape \\(16, 2, 5\\)", "curvature"),
+])
+def test_bad_inputs_name_the_parameter(model, kw, match, parameter):
+    with pytest.raises(ValidationError, match=match) as e:
+        ModelInfluence(model().double().eval(), curvature="kfac", **kw).fit(_data(16, 3, 6))
+    assert e.value.parameters == (parameter,)
+    assert "\n" not in str(e.value)
+
+
+def test_curvature_name_lists_kfac():
+    with pytest.raises(ValidationError, match="or 'kfac'"):
+        ModelInfluence(_net(3), curvature="fisher")
