@@ -482,6 +482,10 @@ def _specific(cmd: str, b: list[str]) -> list[Case]:
             c += [("--params names no parameter", opt(b, "--params", "nope"), "--params"),
                   ("--solver not a solver", opt(b, "--solver", "exact"), "--solver"),
                   ("--max-dense 0", opt(b, "--max-dense", "0"), "--max-dense"),
+                  ("--curvature kfac with --solver cg", opt(opt(b, "--curvature", "kfac"), "--solver", "cg"),
+                   "--solver"),
+                  ("--curvature kfac with --damping 0 and no --l2", opt(opt(b, "--curvature", "kfac"), "--damping",
+                                                                       "0"), "--damping"),
                   ("--test has 5 features, the model 4", opt(b, "--test", "inputs_five_features.npz"), "--test")]
         if cmd == "check-head":
             c += [("--pairs-train 1", opt(b, "--pairs-train", "1"), "--pairs-train"),

@@ -89,6 +89,8 @@ CHOSEN: list[tuple[str, str]] = [
     ("model-influence", "--factory raises"),
     ("model-influence", "--factory without module:function"),
     ("model-influence", "--factory builds another architecture"),
+    ("model-influence", "--curvature kfac with --solver cg"),
+    ("model-influence", "--curvature kfac with --damping 0 and no --l2"),
     ("check-head", "inputs with 5 features, the model takes 4"),
     ("check-head", "--pairs-train 1"),
     ("report", "SCORES is not a scores file (training data)"),

@@ -75,8 +75,9 @@ def test_check_head_takes_params_curvature_and_reports_its_damping(files, tmp_pa
     (["--damping", "lots"], "error: --damping must be 'auto' (chosen from the spectrum) or a number >= 0, got 'lots'"),
     (["--damping", "-1"], "error: --damping must be a finite number >= 0, got -1.0"),
     (["--curvature", "kfac", "--solver", "cg"],
-     "error: --solver: curvature='kfac' is inverted exactly through its Kronecker factors; leave solver='auto'"),
-    (["--curvature", "kfac", "--damping", "0"], "error: --damping: curvature='kfac' needs l2 + damping > 0"),
+     "error: --solver: the kfac curvature is inverted exactly through its Kronecker factors, so it takes no other "
+     "solver: leave it at 'auto'"),
+    (["--curvature", "kfac", "--damping", "0"], "error: --damping: the kfac curvature needs --l2 + damping > 0"),
     (["--solver", "dense", "--max-dense-seconds", "0", "--damping", "1"],
      "error: the dense Hessian needs P = 19 Hessian-vector products; the first 16 took"),
 ])

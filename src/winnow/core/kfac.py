@@ -82,11 +82,11 @@ def kfac_layers(model: torch.nn.Module, names: Sequence[str]) -> list[KfacLayer]
         if not isinstance(mod, torch.nn.Linear) or leaf not in ("weight", "bias"):
             kind = type(mod).__name__ if mod is not None else "module"
             raise ValidationError(
-                f"params: curvature='kfac' works on the parameters of Linear layers, but {name} belongs to a "
+                f"params: the kfac curvature works on the parameters of Linear layers, but {name} belongs to a "
                 f"{kind}; choose params among the Linear layers ({', '.join(linear) or 'none in this model'}) or "
-                "use curvature='ggn'", parameters=("params",))
+                "use the ggn curvature", parameters=("params",))
         if leaf == "bias" and f"{owner}.weight" not in chosen:
-            raise ValidationError(f"params: {name} is chosen without {owner}.weight; curvature='kfac' factors a "
+            raise ValidationError(f"params: {name} is chosen without {owner}.weight; the kfac curvature factors a "
                                   "Linear layer's weight (with or without its bias): add the weight",
                                   parameters=("params",))
         if owner not in layers:
@@ -137,12 +137,12 @@ class _Taps:
         def hook(_m: torch.nn.Module, inputs: tuple[Any, ...], out: torch.Tensor) -> None:
             if name in self.outputs:
                 raise ValidationError(f"curvature: the Linear layer {name} runs more than once in a forward pass; "
-                                      "curvature='kfac' needs each layer once (use curvature='ggn')",
+                                      "the kfac curvature needs each layer once (use the ggn curvature)",
                                       parameters=("curvature",))
             if out.ndim != 2:
                 raise ValidationError(f"curvature: the Linear layer {name} receives inputs of shape "
-                                      f"{tuple(inputs[0].shape)}; curvature='kfac' handles (batch, features) inputs "
-                                      "(use curvature='ggn')", parameters=("curvature",))
+                                      f"{tuple(inputs[0].shape)}; the kfac curvature handles (batch, features) "
+                                      "inputs (use the ggn curvature)", parameters=("curvature",))
             self.inputs[name] = inputs[0].detach()
             self.outputs[name] = out
         return hook
@@ -261,10 +261,10 @@ class KfacCurvature:
             mu = self.l2 + lay.damping
             if not mu > 0:
                 raise ValidationError(
-                    f"damping: curvature='kfac' needs l2 + damping > 0 (layer {lay.module} has l2 {self.l2:g} and "
-                    f"damping {lay.damping:g}; its factors are singular when an input is constant): give l2 (the "
-                    "weight decay the model was trained with) or damping > 0, or damping='auto'",
-                    parameters=("damping",))
+                    f"damping: the kfac curvature needs l2 + damping > 0 (layer {lay.module} has l2 {self.l2:g} "
+                    f"and damping {lay.damping:g}; its factors are singular when an input is constant): give l2 "
+                    "(the weight decay the model was trained with), a damping > 0, or damping 'auto'",
+                    parameters=("damping", "l2"))
             lay.pi = float(np.sqrt(mean_a / mean_s)) if mean_a > 0 and mean_s > 0 else 1.0
             root = float(np.sqrt(mu))
             lay.A_inv = _spd_inverse(lay.A, lay.pi * root)
@@ -382,7 +382,7 @@ class KfacSolver(InverseHVPSolver):
 
     def _fit(self, op: Any) -> None:
         if not isinstance(op, KfacCurvature):
-            raise ValidationError("solver: the K-FAC solver inverts K-FAC factors; use it with curvature='kfac'",
+            raise ValidationError("solver: the K-FAC solver inverts K-FAC factors; use it with the kfac curvature",
                                   parameters=("solver",))
 
     def _solve(self, B: torch.Tensor) -> torch.Tensor:

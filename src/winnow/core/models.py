@@ -760,9 +760,10 @@ class ModelInfluence:
         from .kfac import KfacCurvature, KfacSolver, kfac_layers
 
         if not (isinstance(self.solver, KfacSolver) or self.solver in ("auto", "kfac")):
-            raise ValidationError(f"solver: curvature='kfac' is inverted exactly through its Kronecker factors; "
-                                  f"leave solver='auto' (got {self.solver!r}; the dense, CG, LiSSA and Lanczos "
-                                  "solvers work with curvature='ggn' or 'hessian')", parameters=("solver",))
+            raise ValidationError(f"solver: the kfac curvature is inverted exactly through its Kronecker factors, "
+                                  f"so it takes no other solver: leave it at 'auto' (got {self.solver!r}; dense, "
+                                  "cg, lissa and lanczos work with the ggn and hessian curvatures)",
+                                  parameters=("solver",))
         layers = kfac_layers(self.model, names)
         self.hessian_ = KfacCurvature(self.fn_, layers, l2=self.l2, damping=self.damping,
                                       progress=self.progress).fit(self.train_, self.loss_, self.n_train_)
