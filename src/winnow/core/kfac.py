@@ -49,7 +49,8 @@ AUTO_FRACTION = 0.1
 @dataclass
 class KfacLayer:
     """One Linear layer's factors: ``A`` (d_in' × d_in', d_in' = d_in + 1 with a bias), ``S`` (d_out × d_out),
-    the damping ``damping`` (d_l), ``pi`` (π_l) and the inverses of the damped factors ``A_inv`` / ``S_inv``."""
+    the damping ``damping`` (d_l), ``pi`` (π_l), the shifts of the damped factors ``shift_A`` = π_l√μ_l and
+    ``shift_S`` = √μ_l/π_l, and their inverses ``A_inv`` = (A + shift_A·I)⁻¹ / ``S_inv``."""
 
     module: str
     weight: str
@@ -60,6 +61,8 @@ class KfacLayer:
     S: torch.Tensor | None = None
     damping: float = 0.0
     pi: float = 1.0
+    shift_A: float = 0.0
+    shift_S: float = 0.0
     A_inv: torch.Tensor | None = None
     S_inv: torch.Tensor | None = None
 
@@ -267,8 +270,9 @@ class KfacCurvature:
                     parameters=("damping", "l2"))
             lay.pi = float(np.sqrt(mean_a / mean_s)) if mean_a > 0 and mean_s > 0 else 1.0
             root = float(np.sqrt(mu))
-            lay.A_inv = _spd_inverse(lay.A, lay.pi * root)
-            lay.S_inv = _spd_inverse(lay.S, root / lay.pi)
+            lay.shift_A, lay.shift_S = lay.pi * root, root / lay.pi
+            lay.A_inv = _spd_inverse(lay.A, lay.shift_A)
+            lay.S_inv = _spd_inverse(lay.S, lay.shift_S)
 
     # ------------------------------------------------------------------ flat <-> layer blocks
     def _blocks(self, B: torch.Tensor) -> list[torch.Tensor]:
@@ -307,11 +311,7 @@ class KfacCurvature:
         M = V[:, None] if vec else V
         out = []
         for lay, W in zip(self.layers, self._blocks(M.to(self.dtype))):
-            root = float(np.sqrt(self.l2 + lay.damping))
-            eye_a = torch.eye(lay.A.shape[0], dtype=self.dtype, device=self.device)
-            eye_s = torch.eye(lay.S.shape[0], dtype=self.dtype, device=self.device)
-            out.append(torch.einsum("ij,jkm,kl->ilm", lay.S + root / lay.pi * eye_s, W,
-                                    lay.A + lay.pi * root * eye_a))
+            out.append(torch.einsum("ij,jkm,kl->ilm", _shifted(lay.S, lay.shift_S), W, _shifted(lay.A, lay.shift_A)))
         X = self._flat(out)
         return X[:, 0] if vec else X
 
@@ -363,11 +363,52 @@ class KfacCurvature:
                 "factors": {lay.module: [lay.d_out, lay.d_in + (lay.bias is not None)] for lay in self.layers}}
 
 
+def _shifted(M: torch.Tensor, shift: float) -> torch.Tensor:
+    return M + shift * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+
+
 def _spd_inverse(M: torch.Tensor, shift: float) -> torch.Tensor:
     """(M + shift·I)⁻¹ for a symmetric positive semi-definite M and shift > 0 (Cholesky)."""
-    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-    L = torch.linalg.cholesky(M + shift * eye)
-    return torch.cholesky_inverse(L)
+    return torch.cholesky_inverse(torch.linalg.cholesky(_shifted(M, shift)))
+
+
+def _spd_power(M: torch.Tensor, shift: float, power: float) -> torch.Tensor:
+    """(M + shift·I)^power for a symmetric positive semi-definite M and shift > 0 (eigendecomposition)."""
+    w, Q = torch.linalg.eigh(_shifted(M, shift))
+    return (Q * w.clamp_min(shift) ** power) @ Q.T
+
+
+class KfacPreconditioner:
+    """M = the damped K-FAC curvature C as a preconditioner for CG on a model's exact curvature: ``half_inv``
+    applies C^{-1/2} = ⊕_l S̃_l^{-1/2} ⊗ Ã_l^{-1/2}, ``half`` C^{1/2}, to flat (P, m) columns."""
+
+    def __init__(self, curvature: KfacCurvature) -> None:
+        self.curvature = curvature
+        self.powers = {p: [(_spd_power(lay.S, lay.shift_S, p), _spd_power(lay.A, lay.shift_A, p))
+                           for lay in curvature.layers] for p in (-0.5, 0.5)}
+
+    def _apply(self, V: torch.Tensor, power: float) -> torch.Tensor:
+        c = self.curvature
+        return c._flat([torch.einsum("ij,jkm,kl->ilm", S, W, A)
+                        for (S, A), W in zip(self.powers[power], c._blocks(V.to(c.dtype)))])
+
+    def half_inv(self, V: torch.Tensor) -> torch.Tensor:
+        return self._apply(V, -0.5)
+
+    def half(self, V: torch.Tensor) -> torch.Tensor:
+        return self._apply(V, 0.5)
+
+
+def kfac_preconditioner(op: Any) -> KfacPreconditioner:
+    """The K-FAC preconditioner of a model's curvature operator (:class:`winnow.core.models.ModelHessian`): its
+    factors over the same data, with the operator's l2 and damping (damping "auto" when both are 0)."""
+    if not all(hasattr(op, a) for a in ("fn", "data", "loss", "l2", "damping", "n")):
+        raise ValidationError("preconditioner: 'kfac' needs a model's curvature (ModelInfluence or ModelHessian); "
+                              "use 'diagonal' or a (P,) tensor for another operator", parameters=("preconditioner",))
+    layers = kfac_layers(op.fn.module, op.fn.names)
+    damping: float | str = op.damping if op.l2 + op.damping > 0 else "auto"
+    curvature = KfacCurvature(op.fn, layers, l2=op.l2, damping=damping).fit(op.data, op.loss, op.n)
+    return KfacPreconditioner(curvature)
 
 
 class KfacSolver(InverseHVPSolver):

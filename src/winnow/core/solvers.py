@@ -325,16 +325,30 @@ def matvec_columns(op: Any, block: int = 256) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------------- CG
-class _Scaled:
-    """The symmetrically preconditioned operator S H S (S = diag(s)) that Jacobi-preconditioned CG runs on."""
+class DiagonalPreconditioner:
+    """M = diag(d), d > 0: ``half_inv`` applies M^{-1/2}, ``half`` M^{1/2} to (P, m) columns."""
 
-    def __init__(self, op: Any, s: torch.Tensor) -> None:
-        self.op, self.s = op, s
+    def __init__(self, d: torch.Tensor) -> None:
+        self.s = d.rsqrt()
+
+    def half_inv(self, V: torch.Tensor) -> torch.Tensor:
+        return self.s[:, None] * V
+
+    def half(self, V: torch.Tensor) -> torch.Tensor:
+        return V / self.s[:, None]
+
+
+class _Scaled:
+    """The symmetrically preconditioned operator M^{-1/2} H M^{-1/2} that preconditioned CG runs on."""
+
+    def __init__(self, op: Any, pre: Any) -> None:
+        self.op, self.pre = op, pre
         self.n_params, self.device, self.dtype = op.n_params, op.device, op.dtype
 
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
-        s = self.s if V.ndim == 1 else self.s[:, None]
-        return s * self.op.matvec(s * V)
+        M, vec = _as_matrix(V)
+        out = self.pre.half_inv(self.op.matvec(self.pre.half_inv(M)))
+        return out[:, 0] if vec else out
 
 
 class CGSolver(InverseHVPSolver):
@@ -345,10 +359,12 @@ class CGSolver(InverseHVPSolver):
     right-hand sides converge in far fewer HVP rounds. ``block=False``: m independent CGs, vectorised.
 
     ``preconditioner``: None (default), "diagonal" (the operator's ``diagonal()``, e.g. a model's
-    Gauss-Newton diagonal), "auto" (that diagonal when the operator has one, else none), or a (P,) tensor of
-    positive values d ≈ diag(H). Measured on a small trained CNN the Jacobi preconditioner did not pay
-    (docs/models.md), hence the default. Jacobi preconditioning runs CG on
-    D^{-1/2} H D^{-1/2} (the same iterates as PCG with M = D); the diagonal is computed once, in ``fit``.
+    Gauss-Newton diagonal), "auto" (that diagonal when the operator has one, else none), a (P,) tensor of
+    positive values d ≈ diag(H), or "kfac" (a model's curvature over Linear layers: the damped K-FAC
+    approximation M ≈ H of :mod:`winnow.core.kfac`, built in one pass over the operator's data with its l2
+    and damping). Measured on a small trained CNN the Jacobi preconditioner did not pay (docs/models.md),
+    hence the default. Preconditioning runs CG on M^{-1/2} H M^{-1/2} (the same iterates as PCG with M);
+    M is computed once, in ``fit``.
     Stops when every column's *true* residual ‖b − Hx‖/‖b‖ ≤ ``tol`` (in the original coordinates, whatever
     the preconditioner); the residual is recomputed from X after the loop and, when it is above ``tol``
     (rounding drift), CG restarts from X on it (at most 3 times). ``max_iter`` HVP rounds at most (default
@@ -364,9 +380,9 @@ class CGSolver(InverseHVPSolver):
             raise ValidationError(f"tol must be > 0, got {tol!r}")
         if max_iter is not None and max_iter < 1:
             raise ValidationError(f"max_iter must be >= 1, got {max_iter}")
-        if isinstance(preconditioner, str) and preconditioner not in ("auto", "diagonal"):
-            raise ValidationError(f"preconditioner must be 'auto', 'diagonal', None or a (P,) tensor, got "
-                                  f"{preconditioner!r}")
+        if isinstance(preconditioner, str) and preconditioner not in ("auto", "diagonal", "kfac"):
+            raise ValidationError(f"preconditioner must be 'auto', 'diagonal', 'kfac', None or a (P,) tensor, got "
+                                  f"{preconditioner!r}", parameters=("preconditioner",))
         self.tol = float(tol)
         self.max_iter = max_iter
         self.block = bool(block)
@@ -387,15 +403,20 @@ class CGSolver(InverseHVPSolver):
             top = float(d.abs().max()) if d.numel() else 0.0
             # a preconditioner must be positive definite: tiny or negative entries are raised to a floor
             d = torch.clamp(d, min=max(top * 1e-8, 1e-300)) if top > 0 else None
-        self.scale_ = None if d is None else d.rsqrt()
+        elif pre == "kfac":
+            from .kfac import kfac_preconditioner
+
+            self.pre_ = kfac_preconditioner(op)
+            return
+        self.pre_ = None if d is None else DiagonalPreconditioner(d)
 
     def _solve(self, B: torch.Tensor) -> torch.Tensor:
         op = self.op_
         P, m = B.shape
         max_iter = self.max_iter if self.max_iter is not None else min(max(10 * P, 100), 1000)
-        s = getattr(self, "scale_", None)
+        s = getattr(self, "pre_", None)
         work = op if s is None else _Scaled(op, s)
-        unscale = None if s is None else 1.0 / s
+        unscale = None if s is None else s.half
         bn = B.norm(dim=0)
         X = torch.zeros_like(B)
         R = B.clone()
@@ -405,10 +426,10 @@ class CGSolver(InverseHVPSolver):
 
         with Tracker(max_iter, "CG iterations", "iterations", enabled=bool(getattr(op, "progress", False))) as bar:
             while True:
-                Rw = R if s is None else s[:, None] * R
+                Rw = R if s is None else s.half_inv(R)
                 run = self._solve_block if self.block and m > 1 else self._solve_columns
                 dY, k, neg = run(work, Rw, bn, unscale, max_iter - it, bar)
-                X += dY if s is None else s[:, None] * dY
+                X += dY if s is None else s.half_inv(dY)
                 it += k
                 R = B - op.matvec(X)  # the true residual, in the original coordinates
                 keep = bn > 0
@@ -430,12 +451,13 @@ class CGSolver(InverseHVPSolver):
         return X
 
     @staticmethod
-    def _done(R: torch.Tensor, bn: torch.Tensor, unscale: torch.Tensor | None, tol: float) -> torch.Tensor:
-        """Columns whose true relative residual is ≤ tol (R in the working coordinates)."""
-        rn = (R if unscale is None else unscale[:, None] * R).norm(dim=0)
+    def _done(R: torch.Tensor, bn: torch.Tensor, unscale: Any, tol: float) -> torch.Tensor:
+        """Columns whose true relative residual is ≤ tol (R in the working coordinates; ``unscale`` maps them
+        back: M^{1/2})."""
+        rn = (R if unscale is None else unscale(R)).norm(dim=0)
         return (rn <= tol * bn) | (bn == 0)
 
-    def _solve_block(self, op: Any, B: torch.Tensor, bn: torch.Tensor, unscale: torch.Tensor | None,
+    def _solve_block(self, op: Any, B: torch.Tensor, bn: torch.Tensor, unscale: Any,
                      max_iter: int, bar: Any) -> tuple[torch.Tensor, int, int]:
         X = torch.zeros_like(B)
         R = B.clone()
@@ -469,7 +491,7 @@ class CGSolver(InverseHVPSolver):
             D = orth(R + D @ beta)
         return X, it, neg
 
-    def _solve_columns(self, op: Any, B: torch.Tensor, bn: torch.Tensor, unscale: torch.Tensor | None,
+    def _solve_columns(self, op: Any, B: torch.Tensor, bn: torch.Tensor, unscale: Any,
                        max_iter: int, bar: Any) -> tuple[torch.Tensor, int, int]:
         P, m = B.shape
         X = torch.zeros_like(B)
@@ -502,7 +524,7 @@ class CGSolver(InverseHVPSolver):
             rs[idx] = rs_new
             D[:, idx] = R[:, idx] + beta * Dk
             Ri = R[:, idx]
-            rn = (Ri if unscale is None else unscale[:, None] * Ri).norm(dim=0)
+            rn = (Ri if unscale is None else unscale(Ri)).norm(dim=0)
             active[idx[rn <= self.tol * bn[idx]]] = False
         return X, it, int(neg_curv.sum())
 
