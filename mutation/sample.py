@@ -1,12 +1,12 @@
 """Sampled mutation testing of the maths core, one module at a time, with that module's own tests.
 
-A full mutmut run of the nine maths modules (about 4 000 mutants) takes hours on a small machine. This script
+A full mutmut run of the ten maths modules (about 4 000 mutants) takes hours on a small machine. This script
 estimates each module's mutation score from a uniform random sample of its mutants (mutation sampling): it
 generates every mutant of the module with mutmut (message-only lines are excluded by the `do_not_mutate_patterns`
 of `[tool.mutmut]` in pyproject.toml), draws `--per-module` of them with a fixed seed, runs only those, and reports
 killed / checked with a 95 % Wilson interval. Run from the repository root:
 
-    python mutation/sample.py                       # all nine modules, 80 mutants each, seed 10
+    python mutation/sample.py                       # all ten modules, 80 mutants each, seed 10
     python mutation/sample.py heads curvature       # some modules (keys below)
     python mutation/sample.py --per-module 0        # every mutant of the module (a full run, slow)
     python mutation/sample.py --recheck relative    # rerun only the last sample's survivors (after adding tests)
@@ -49,6 +49,7 @@ MODULES = {
     "theorems": ("src/winnow/analyses/theorems.py", "tests/analyses/test_theorems.py"),
     "fidelity": ("src/winnow/analyses/fidelity.py", "tests/analyses/test_fidelity.py"),
     "theorem1": ("src/winnow/evaluation/theorem1.py", "tests/evaluation/test_theorem1.py"),
+    "kfac": ("src/winnow/core/kfac.py", "tests/core/test_kfac.py"),
 }
 
 GENERATE = """
