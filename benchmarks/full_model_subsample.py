@@ -23,14 +23,14 @@ with α = 0.5), unweighted and weighted (1/π), ``Subsampler(keep, policy=..., w
 its choices on VALID with its defaults (cross-fitted, 3 tuning draws, proportional class ratio); then subset s
 is ``resample(s)`` and is trained with seed s, s = 0 .. seeds − 1. Random subsets: uniform within each class,
 the same class counts, drawn by the same systematic sampler with the same seed s and trained with seed s
-(paired: a policy that chooses k = 0 draws exactly the random subset, and the two share one retrain). The ``wang
-+ ratio`` rows add the Subsampler's class-ratio tuning (``tune_ratio="logloss"``: one class's share halved, ×
-1.5 or doubled, each candidate judged on VALID by refitting the head; ``tune_draws=1`` to keep the run short) to
-the unweighted ``wang`` policy scored by the full network, and are compared with random subsets of their own
-class counts. The curve fractions (0.7, 0.9) are run for random and the unweighted ``influence`` and ``wang``
-subsets scored by the full network, to find the smallest keep within 0.5 % of the full-data test log-loss
-(linear interpolation in keep between the measured fractions and keep 1 = the full data; the first crossing from
-below).
+(paired: a policy that chooses k = 0 draws exactly the random subset, and the two share one retrain). The rows
+``wang (α = 0.5) + ratio`` add the Subsampler's class-ratio tuning (``tune_ratio="logloss"``: one class's share
+halved, × 1.5 or doubled, each candidate judged on VALID by refitting the head; ``tune_draws=1`` to keep the run
+short) to the unweighted ``wang`` policy scored by the full network, and are compared with random subsets of
+their own class counts. The curve fractions (0.7, 0.9) are run for random and the unweighted ``influence`` and
+``wang`` subsets scored by the full network, to find the smallest keep within 0.5 % of the full-data test
+log-loss (linear interpolation in keep between the measured fractions and keep 1 = the full data; the first
+crossing as keep grows).
 
     python benchmarks/full_model_subsample.py            # 3 label sets x keep 0.1/0.3/0.5 (+0.7/0.9), 5 seeds
     python benchmarks/full_model_subsample.py --quick    # clean and 40 % flipped, keep 0.3, 2 seeds
