@@ -341,7 +341,8 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 if g.get("ratio") == "logloss":
                     p = find(res["rows"], policy="wang", weighted=False, ratio="proportional", scorer="full",
                              keep=g["keep"])
-                    out.append(f"| {res['regime']} | {g['keep']:g} | {g['class_budget']} | {p['logloss']:.4f} | "
+                    same = " (the proportional counts)" if g["class_budget"] == p["class_budget"] else ""
+                    out.append(f"| {res['regime']} | {g['keep']:g} | {g['class_budget']}{same} | {p['logloss']:.4f} | "
                                f"{g['logloss']:.4f} | {g['random_logloss']:.4f} |")
 
     out.append("\n#### Compute, in trainings of the full network (one full training measured in each run)\n")
@@ -373,6 +374,7 @@ def main() -> None:
     ap.add_argument("--out-json", default=None)
     ap.add_argument("--out-md", default=None)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--from-json", default=None, help="print the tables of an earlier run's --out-json; run nothing")
     args = ap.parse_args()
     if args.quick:
         args.regimes, args.fractions, args.curve_fractions, args.seeds, args.ratio_rows = \
@@ -382,6 +384,14 @@ def main() -> None:
     args.scorers = tuple(s.strip() for s in args.scorers.split(",") if s.strip())
     if "full" not in args.scorers:
         ap.error("--scorers must include full (its training time is the unit of compute)")
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = json.load(f)
+        full = next(g for g in results[0]["rows"] if g["method"] == "full")
+        args.seeds, args.scorers = len(full["keys"]), tuple(results[0]["scorers"])
+        args.ratio_rows = any(g.get("ratio") == "logloss" for r in results for g in r["rows"])
+        print(markdown(results, args))
+        return
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     Xall, yall, Xte, yte = load_mnist()
