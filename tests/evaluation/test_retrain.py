@@ -13,12 +13,15 @@ from winnow.errors import ValidationError
 from winnow.evaluation.lds import linear_datamodeling_score
 from winnow.evaluation.loo import leave_one_out
 from winnow.evaluation.retrain import (
+    Retrain,
     group_by_retraining,
     lds_by_retraining,
     lds_retrained,
     leave_one_out_retrained,
     loo_by_retraining,
     model_outputs,
+    retrain_metrics,
+    run_retrains,
 )
 
 L2 = 1e-2
@@ -184,6 +187,37 @@ def test_softmax_head_as_model_and_user_loss_fn():
     np.testing.assert_allclose(losses, -np.log(proba[np.arange(90), y3]), rtol=1e-9)
     got, _ = model_outputs(object(), X3, y3, loss_fn=lambda m, t: np.arange(len(t[1]), dtype=float))
     np.testing.assert_array_equal(got, np.arange(90.0))
+
+
+def lin3_fit(rows, weights, seed):
+    """A fixed-seed linear softmax model (untrained: its logits are all that matters here)."""
+    torch.manual_seed(seed)
+    return torch.nn.Linear(XTE.shape[1], 3).double()
+
+
+def test_retrain_metrics_match_sklearn():
+    from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+
+    y3 = np.arange(len(YTE)) % 3
+    (losses, proba), = run_retrains(lin3_fit, [Retrain("a", np.arange(5), None, 4)], (XTE, y3)).values()
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(XTE.shape[1], 3).double()
+    Z = XTE @ lin.weight.detach().numpy().T + lin.bias.detach().numpy()
+    P = np.exp(Z - Z.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    got = retrain_metrics(losses, proba, y3)
+    assert got["logloss"] == pytest.approx(log_loss(y3, P, labels=[0, 1, 2]), rel=1e-9)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y3, P.argmax(1)))
+    assert got["auc"] == pytest.approx(roc_auc_score(y3, P, multi_class="ovr", average="macro"), rel=1e-12)
+    # binary probabilities P(y = 1); a class missing from y: no AUC; no probabilities: log-loss only
+    p = 1 / (1 + np.exp(-Z[:, 0]))
+    lb = -(YTE * np.log(p) + (1 - YTE) * np.log(1 - p))
+    got = retrain_metrics(lb, p, YTE)
+    assert got["auc"] == pytest.approx(roc_auc_score(YTE, p), rel=1e-12)
+    assert got["accuracy"] == pytest.approx(accuracy_score(YTE, p > 0.5))
+    assert np.isnan(retrain_metrics(losses, proba, np.zeros(len(YTE), dtype=np.int64))["auc"])
+    none = retrain_metrics(np.array([0.5, 1.5]), None, np.array([0, 1]))
+    assert none["logloss"] == 1.0 and np.isnan(none["accuracy"]) and np.isnan(none["auc"])
 
 
 def bad_returns(rows, weights, seed):

@@ -53,7 +53,7 @@ from .subset import SubsetEvaluation, _agg, _stratified_random
 
 __all__ = ["TrainFn", "LossFn", "Retrain", "model_outputs", "run_retrains", "RetrainedLoo", "RetrainedLds",
            "loo_by_retraining", "lds_by_retraining", "leave_one_out_retrained", "lds_retrained",
-           "group_by_retraining", "evaluate_subset_by_retraining", "FORMAT", "SETTINGS"]
+           "group_by_retraining", "evaluate_subset_by_retraining", "retrain_metrics", "FORMAT", "SETTINGS"]
 
 TrainFn = Callable[[np.ndarray, "np.ndarray | None", int], Any]
 LossFn = Callable[[Any, tuple[np.ndarray, np.ndarray]], Any]
@@ -600,9 +600,12 @@ def group_by_retraining(train_fn: TrainFn, train: Any, test: Any, subset: Any, *
 
 
 # ======================================================================================== evaluating a subset
-def _metrics(losses: np.ndarray, proba: np.ndarray | None, y: np.ndarray) -> dict[str, float]:
-    """Mean log-loss, AUC (binary; macro one-vs-rest for K; NaN when a class is missing or there are no
-    probabilities) and accuracy (NaN without probabilities)."""
+def retrain_metrics(losses: np.ndarray, proba: np.ndarray | None, y: np.ndarray) -> dict[str, float]:
+    """TEST metrics of one retrained model from what :func:`run_retrains` returns for it: per-point losses
+    (T,), probabilities ((T,) P(y=1) or (T, K), or None) and the labels y (T,). {"logloss": mean loss,
+    "auc": binary AUC or macro one-vs-rest AUC for K classes (NaN when a class is missing from y or there
+    are no probabilities), "accuracy": share of argmax (binary: P > 0.5) predictions equal to y (NaN without
+    probabilities)}."""
     from sklearn.metrics import roc_auc_score
 
     out = {"logloss": float(losses.mean()), "auc": float("nan"), "accuracy": float("nan")}
@@ -654,7 +657,7 @@ def evaluate_subset_by_retraining(train_fn: TrainFn, train: Any, subset: str | P
     yte = test_xy[1]
 
     def agg(prefix: str) -> dict[str, float]:
-        return _agg([_metrics(*res[f"{prefix}-s{s}"], yte) for s in range(seeds)])
+        return _agg([retrain_metrics(*res[f"{prefix}-s{s}"], yte) for s in range(seeds)])
 
     meta = sub.summary
     rows = [{"method": "full", "weighted": False, "n_kept": n, **agg("full")},
