@@ -115,6 +115,11 @@ def test_scores_match_the_dense_kronecker_inverse(k, damping):
     assert mi.stationarity_.gradient_scale == pytest.approx(np.abs(Gtr).max(1).mean(), rel=1e-10)
     info = mi.damping_info()
     assert info["curvature"] == "kfac" and set(info["damping"]) == {"0", "2"}
+    assert info["factors"] == {"0": [4, 6], "2": [k, 5]}
+    assert info["chosen"] == ("given" if damping != "auto" else "0.1 x the mean eigenvalue of each layer's Kronecker "
+                                                                 "factors")
+    solve = mi.direction_info_
+    assert (solve.solver, solve.iterations, solve.residual, solve.converged) == ("kfac", 0, 0.0, True)
     assert "K-FAC damping per layer" in mi.describe_damping()
 
 
@@ -150,6 +155,16 @@ class _Scaled(torch.nn.Module):
         return self.fc(x) * self.scale
 
 
+class _Conv(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 2, 3)
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x[:, None, :]).flatten(1))
+
+
 class _Twice(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -172,6 +187,8 @@ class _Sequence(torch.nn.Module):
 @pytest.mark.parametrize("model, kw, match, parameter", [
     (_Scaled, {}, "scale belongs to a _Scaled.*choose params among the Linear layers \\(fc\\)", "params"),
     (lambda: _net(3), {"params": ["0.bias"]}, "0.bias is chosen without 0.weight", "params"),
+    (_Conv, {"params": ["conv.weight", "fc.weight"]}, "conv.weight belongs to a Conv1d.*Linear layers \\(fc\\)",
+     "params"),
     (lambda: _net(3), {"solver": "cg"}, "kfac curvature is inverted exactly.*leave it at 'auto'", "solver"),
     (lambda: _net(3), {"damping": 0.0}, "needs l2 \\+ damping > 0", "damping"),
     (_Twice, {"params": ["fc.weight", "fc.bias"]}, "fc runs more than once", "curvature"),
