@@ -7,9 +7,9 @@ all scored on the same ground truth:
 
 - head-only influence: winnow's exact closed form (a softmax head refitted on the trained network's penultimate
   features, ``InfluenceAnalyzer.pairwise``) from one trained network;
-- full-model influence with the Kronecker-factored Gauss-Newton curvature over every Linear layer
-  (``ModelInfluence(curvature="kfac")``, λ = the weight decay the network was trained with, damping "auto"):
-  the MLP's 109 386 parameters (the CNN's convolutions are not Linear layers: for it this row is absent);
+- full-model influence with the Kronecker-factored Gauss-Newton curvature over every Linear
+  and Conv2d layer (``ModelInfluence(curvature="kfac")``, λ = the weight decay the network was trained with,
+  damping "auto"): every parameter of both networks;
 - the same over the last two Linear layers only (``params=``: the "last layers" subset);
 - each averaged over K independently trained networks (K = 1, 3, 5, 10), as TRAK's ensembles are;
 - Theorem 1's verdict (``theorem1_check``, Gauss-Newton curvature) for one trained network, beside the LDS;
@@ -175,13 +175,10 @@ def cg_influence(net: Net, Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yt
 
 def methods(kind: str) -> dict[str, tuple]:
     """name -> (influence function of one network, the K values to average over)."""
-    out = {"winnow head-only": (head_influence, (1, 3, 5, 10))}
-    if kind == "mlp":
-        out["winnow full model, K-FAC"] = (kfac_influence, (1, 3, 5, 10))
     last = LAST_LAYERS[kind]
-    name = "winnow last two layers, K-FAC" if kind == "mlp" else "winnow Linear layers (last two), K-FAC"
-    out[name] = (lambda *a: kfac_influence(*a, params=last), (1, 3, 5))
-    return out
+    return {"winnow head-only": (head_influence, (1, 3, 5, 10)),
+            "winnow full model, K-FAC": (kfac_influence, (1, 3, 5, 10)),
+            "winnow last two layers, K-FAC": (lambda *a: kfac_influence(*a, params=last), (1, 3, 5))}
 
 
 def mislabel_scores(si: np.ndarray, flipped: np.ndarray) -> tuple[float, float]:

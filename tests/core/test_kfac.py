@@ -50,42 +50,42 @@ def _expected(net: torch.nn.Module, train, test, l2: float, damping):
     J1 = np.stack([W2 * (1 - h ** 2)[None, :] for h in H1])  # (n, K, 4)
     S1 = np.mean([J.T @ Ho @ J for J, Ho in zip(J1, Hout)], axis=0)
     S2 = Hout.mean(0)
-    C_blocks = []
-    for A, S in ((a1.T @ a1 / n, S1), (a2.T @ a2 / n, S2)):
+    C = _dense_curvature([(a1.T @ a1 / n, S1, 4, 5), (a2.T @ a2 / n, S2, K, 4)], l2, damping)
+    Gtr, Gte = _grads(net, *train, K), _grads(net, *test, K)
+    V = np.linalg.solve(C, Gtr.T)
+    return -(Gte @ V), (Gtr * V.T).sum(1), C, Gtr
+
+
+def _dense_curvature(layers, l2: float, damping) -> np.ndarray:
+    """The damped Kronecker curvature as one dense (P, P) matrix in the flat parameter order (weight row-major,
+    then bias, layer after layer), from each layer's (A, S, d_out, d_in) with a bias."""
+    P = sum(d_out * (d_in + 1) for _, _, d_out, d_in in layers)
+    C = np.zeros((P, P))
+    off = 0
+    for A, S, d_out, d_in in layers:
         ma, ms = np.trace(A) / len(A), np.trace(S) / len(S)
         d = 0.1 * ma * ms if damping == "auto" else damping
         mu, pi = l2 + d, np.sqrt(ma / ms)
-        C_blocks.append(np.kron(S + np.sqrt(mu) / pi * np.eye(len(S)), A + pi * np.sqrt(mu) * np.eye(len(A))))
-
-    def grads(Xs, ys):  # (m, P) in ModelInfluence order: W1 (row-major), b1, W2, b2 — autograd, one row at a time
-        out = []
-        for x, t in zip(Xs, ys):
-            net.zero_grad()
-            z = net(torch.as_tensor(x)[None])
-            loss = (torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], torch.tensor([float(t)]).double())
-                    if K == 1 else torch.nn.functional.cross_entropy(z, torch.tensor([t])))
-            loss.backward()
-            out.append(np.concatenate([q.grad.numpy().ravel() for q in net.parameters()]))
-        return np.array(out)
-
-    # the Kronecker blocks act on the row-major (W | b) matrix of each layer: permute to the flat order
-    order = []
-    off = 0
-    for d_out, d_in in ((4, 5), (K, 4)):
-        wb = np.empty((d_out, d_in + 1), dtype=int)
+        block = np.kron(S + np.sqrt(mu) / pi * np.eye(len(S)), A + pi * np.sqrt(mu) * np.eye(len(A)))
+        wb = np.empty((d_out, d_in + 1), dtype=int)  # the Kronecker block acts on the row-major (W | b) matrix
         wb[:, :d_in] = off + np.arange(d_out * d_in).reshape(d_out, d_in)
         wb[:, d_in] = off + d_out * d_in + np.arange(d_out)
-        order.append(wb.ravel())
+        C[np.ix_(wb.ravel(), wb.ravel())] = block
         off += d_out * (d_in + 1)
-    order = np.concatenate(order)
-    C = np.zeros((off, off))
-    C_perm = np.zeros((off, off))
-    C_perm[:C_blocks[0].shape[0], :C_blocks[0].shape[0]] = C_blocks[0]
-    C_perm[C_blocks[0].shape[0]:, C_blocks[0].shape[0]:] = C_blocks[1]
-    C[np.ix_(order, order)] = C_perm
-    Gtr, Gte = grads(*train), grads(*test)
-    V = np.linalg.solve(C, Gtr.T)
-    return -(Gte @ V), (Gtr * V.T).sum(1), C, Gtr
+    return C
+
+
+def _grads(net: torch.nn.Module, Xs, ys, K: int) -> np.ndarray:
+    """(m, P) per-example loss gradients in the flat parameter order — plain autograd, one row at a time."""
+    out = []
+    for x, t in zip(Xs, ys):
+        net.zero_grad()
+        z = net(torch.as_tensor(x)[None])
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], torch.tensor([float(t)]).double())
+                if K == 1 else torch.nn.functional.cross_entropy(z, torch.tensor([t])))
+        loss.backward()
+        out.append(np.concatenate([q.grad.numpy().ravel() for q in net.parameters()]))
+    return np.array(out)
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -185,13 +185,13 @@ class _Sequence(torch.nn.Module):
 
 
 @pytest.mark.parametrize("model, kw, match, parameter", [
-    (_Scaled, {}, "scale belongs to a _Scaled.*choose params among the Linear layers \\(fc\\)", "params"),
+    (_Scaled, {}, "scale belongs to a _Scaled.*choose params among those layers \\(fc\\)", "params"),
     (lambda: _net(3), {"params": ["0.bias"]}, "0.bias is chosen without 0.weight", "params"),
-    (_Conv, {"params": ["conv.weight", "fc.weight"]}, "conv.weight belongs to a Conv1d.*Linear layers \\(fc\\)",
+    (_Conv, {"params": ["conv.weight", "fc.weight"]}, "conv.weight belongs to a Conv1d.*among those layers \\(fc\\)",
      "params"),
     (lambda: _net(3), {"solver": "cg"}, "kfac curvature is inverted exactly.*leave it at 'auto'", "solver"),
     (lambda: _net(3), {"damping": 0.0}, "needs l2 \\+ damping > 0", "damping"),
-    (_Twice, {"params": ["fc.weight", "fc.bias"]}, "fc runs more than once", "curvature"),
+    (_Twice, {"params": ["fc.weight", "fc.bias"]}, "layer fc runs more than once", "curvature"),
     (_Sequence, {}, "receives inputs of shape \\(16, 2, 5\\)", "curvature"),
 ])
 def test_bad_inputs_name_the_parameter(model, kw, match, parameter):
@@ -255,4 +255,77 @@ def test_kfac_preconditioner_refuses_a_model_with_other_layers():
     with pytest.raises(ValidationError, match="scale belongs to a _Scaled") as e:
         ModelInfluence(_Scaled().double().eval(), curvature="ggn", damping=0.1,
                        solver=CGSolver(preconditioner="kfac")).fit(_data(16, 3, 6))
+    assert e.value.parameters == ("params",)
+
+
+class _ConvNet(torch.nn.Module):
+    """Conv2d(2 → 3, 2×2, stride 2, padding 1) on 2×4×4 images → tanh → Linear(3·3·3 → 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = torch.nn.Conv2d(2, 3, 2, stride=2, padding=1)
+        self.fc = torch.nn.Linear(27, 3)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.conv(x.reshape(-1, 2, 4, 4))).flatten(1))
+
+
+def test_conv2d_factors_and_scores_match_numpy():
+    """KFC factors of a convolution from patches cut out here by slicing, the output Jacobians by autograd of
+    the layers above it, and every score against the dense Kronecker inverse."""
+    from torch.func import jacrev
+
+    net = _ConvNet().double().eval()
+    rng = np.random.default_rng(11)
+    X, y = rng.standard_normal((25, 32)), rng.integers(0, 3, size=25)
+    Xte, yte = rng.standard_normal((4, 32)), rng.integers(0, 3, size=4)
+    W, b = net.conv.weight.detach().numpy(), net.conv.bias.detach().numpy()
+    A1, S1, A2, S2 = np.zeros((9, 9)), np.zeros((3, 3)), np.zeros((28, 28)), np.zeros((3, 3))
+    for x in X:
+        img = np.pad(x.reshape(2, 4, 4), ((0, 0), (1, 1), (1, 1)))
+        patches = np.array([np.append(img[:, 2 * r:2 * r + 2, 2 * c:2 * c + 2].ravel(), 1.0)
+                            for r in range(3) for c in range(3)])            # (L = 9, 2·2·2 + 1)
+        o = (patches[:, :8] @ W.reshape(3, 8).T + b).T.reshape(3, 3, 3)     # the convolution's output
+        A1 += patches.T @ patches / 9
+
+        def above(out):
+            return net.fc(torch.tanh(out).flatten())
+
+        ot = torch.as_tensor(o)
+        J = jacrev(above)(ot).detach().numpy().reshape(3, 3, 9)                       # (K, C_out, L)
+        h = np.append(np.tanh(o).ravel(), 1.0)
+        z = above(ot).detach().numpy()
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        root = np.diag(np.sqrt(p)) - np.outer(p, np.sqrt(p))                 # L Lᵀ = diag p − ppᵀ
+        for c in range(3):
+            s_c = np.einsum("k,kjt->jt", root[:, c], J)                      # (C_out, L)
+            S1 += s_c @ s_c.T
+        A2 += np.outer(h, h)
+        S2 += np.diag(p) - np.outer(p, p)
+    n = len(X)
+    A1, S1, A2, S2 = A1 / n, S1 / n, A2 / n, S2 / n
+    mi = ModelInfluence(net, curvature="kfac", l2=1e-3, regularize="all", batch_size=10).fit((X, y))
+    conv, fc = mi.hessian_.layers
+    np.testing.assert_allclose(conv.A.numpy(), A1, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(conv.S.numpy(), S1, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(fc.A.numpy(), A2, rtol=1e-10)
+    np.testing.assert_allclose(fc.S.numpy(), S2, rtol=1e-8, atol=1e-14)
+    C = _dense_curvature([(A1, S1, 3, 8), (A2, S2, 3, 27)], 1e-3, "auto")
+    Gtr, Gte = _grads(net, X, y, 3), _grads(net, Xte, yte, 3)
+    V = np.linalg.solve(C, Gtr.T)
+    with pytest.warns(UserWarning, match="not at a stationary point"):
+        np.testing.assert_allclose(mi.pairwise((Xte, yte)), -(Gte @ V), rtol=1e-8, atol=1e-12)
+        tab = mi.score((Xte, yte))
+    np.testing.assert_allclose(tab["influence"].to_numpy(), -(Gte @ V).mean(0), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(tab["self_influence"].to_numpy(), (Gtr * V.T).sum(1), rtol=1e-8)
+    np.testing.assert_allclose(mi.gradients((X, y))[0].numpy(), Gtr, rtol=1e-10, atol=1e-14)
+    assert mi.stationarity_.gradient_scale == pytest.approx(np.abs(Gtr).max(1).mean(), rel=1e-10)
+
+
+def test_conv2d_with_groups_is_refused():
+    net = torch.nn.Sequential(torch.nn.Unflatten(1, (2, 4, 4)), torch.nn.Conv2d(2, 2, 2, groups=2),
+                              torch.nn.Flatten(), torch.nn.Linear(18, 3)).double().eval()
+    with pytest.raises(ValidationError, match="groups=1 and explicit zero padding; 1 has groups 2") as e:
+        ModelInfluence(net, curvature="kfac", damping=0.1).fit((np.zeros((8, 32)), np.zeros(8, int)))
     assert e.value.parameters == ("params",)

@@ -1,5 +1,5 @@
-"""Kronecker-factored Gauss-Newton curvature (K-FAC) over the Linear layers of a model: full-model influence
-for networks of 10⁵–10⁶ parameters at the cost of a pass over the data.
+"""Kronecker-factored Gauss-Newton curvature (K-FAC) over the Linear and Conv2d layers of a model: full-model
+influence for networks of 10⁵–10⁶ parameters at the cost of a pass over the data.
 
 Layer l is a ``torch.nn.Linear`` with input a (d_in, a 1 appended when its bias is among the parameters) and
 output o = W a. The per-example loss gradient is rank one, ∂ℓ_i/∂W = δ_i a_iᵀ with δ_i = ∂ℓ_i/∂o_i. The
@@ -23,6 +23,15 @@ preconditioned per-example gradient stays rank one:
 
 O(d_in + d_out) per pair and layer instead of O(d_in·d_out). Signs as everywhere in winnow: I_loss > 0 means
 up-weighting z_p raises the test loss (harmful).
+
+A ``torch.nn.Conv2d`` layer (groups = 1) is factored as KFC does (Grosse & Martens 2016: spatially
+uncorrelated derivatives, homogeneous statistics): with a_it the input patch at output position t of L (as
+``unfold`` lays it out, a 1 appended for the bias) and s_ict the backpropagated columns at that position,
+
+    A_l = (1/n) Σ_i (1/L) Σ_t a_it a_itᵀ,   S_l = (1/n) Σ_i Σ_c Σ_t s_ict s_ictᵀ
+
+(a Linear layer is the case L = 1). A convolution's per-example gradient Σ_t δ_it a_itᵀ is not rank one: it is
+kept as a (d_out, d_in') matrix, and its products are plain matrix products.
 
 Damping: "auto" sets d_l = 0.1 × the mean eigenvalue of S_l ⊗ A_l = 0.1 (tr A_l / dim A_l)(tr S_l / dim S_l)
 (the heuristic of Grosse et al. 2023, "Studying large language model generalization with influence functions");
@@ -48,15 +57,17 @@ AUTO_FRACTION = 0.1
 
 @dataclass
 class KfacLayer:
-    """One Linear layer's factors: ``A`` (d_in' × d_in', d_in' = d_in + 1 with a bias), ``S`` (d_out × d_out),
-    the damping ``damping`` (d_l), ``pi`` (π_l), the shifts of the damped factors ``shift_A`` = π_l√μ_l and
-    ``shift_S`` = √μ_l/π_l, and their inverses ``A_inv`` = (A + shift_A·I)⁻¹ / ``S_inv``."""
+    """One Linear (or Conv2d: ``conv``, d_in = C_in·k_h·k_w) layer's factors: ``A`` (d_in' × d_in',
+    d_in' = d_in + 1 with a bias), ``S`` (d_out × d_out), the damping ``damping`` (d_l), ``pi`` (π_l), the
+    shifts of the damped factors ``shift_A`` = π_l√μ_l and ``shift_S`` = √μ_l/π_l, and their inverses
+    ``A_inv`` = (A + shift_A·I)⁻¹ / ``S_inv``."""
 
     module: str
     weight: str
     bias: str | None
     d_in: int
     d_out: int
+    conv: dict[str, Any] | None = None  # Conv2d: unfold's kernel_size, dilation, padding, stride
     A: torch.Tensor | None = None
     S: torch.Tensor | None = None
     damping: float = 0.0
@@ -72,30 +83,43 @@ class KfacLayer:
 
 
 def kfac_layers(model: torch.nn.Module, names: Sequence[str]) -> list[KfacLayer]:
-    """The Linear layers owning the parameters ``names`` (in their order), or a ValidationError naming
-    ``params``: every chosen parameter must be the weight or bias of a ``torch.nn.Linear``, a bias only with
-    its weight."""
+    """The Linear and Conv2d layers owning the parameters ``names`` (in their order), or a ValidationError
+    naming ``params``: every chosen parameter must be the weight or bias of a ``torch.nn.Linear`` or a
+    ``torch.nn.Conv2d`` (groups = 1, zero padding), a bias only with its weight."""
     modules = dict(model.named_modules())
-    linear = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
+    usable = [n for n, m in modules.items() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     layers: dict[str, KfacLayer] = {}
     chosen = set(names)
     for name in names:
         owner, _, leaf = name.rpartition(".")
         mod = modules.get(owner)
-        if not isinstance(mod, torch.nn.Linear) or leaf not in ("weight", "bias"):
+        if not isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) or leaf not in ("weight", "bias"):
             kind = type(mod).__name__ if mod is not None else "module"
             raise ValidationError(
-                f"params: the kfac curvature works on the parameters of Linear layers, but {name} belongs to a "
-                f"{kind}; choose params among the Linear layers ({', '.join(linear) or 'none in this model'}) or "
+                f"params: the kfac curvature works on the parameters of Linear and Conv2d layers, but {name} belongs "
+                f"to a {kind}; choose params among those layers ({', '.join(usable) or 'none in this model'}) or "
                 "use the ggn curvature", parameters=("params",))
         if leaf == "bias" and f"{owner}.weight" not in chosen:
             raise ValidationError(f"params: {name} is chosen without {owner}.weight; the kfac curvature factors a "
-                                  "Linear layer's weight (with or without its bias): add the weight",
+                                  "layer's weight (with or without its bias): add the weight",
                                   parameters=("params",))
-        if owner not in layers:
-            has_bias = mod.bias is not None and f"{owner}.bias" in chosen
-            layers[owner] = KfacLayer(owner, f"{owner}.weight", f"{owner}.bias" if has_bias else None,
-                                      mod.in_features, mod.out_features)
+        if owner in layers:
+            continue
+        conv = None
+        if isinstance(mod, torch.nn.Conv2d):
+            if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                raise ValidationError(f"params: the kfac curvature handles Conv2d layers with groups=1 and explicit "
+                                      f"zero padding; {owner} has groups {mod.groups}, padding {mod.padding!r} "
+                                      f"({mod.padding_mode}): leave it out of params or use the ggn curvature",
+                                      parameters=("params",))
+            conv = {"kernel_size": mod.kernel_size, "dilation": mod.dilation, "padding": mod.padding,
+                    "stride": mod.stride}
+            d_in, d_out = mod.in_channels * int(np.prod(mod.kernel_size)), mod.out_channels
+        else:
+            d_in, d_out = mod.in_features, mod.out_features
+        has_bias = mod.bias is not None and f"{owner}.bias" in chosen
+        layers[owner] = KfacLayer(owner, f"{owner}.weight", f"{owner}.bias" if has_bias else None, d_in, d_out,
+                                  conv)
     return list(layers.values())
 
 
@@ -125,6 +149,7 @@ class _Taps:
     def __init__(self, model: torch.nn.Module, layers: Sequence[KfacLayer]) -> None:
         mods = dict(model.named_modules())
         self.targets = [(lay.module, mods[lay.module]) for lay in layers]
+        self.ndim = {lay.module: 4 if lay.conv else 2 for lay in layers}
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
 
@@ -139,13 +164,14 @@ class _Taps:
     def _hook(self, name: str) -> Any:
         def hook(_m: torch.nn.Module, inputs: tuple[Any, ...], out: torch.Tensor) -> None:
             if name in self.outputs:
-                raise ValidationError(f"curvature: the Linear layer {name} runs more than once in a forward pass; "
-                                      "the kfac curvature needs each layer once (use the ggn curvature)",
+                raise ValidationError(f"curvature: the layer {name} runs more than once in a forward pass; the kfac "
+                                      "curvature needs each layer once (use the ggn curvature)",
                                       parameters=("curvature",))
-            if out.ndim != 2:
-                raise ValidationError(f"curvature: the Linear layer {name} receives inputs of shape "
-                                      f"{tuple(inputs[0].shape)}; the kfac curvature handles (batch, features) "
-                                      "inputs (use the ggn curvature)", parameters=("curvature",))
+            if out.ndim != self.ndim[name]:
+                want = "(batch, features)" if self.ndim[name] == 2 else "(batch, channels, height, width)"
+                raise ValidationError(f"curvature: the layer {name} receives inputs of shape "
+                                      f"{tuple(inputs[0].shape)}; the kfac curvature handles {want} inputs there "
+                                      "(use the ggn curvature)", parameters=("curvature",))
             self.inputs[name] = inputs[0].detach()
             self.outputs[name] = out
         return hook
@@ -153,27 +179,35 @@ class _Taps:
 
 @dataclass
 class FactoredGradients:
-    """Per-example loss gradients of c rows in factored form: layer l's block of row i is ``d[l][i] ⊗ a[l][i]``
-    (δ (c, d_out), a (c, d_in')), in the layers' order of :class:`KfacCurvature`."""
+    """Per-example loss gradients of c rows, one entry per layer (in the order of :class:`KfacCurvature`): a
+    Linear layer's block of row i is rank one, δ_i a_iᵀ, kept as the pair (a (c, d_in'), δ (c, d_out)); a
+    convolution's is kept whole, a (c, d_out, d_in') tensor."""
 
-    a: list[torch.Tensor]
-    d: list[torch.Tensor]
+    blocks: list[tuple[torch.Tensor, torch.Tensor] | torch.Tensor]
 
     def __len__(self) -> int:
-        return int(self.a[0].shape[0])
+        b = self.blocks[0]
+        return int((b[0] if isinstance(b, tuple) else b).shape[0])
 
     @staticmethod
     def cat(parts: Sequence[FactoredGradients]) -> FactoredGradients:
-        return FactoredGradients([torch.cat([p.a[i] for p in parts]) for i in range(len(parts[0].a))],
-                                 [torch.cat([p.d[i] for p in parts]) for i in range(len(parts[0].d))])
+        out: list[tuple[torch.Tensor, torch.Tensor] | torch.Tensor] = []
+        for i, b in enumerate(parts[0].blocks):
+            if isinstance(b, tuple):
+                out.append((torch.cat([p.blocks[i][0] for p in parts]), torch.cat([p.blocks[i][1] for p in parts])))
+            else:
+                out.append(torch.cat([p.blocks[i] for p in parts]))
+        return FactoredGradients(out)
 
     def absmax(self) -> torch.Tensor:
-        """‖g_i‖∞ per row (c,): max over layers of max|δ| · max|a| (a rank-one block's largest entry)."""
-        return torch.stack([d.abs().amax(1) * a.abs().amax(1) for a, d in zip(self.a, self.d)]).amax(0)
+        """‖g_i‖∞ per row (c,): the largest entry of any layer's block (rank one: max|δ| · max|a|)."""
+        return torch.stack([b[1].abs().amax(1) * b[0].abs().amax(1) if isinstance(b, tuple)
+                            else b.abs().flatten(1).amax(1) for b in self.blocks]).amax(0)
 
 
 class KfacCurvature:
-    """The damped K-FAC curvature C over the Linear layers owning ``fn``'s parameters (see module docstring).
+    """The damped K-FAC curvature C over the Linear and Conv2d layers owning ``fn``'s parameters (see the module
+    docstring).
 
     ``fit(data, loss)`` accumulates A_l and S_l in one pass over ``data`` (a :class:`ModelData`): one forward
     and 1 + K backward passes per batch (K logits), memory O(Σ d_in² + d_out²). Then ``solve(B)`` gives C⁻¹B for
@@ -200,38 +234,52 @@ class KfacCurvature:
 
     # ------------------------------------------------------------------ statistics
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """(logits, each layer's inputs — Linear (c, d_in'), Conv2d patches (c, L, d_in') — and outputs)."""
         theta = self.fn.theta.detach().requires_grad_(True)
         with torch.enable_grad(), _Taps(self.fn.module, self.layers) as taps:
             Z = self.fn.logits(theta, x)
         missing = [lay.module for lay in self.layers if lay.module not in taps.outputs]
         if missing:
-            raise ValidationError(f"params: the Linear layers {missing} do not run in the model's forward pass",
+            raise ValidationError(f"params: the layers {missing} do not run in the model's forward pass",
                                   parameters=("params",))
         A = []
         for lay in self.layers:
             a = taps.inputs[lay.module].to(self.dtype)
+            if lay.conv is not None:
+                a = torch.nn.functional.unfold(a, **lay.conv).transpose(1, 2)  # (c, L, C_in·k_h·k_w)
             if lay.bias is not None:
-                a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], 1)
+                a = torch.cat([a, torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)], -1)
             A.append(a)
         return Z, A, [taps.outputs[lay.module] for lay in self.layers]
 
+    @staticmethod
+    def _positions(lay: KfacLayer, g: torch.Tensor) -> torch.Tensor:
+        """A layer output's gradient per row: Linear (c, d_out); Conv2d (c, L, d_out)."""
+        return g if lay.conv is None else g.flatten(2).transpose(1, 2)
+
     def batch_gradients(self, x: torch.Tensor, y: torch.Tensor, loss: str, *, factors: bool = False
-                        ) -> tuple[FactoredGradients, list[torch.Tensor] | None]:
-        """(the rows' loss gradients in factored form, and with ``factors`` the sums Σ_i Σ_c s_ic s_icᵀ per
-        layer (d_out × d_out) over the rows)."""
+                        ) -> tuple[FactoredGradients, tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
+        """(the rows' loss gradients in factored form, and with ``factors`` the sums over the rows that make
+        A_l and S_l: Σ_i a_iaᵢᵀ (Conv2d: Σ_i (1/L) Σ_t a_it a_itᵀ) and Σ_i Σ_c (Σ_t) s_ic s_icᵀ)."""
         Z, A, outs = self._forward(x)
         g = loss_logit_gradient(Z.detach(), y.to(Z.device), loss)
-        D = [d.to(self.dtype) for d in torch.autograd.grad(Z, outs, g, retain_graph=factors)]
-        S = None
+        blocks: list[tuple[torch.Tensor, torch.Tensor] | torch.Tensor] = []
+        for lay, a, d in zip(self.layers, A, torch.autograd.grad(Z, outs, g, retain_graph=factors)):
+            d = self._positions(lay, d.to(self.dtype))
+            blocks.append((a, d) if lay.conv is None else torch.einsum("cld,cle->cde", d, a))
+        sums = None
         if factors:
+            a_sums = [(a.T @ a) if lay.conv is None else torch.einsum("cld,cle->de", a, a) / a.shape[1]
+                      for lay, a in zip(self.layers, A)]
             L = output_hessian_root(Z.detach(), loss)
             K = L.shape[2]
-            S = [torch.zeros(lay.d_out, lay.d_out, dtype=self.dtype, device=self.device) for lay in self.layers]
+            s_sums = [torch.zeros(lay.d_out, lay.d_out, dtype=self.dtype, device=self.device) for lay in self.layers]
             for c in range(K):
-                for i, s in enumerate(torch.autograd.grad(Z, outs, L[:, :, c], retain_graph=c < K - 1)):
-                    s = s.to(self.dtype)
-                    S[i] += s.T @ s
-        return FactoredGradients(A, D), S
+                for i, sc in enumerate(torch.autograd.grad(Z, outs, L[:, :, c], retain_graph=c < K - 1)):
+                    sc = self._positions(self.layers[i], sc.to(self.dtype)).reshape(-1, self.layers[i].d_out)
+                    s_sums[i] += sc.T @ sc
+            sums = (a_sums, s_sums)
+        return FactoredGradients(blocks), sums
 
     def fit(self, data: Any, loss: str, n: int) -> KfacCurvature:
         """A_l, S_l over the n rows of ``data`` (a :class:`ModelData`), then the damped inverses."""
@@ -244,10 +292,10 @@ class KfacCurvature:
             lay.S = torch.zeros(lay.d_out, lay.d_out, dtype=self.dtype, device=self.device)
         for x, y, _ in track(data.batches(), n, "K-FAC factors", "rows", count=lambda b: len(b[2]),
                              enabled=self.progress):
-            F, S = self.batch_gradients(self.fn.prepare(x), y, loss, factors=True)
-            for lay, a, s in zip(self.layers, F.a, S or []):
-                lay.A += a.T @ a
-                lay.S += s
+            _, (a_sums, s_sums) = self.batch_gradients(self.fn.prepare(x), y, loss, factors=True)
+            for lay, a, sc in zip(self.layers, a_sums, s_sums):
+                lay.A += a
+                lay.S += sc
         for lay in self.layers:
             lay.A /= n
             lay.S /= n
@@ -316,9 +364,11 @@ class KfacCurvature:
         return X[:, 0] if vec else X
 
     def precondition(self, F: FactoredGradients) -> FactoredGradients:
-        """The rows' C⁻¹g in factored form: (δ S̃⁻¹, a Ã⁻¹) per layer (both factors symmetric)."""
-        return FactoredGradients([a @ lay.A_inv for lay, a in zip(self.layers, F.a)],
-                                 [d @ lay.S_inv for lay, d in zip(self.layers, F.d)])
+        """The rows' C⁻¹g in the same form: rank one (a Ã⁻¹, δ S̃⁻¹) per Linear layer (both factors
+        symmetric), S̃⁻¹ G Ã⁻¹ per convolution."""
+        return FactoredGradients([(b[0] @ lay.A_inv, b[1] @ lay.S_inv) if isinstance(b, tuple)
+                                  else torch.einsum("ij,cjk,kl->cil", lay.S_inv, b, lay.A_inv)
+                                  for lay, b in zip(self.layers, F.blocks)])
 
     def test_factors(self, F: FactoredGradients) -> FactoredGradients:
         """What :meth:`pairs` takes for the test rows: their preconditioned gradients."""
@@ -330,21 +380,30 @@ class KfacCurvature:
 
     def pairs(self, F: FactoredGradients, P: FactoredGradients) -> torch.Tensor:
         """g_iᵀ C⁻¹ g_t (c, T) for rows F and preconditioned rows P = precondition(test gradients)."""
-        return sum((d @ dp.T) * (a @ ap.T) for a, d, ap, dp in zip(F.a, F.d, P.a, P.d))
+        return sum((b[1] @ p[1].T) * (b[0] @ p[0].T) if isinstance(b, tuple) else b.flatten(1) @ p.flatten(1).T
+                   for b, p in zip(F.blocks, P.blocks))
 
     def quadratic(self, F: FactoredGradients) -> torch.Tensor:
-        """g_iᵀ C⁻¹ g_i per row (c,): Σ_l (δ S̃⁻¹ δ)(a Ã⁻¹ a)."""
-        return sum(((d @ lay.S_inv) * d).sum(1) * ((a @ lay.A_inv) * a).sum(1)
-                   for lay, a, d in zip(self.layers, F.a, F.d))
+        """g_iᵀ C⁻¹ g_i per row (c,): Σ_l (δ S̃⁻¹ δ)(a Ã⁻¹ a) for Linear layers, ⟨G, S̃⁻¹GÃ⁻¹⟩ for convolutions."""
+        return sum(((b[1] @ lay.S_inv) * b[1]).sum(1) * ((b[0] @ lay.A_inv) * b[0]).sum(1) if isinstance(b, tuple)
+                   else (b * torch.einsum("ij,cjk,kl->cil", lay.S_inv, b, lay.A_inv)).flatten(1).sum(1)
+                   for lay, b in zip(self.layers, F.blocks))
 
     def dot(self, F: FactoredGradients, v: torch.Tensor) -> torch.Tensor:
         """g_iᵀ v per row (c,) for a flat vector v (P,)."""
-        return sum(torch.einsum("cj,jk,ck->c", d, W[:, :, 0], a)
-                   for a, d, W in zip(F.a, F.d, self._blocks(v[:, None].to(self.dtype))))
+        return sum(torch.einsum("cj,jk,ck->c", b[1], W[:, :, 0], b[0]) if isinstance(b, tuple)
+                   else torch.einsum("cjk,jk->c", b, W[:, :, 0])
+                   for b, W in zip(F.blocks, self._blocks(v[:, None].to(self.dtype))))
+
+    def _matrices(self, F: FactoredGradients) -> list[torch.Tensor]:
+        """Each layer's per-row blocks as (d_out, d_in', c) matrices."""
+        return [torch.einsum("cj,ck->jkc", b[1], b[0]) if isinstance(b, tuple) else b.permute(1, 2, 0)
+                for b in F.blocks]
 
     def sum(self, F: FactoredGradients) -> torch.Tensor:
         """Σ_i g_i as a flat vector (P,)."""
-        return self._flat([(d.T @ a)[:, :, None] for a, d in zip(F.a, F.d)])[:, 0]
+        return self._flat([(b[1].T @ b[0])[:, :, None] if isinstance(b, tuple) else b.sum(0)[:, :, None]
+                           for b in F.blocks])[:, 0]
 
     def mean_preconditioned(self, P: FactoredGradients) -> torch.Tensor:
         """(1/T) Σ_t C⁻¹ g_t as a flat vector (P,) from preconditioned rows P."""
@@ -352,7 +411,7 @@ class KfacCurvature:
 
     def dense(self, F: FactoredGradients) -> torch.Tensor:
         """The rows' gradients as a flat (c, P) matrix."""
-        return self._flat([torch.einsum("cj,ck->jkc", d, a) for a, d in zip(F.a, F.d)]).T
+        return self._flat(self._matrices(F)).T
 
     def damping_info(self) -> dict[str, Any]:
         """Per layer: d_l, π_l, the factors' sizes; and the rule."""
