@@ -386,7 +386,8 @@ def select_params(model: torch.nn.Module, params: str | Sequence[str] | None) ->
 
 # -------------------------------------------------------------------------------- the model Hessian
 CURVATURES = ("hessian", "ggn")
-#: what ModelInfluence accepts: also "kfac" (Kronecker-factored Gauss-Newton over Linear layers, core/kfac.py)
+#: what ModelInfluence accepts: also "kfac" (Kronecker-factored Gauss-Newton over Linear and Conv2d layers,
+#: core/kfac.py)
 MODEL_CURVATURES = (*CURVATURES, "kfac")
 #: seconds a dense build may take by default before it is refused (estimated from its first block)
 MAX_DENSE_SECONDS = 600.0
@@ -396,7 +397,8 @@ def check_curvature(curvature: Any, allowed: Sequence[str] = CURVATURES) -> str:
     """One of ``allowed`` ("hessian", "ggn" (the Gauss-Newton curvature), for ModelInfluence also "kfac"), else
     a ValidationError naming ``curvature``."""
     if curvature not in allowed:
-        kfac = ", or 'kfac' (Kronecker-factored Gauss-Newton over the Linear layers)" if "kfac" in allowed else ""
+        kfac = (", or 'kfac' (Kronecker-factored Gauss-Newton over the Linear and Conv2d layers)"
+                if "kfac" in allowed else "")
         raise ValidationError(f"curvature must be 'hessian' (the exact Hessian) or 'ggn' (Gauss-Newton, positive "
                               f"semi-definite){kfac}, got {curvature!r}", parameters=("curvature",))
     return str(curvature)
@@ -661,7 +663,7 @@ class ModelInfluence:
     R(θ) = (1/n) Σ ℓ_i + (λ/2)‖θ_reg‖² — use what the model was trained with; ``curvature`` "hessian" (the
     exact Hessian, default), "ggn" (Gauss-Newton: positive semi-definite by construction, what a trained
     network that is not at a minimum needs; see :class:`ModelHessian`) or "kfac" (the Gauss-Newton curvature
-    in Kronecker-factored form over Linear layers, :mod:`winnow.core.kfac`: one pass over the data, exact
+    in Kronecker-factored form over Linear and Conv2d layers, :mod:`winnow.core.kfac`: one pass over the data, exact
     inverse, scores in factored form — full-model influence for 10⁵–10⁶ parameters on a CPU; its damping
     "auto" is 0.1 × each layer's mean eigenvalue, its solver the factors' inverse); ``damping`` added to the
     curvature:

@@ -360,7 +360,7 @@ class CGSolver(InverseHVPSolver):
 
     ``preconditioner``: None (default), "diagonal" (the operator's ``diagonal()``, e.g. a model's
     Gauss-Newton diagonal), "auto" (that diagonal when the operator has one, else none), a (P,) tensor of
-    positive values d ≈ diag(H), or "kfac" (a model's curvature over Linear layers: the damped K-FAC
+    positive values d ≈ diag(H), or "kfac" (a model's curvature over Linear and Conv2d layers: the damped K-FAC
     approximation M ≈ H of :mod:`winnow.core.kfac`, built in one pass over the operator's data with its l2
     and damping). Measured on a small trained CNN the Jacobi preconditioner did not pay (docs/models.md),
     hence the default. Preconditioning runs CG on M^{-1/2} H M^{-1/2} (the same iterates as PCG with M);

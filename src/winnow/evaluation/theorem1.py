@@ -133,7 +133,7 @@ def _verdict(spearman: float, sign: float, within: float, method: str, damping_a
         v, ok = ("head-only influence cannot be trusted on this model: it disagrees with the full-model influence "
                  f"(Spearman {spearman:.3f}, signs agree on {100 * sign:.1f}% of pairs); the featurizer's "
                  "curvature matters here: use full-model influence (model-influence; the kfac curvature for a "
-                 "network of Linear layers)"), False
+                 "network of Linear and Conv2d layers)"), False
     v += f"; {100 * within:.0f}% of pairs have I_head/I within a factor 2" + approx
     if damping_added > 0 and method == "dense":
         v += (f". The full Hessian was indefinite at θ̂, so both were computed with H + {damping_added:.3g}·I: the "

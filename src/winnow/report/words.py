@@ -160,9 +160,9 @@ def theorem1_reading(spearman: float) -> str:
                                "head-only scores are usable for ranking; check the top points with "
                                "`winnow model-influence`.",
                                "do not rely on head-only influence for this model; use `winnow model-influence` "
-                               "(`--curvature kfac` for a network of Linear layers: on an MNIST MLP where this "
-                               "check disagreed, it predicted retraining the whole network twice as well as "
-                               "head-only influence did)."))
+                               "(`--curvature kfac` for a network of Linear and Conv2d layers: on an MNIST "
+                               "MLP where this check disagreed, it predicted retraining the whole network twice "
+                               "as well as head-only influence did)."))
     return (f"Spearman {num(spearman)} between head-only and full-model influence: they {verdict}; {advice}")
 
 
