@@ -256,7 +256,7 @@ BASE: dict[str, list[str]] = {
     "evaluate-mislabel": ["evaluate-mislabel", "train.npz", "--seeds", "1"],
     "evaluate-lds": ["evaluate-lds", "train.npz", "--head", "head.npz", "--test", "test.npz", "--subsets", "10"],
     "subsample": ["subsample", "train.npz", "--head", "head.npz", "--keep", "0.5", "--policy", "paper",
-                  "--memorize-quantile", "0.9", "--out", "out/subset.parquet"],
+                  "--memorize-quantile", "0.9", "--no-split-memorize", "--out", "out/subset.parquet"],
     "evaluate-subset": ["evaluate-subset", "train.npz", "--subset", "subset.parquet", "--test", "test.npz",
                         "--head", "head.npz", "--seeds", "1"],
     "extract-features": ["extract-features", "model.pt", "inputs.npz", "--head", "2", "--out", "out/features.npz",
