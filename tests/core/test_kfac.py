@@ -108,6 +108,9 @@ def test_scores_match_the_dense_kronecker_inverse(k, damping):
     B = np.random.default_rng(3).standard_normal((C.shape[0], 2))
     np.testing.assert_allclose(mi.solve(torch.as_tensor(B)).numpy(), np.linalg.solve(C, B), rtol=1e-8)
     np.testing.assert_allclose(mi.hessian_.matvec(torch.as_tensor(B)).numpy(), C @ B, rtol=1e-10)
+    v = torch.as_tensor(B[:, 0])  # one vector in, one vector out
+    np.testing.assert_allclose(mi.solve(v).numpy(), np.linalg.solve(C, B[:, 0]), rtol=1e-8)
+    np.testing.assert_allclose(mi.hessian_.matvec(v).numpy(), C @ B[:, 0], rtol=1e-10)
     np.testing.assert_allclose(mi.gradients(train)[0].numpy(), Gtr, rtol=1e-10, atol=1e-14)
     # the stationarity measured from the factored gradients: ∇R = mean g + λθ
     theta = np.concatenate([q.detach().numpy().ravel() for q in net.parameters()])
@@ -329,3 +332,24 @@ def test_conv2d_with_groups_is_refused():
     with pytest.raises(ValidationError, match="groups=1 and explicit zero padding; 1 has groups 2") as e:
         ModelInfluence(net, curvature="kfac", damping=0.1).fit((np.zeros((8, 32)), np.zeros(8, int)))
     assert e.value.parameters == ("params",)
+
+
+def test_kfac_preconditioner_without_l2_or_damping_uses_the_automatic_damping():
+    """A model curvature with l2 = damping = 0 still gets a positive definite preconditioner."""
+    from winnow.core.solvers import CGSolver
+
+    net = _net(3)
+    X, y = _data(40, 3, 9)
+    mi = ModelInfluence(net, curvature="ggn", l2=0.0, damping=0.0,
+                        solver=CGSolver(tol=1e-6, preconditioner="kfac")).fit((X, y))
+    assert all(lay.damping > 0 for lay in mi.solver_.pre_.curvature.layers)
+
+
+def test_a_layer_whose_inputs_are_all_zero_keeps_finite_factors():
+    """A = 0 (every input 0, no bias): the damping split π falls back to 1 and the scores are 0, not NaN."""
+    net = torch.nn.Sequential(torch.nn.Linear(5, 3, bias=False)).double().eval()
+    X, y = np.zeros((12, 5)), np.arange(12) % 3
+    mi = ModelInfluence(net, curvature="kfac", damping=0.1).fit((X, y))
+    (lay,) = mi.hessian_.layers
+    assert lay.pi == 1.0 and torch.isfinite(lay.S_inv).all() and torch.isfinite(lay.A_inv).all()
+    np.testing.assert_array_equal(mi.self_influence(), np.zeros(12))

@@ -285,7 +285,6 @@ class KfacCurvature:
         """A_l, S_l over the n rows of ``data`` (a :class:`ModelData`), then the damped inverses."""
         from ..progress import track
 
-        self.loss = loss
         for lay in self.layers:
             dim = lay.d_in + (lay.bias is not None)
             lay.A = torch.zeros(dim, dim, dtype=self.dtype, device=self.device)
