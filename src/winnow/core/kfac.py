@@ -281,6 +281,14 @@ class KfacCurvature:
             sums = (a_sums, s_sums)
         return FactoredGradients(blocks), sums
 
+    def gradients(self, x: torch.Tensor, y: torch.Tensor, loss: str) -> FactoredGradients:
+        """The rows' loss gradients in factored form (what the scoring loop reads per batch)."""
+        return self.batch_gradients(x, y, loss)[0]
+
+    @staticmethod
+    def cat(parts: Sequence[FactoredGradients]) -> FactoredGradients:
+        return FactoredGradients.cat(parts)
+
     def fit(self, data: Any, loss: str, n: int) -> KfacCurvature:
         """A_l, S_l over the n rows of ``data`` (a :class:`ModelData`), then the damped inverses."""
         from ..progress import track
@@ -403,10 +411,6 @@ class KfacCurvature:
         """Σ_i g_i as a flat vector (P,)."""
         return self._flat([(b[1].T @ b[0])[:, :, None] if isinstance(b, tuple) else b.sum(0)[:, :, None]
                            for b in F.blocks])[:, 0]
-
-    def mean_preconditioned(self, P: FactoredGradients) -> torch.Tensor:
-        """(1/T) Σ_t C⁻¹ g_t as a flat vector (P,) from preconditioned rows P."""
-        return self.sum(P) / len(P)
 
     def dense(self, F: FactoredGradients) -> torch.Tensor:
         """The rows' gradients as a flat (c, P) matrix."""

@@ -34,7 +34,6 @@ from .autodiff import _FUNC_LOCK, AutodiffHead, ModelFunction, check_labels_for,
 from .curvature import Stationarity
 from .heads import DTYPE, Head, head_from_torch
 from .influence import SCORE_COLUMNS, SIGN_METADATA
-from .kfac import FactoredGradients
 from .solvers import DampingChoice, InverseHVPSolver, SolveInfo, choose_damping, make_solver, matvec_columns
 
 HeadSpec = str | Callable[[torch.nn.Module], torch.nn.Module]
@@ -635,6 +634,18 @@ class _DenseOps:
     def __init__(self, mi: ModelInfluence) -> None:
         self.mi = mi
 
+    def gradients(self, x: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+        fn = self.mi.fn_
+        return fn.per_example_grads(fn.theta, x, y, loss)
+
+    @staticmethod
+    def cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(parts))
+
+    @staticmethod
+    def dense(G: torch.Tensor) -> torch.Tensor:
+        return G
+
     def test_factors(self, Gt: torch.Tensor) -> torch.Tensor:
         return self.mi.solve(Gt.T)  # (P, T): H⁻¹ g_t
 
@@ -791,15 +802,11 @@ class ModelInfluence:
         """Per batch: (the rows' gradients: a (c, P) tensor, or FactoredGradients with curvature="kfac";
         ids (c,), labels (c,))."""
         self._check()
+        ops = self._ops()
         src = ModelData(data, batch_size=self.batch_size, argument=argument)
         for x, y, ids in src.batches():
             check_labels_for(self.n_outputs_, self.loss_, y.numpy(), argument, what="the model")
-            x, yd = self.fn_.prepare(x), y.to(self.fn_.device)
-            if self.curvature == "kfac":
-                G = self.hessian_.batch_gradients(x, yd, self.loss_)[0]
-            else:
-                G = self.fn_.per_example_grads(self.fn_.theta, x, yd, self.loss_)
-            yield G, ids, y.numpy()
+            yield ops.gradients(self.fn_.prepare(x), y.to(self.fn_.device), self.loss_), ids, y.numpy()
 
     def _ops(self) -> Any:
         """The scoring loop's products on gradient batches (the K-FAC curvature for factored rows)."""
@@ -808,8 +815,9 @@ class ModelInfluence:
     def iter_gradients(self, data: Any, argument: str = "data"
                        ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
         """Per batch: (G (c, P) per-example gradients at θ̂, ids (c,), labels (c,))."""
+        ops = self._ops()
         for G, ids, y in self._grad_batches(data, argument):
-            yield (self.hessian_.dense(G) if self.curvature == "kfac" else G), ids, y
+            yield ops.dense(G), ids, y
 
     def _all_gradients(self, data: Any) -> tuple[Any, np.ndarray, np.ndarray]:
         """All rows' gradients (concatenated batches of :meth:`_grad_batches`) with ids and labels."""
@@ -817,14 +825,13 @@ class ModelInfluence:
             parts = list(self._grad_batches(data, "data"))
         if not parts:
             raise ValidationError("data is empty")
-        G = [p[0] for p in parts]
-        G = FactoredGradients.cat(G) if self.curvature == "kfac" else torch.cat(G)
-        return G, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+        return (self._ops().cat([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]))
 
     def gradients(self, data: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """All per-example gradients (n, P) with ids and labels (moderate n only)."""
         G, ids, y = self._all_gradients(data)
-        return (self.hessian_.dense(G) if self.curvature == "kfac" else G), ids, y
+        return self._ops().dense(G), ids, y
 
     def solve(self, B: torch.Tensor) -> torch.Tensor:
         """H⁻¹B with the fitted solver (``solve_info_`` records iterations / residual / rank)."""
