@@ -56,10 +56,10 @@ class CurvatureName(str, Enum):
     ggn = "ggn"
 
 
-CurvatureOpt = Annotated[CurvatureName, typer.Option(
-    "--curvature", help="hessian: the exact Hessian (indefinite away from a minimum); ggn: the Gauss-Newton "
-                        "curvature JᵀH_out J + λ, positive semi-definite by construction, for a trained network "
-                        "that is not at a minimum.")]
+_CURVATURE_HELP = ("hessian: the exact Hessian (indefinite away from a minimum); ggn: the Gauss-Newton curvature "
+                   "JᵀH_out J + λ, positive semi-definite by construction, for a trained network that is not at a "
+                   "minimum")
+CurvatureOpt = Annotated[CurvatureName, typer.Option("--curvature", help=_CURVATURE_HELP + ".")]
 
 
 class ModelCurvatureName(str, Enum):
@@ -69,10 +69,8 @@ class ModelCurvatureName(str, Enum):
 
 
 ModelCurvatureOpt = Annotated[ModelCurvatureName, typer.Option(
-    "--curvature", help="hessian: the exact Hessian (indefinite away from a minimum); ggn: the Gauss-Newton "
-                        "curvature JᵀH_out J + λ, positive semi-definite by construction, for a trained network "
-                        "that is not at a minimum; kfac: the Gauss-Newton curvature in Kronecker-factored form "
-                        "over the Linear and Conv2d layers (one pass over the data, inverted exactly; seconds for 10⁵ "
+    "--curvature", help=_CURVATURE_HELP + "; kfac: the Gauss-Newton curvature in Kronecker-factored form over the "
+                        "Linear and Conv2d layers (one pass over the data, inverted exactly; seconds for 10⁵ "
                         "parameters; damping auto = 0.1 x each layer's mean eigenvalue).")]
 ModelDamping = Annotated[str, typer.Option(
     "--damping", help="Added to the curvature's diagonal: a number >= 0, or auto (default): chosen from the "
